@@ -1,0 +1,266 @@
+//! `bench publish`: `publish_in_tx` and `publish_batch_in_tx` next to the same rows inserted
+//! with hand-written sqlx statements (the ceiling), in the same scratch database.
+//!
+//! Each round runs all four workloads, ceiling and library alternating, on an emptied table so
+//! neither side inherits a larger index; the report keeps the median round of each.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{BenchError, Comparison, Measurement, median};
+use crate::publish::{Message, Publisher};
+
+const TOPIC: &str = "bench.published";
+
+/// What to publish. Defaults: 10,000 single-message transactions from 8 tasks, then 1,000
+/// transactions of 100 messages, ~1 KiB payloads, 3 rounds.
+#[derive(Debug, Clone)]
+pub struct PublishBench {
+    pub single_messages: u64,
+    pub concurrency: u64,
+    pub batches: u64,
+    pub batch_size: u64,
+    pub payload_bytes: usize,
+    pub rounds: usize,
+}
+
+impl Default for PublishBench {
+    fn default() -> Self {
+        PublishBench {
+            single_messages: 10_000,
+            concurrency: 8,
+            batches: 1_000,
+            batch_size: 100,
+            payload_bytes: 1024,
+            rounds: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishBenchReport {
+    pub settings: PublishBench,
+    /// `publish_in_tx`, one message per transaction, vs a hand-written INSERT.
+    pub single: Comparison,
+    /// `publish_batch_in_tx`, `batch_size` per transaction, vs a hand-written UNNEST insert.
+    pub batch: Comparison,
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    SingleLibrary,
+    SinglePlain,
+    BatchLibrary,
+    BatchPlain,
+}
+
+impl PublishBench {
+    pub async fn run(
+        &self,
+        pool: &PgPool,
+        publisher: Publisher,
+    ) -> Result<PublishBenchReport, BenchError> {
+        let payload = payload_of_size(self.payload_bytes);
+        let mut runs: [Vec<Measurement>; 4] = Default::default();
+        for round in 0..self.rounds.max(1) {
+            for (slot, workload) in [
+                Workload::SinglePlain,
+                Workload::SingleLibrary,
+                Workload::BatchPlain,
+                Workload::BatchLibrary,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                truncate(pool).await?;
+                let measurement = self.measure(pool, publisher, workload, &payload).await?;
+                tracing::debug!(
+                    round,
+                    slot,
+                    per_second = measurement.per_second(),
+                    "bench publish run"
+                );
+                runs[slot].push(measurement);
+            }
+        }
+        truncate(pool).await?;
+        let [single_plain, single_library, batch_plain, batch_library] = runs;
+        Ok(PublishBenchReport {
+            settings: self.clone(),
+            single: Comparison {
+                ours: median(single_library),
+                ceiling: median(single_plain),
+            },
+            batch: Comparison {
+                ours: median(batch_library),
+                ceiling: median(batch_plain),
+            },
+        })
+    }
+
+    async fn measure(
+        &self,
+        pool: &PgPool,
+        publisher: Publisher,
+        workload: Workload,
+        payload: &Value,
+    ) -> Result<Measurement, BenchError> {
+        let (transactions, per_tx) = match workload {
+            Workload::SingleLibrary | Workload::SinglePlain => (self.single_messages, 1),
+            Workload::BatchLibrary | Workload::BatchPlain => (self.batches, self.batch_size),
+        };
+        let tasks = self.concurrency.max(1);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            // Spread the transactions evenly; the first ones take the remainder.
+            let mine = transactions / tasks + u64::from(task < transactions % tasks);
+            let pool = pool.clone();
+            let payload = payload.clone();
+            handles.push(tokio::spawn(async move {
+                for _ in 0..mine {
+                    transaction(&pool, publisher, workload, &payload, per_tx).await?;
+                }
+                Ok::<_, BenchError>(())
+            }));
+        }
+        for handle in handles {
+            handle.await.map_err(|e| phase_error(workload, e))??;
+        }
+        Ok(Measurement {
+            messages: transactions * per_tx,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+async fn transaction(
+    pool: &PgPool,
+    publisher: Publisher,
+    workload: Workload,
+    payload: &Value,
+    per_tx: u64,
+) -> Result<(), BenchError> {
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| BenchError::Phase {
+        phase: workload.name(),
+        source: e,
+    };
+    let mut tx = pool.begin().await.map_err(|e| fail(e.into()))?;
+    match workload {
+        Workload::SingleLibrary => {
+            let message = Message::new(TOPIC, payload).key("bench-key");
+            publisher
+                .publish_in_tx(&mut tx, message)
+                .await
+                .map_err(|e| fail(e.into()))?;
+        }
+        Workload::BatchLibrary => {
+            let messages: Vec<Message> = (0..per_tx)
+                .map(|_| Message::new(TOPIC, payload).key("bench-key"))
+                .collect();
+            publisher
+                .publish_batch_in_tx(&mut tx, &messages)
+                .await
+                .map_err(|e| fail(e.into()))?;
+        }
+        Workload::SinglePlain => {
+            // The ceiling: what a careful application would write by hand.
+            sqlx::query(
+                "INSERT INTO outbox.messages (id, topic, key, payload, headers) \
+                 VALUES ($1, $2, $3, $4, '{}')",
+            )
+            .bind(Uuid::now_v7())
+            .bind(TOPIC)
+            .bind("bench-key")
+            .bind(Json(payload))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        }
+        Workload::BatchPlain => {
+            let ids: Vec<Uuid> = (0..per_tx).map(|_| Uuid::now_v7()).collect();
+            let payloads: Vec<Json<&Value>> = (0..per_tx).map(|_| Json(payload)).collect();
+            sqlx::query(
+                "INSERT INTO outbox.messages (id, topic, key, payload) \
+                 SELECT u.id, $1, $2, u.payload FROM UNNEST($3::uuid[], $4::jsonb[]) AS u (id, payload)",
+            )
+            .bind(TOPIC)
+            .bind("bench-key")
+            .bind(&ids)
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        }
+    }
+    tx.commit().await.map_err(|e| fail(e.into()))
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::SingleLibrary => "publish_in_tx",
+            Workload::SinglePlain => "plain INSERT",
+            Workload::BatchLibrary => "publish_batch_in_tx",
+            Workload::BatchPlain => "plain UNNEST INSERT",
+        }
+    }
+}
+
+fn phase_error(workload: Workload, error: tokio::task::JoinError) -> BenchError {
+    BenchError::Phase {
+        phase: workload.name(),
+        source: Box::new(error),
+    }
+}
+
+async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
+    // Identity restarts too, so every run writes the same rows into the same empty table.
+    sqlx::query("TRUNCATE outbox.messages RESTART IDENTITY CASCADE")
+        .execute(pool)
+        .await
+        .map_err(|e| BenchError::Phase {
+            phase: "truncate",
+            source: Box::new(e),
+        })?;
+    Ok(())
+}
+
+/// A JSON object whose compact text is `bytes` long (at least ~40 bytes).
+pub(crate) fn payload_of_size(bytes: usize) -> Value {
+    let skeleton = json!({"order_id": 123_456_789, "note": ""});
+    let base = skeleton.to_string().len();
+    json!({"order_id": 123_456_789, "note": "x".repeat(bytes.saturating_sub(base))})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn payload_has_the_requested_size() {
+        assert_eq!(payload_of_size(1024).to_string().len(), 1024);
+        assert_eq!(payload_of_size(4096).to_string().len(), 4096);
+    }
+
+    #[test]
+    fn durations_are_compared_as_time_over_time() {
+        let c = Comparison {
+            ours: Measurement {
+                messages: 100,
+                elapsed: Duration::from_millis(110),
+            },
+            ceiling: Measurement {
+                messages: 100,
+                elapsed: Duration::from_millis(100),
+            },
+        };
+        assert!((c.overhead() - 1.10).abs() < 1e-9);
+        assert!((c.ratio() - 1.0 / 1.10).abs() < 1e-9);
+    }
+}

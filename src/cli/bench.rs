@@ -1,0 +1,77 @@
+//! `outbox-relay bench <scenario>`
+
+use outbox_relay::Publisher;
+use outbox_relay::bench::{PublishBench, ScratchDatabase};
+use outbox_relay::config::Config;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// publish_in_tx (single-message transactions from concurrent tasks) and
+    /// publish_batch_in_tx, each next to the same rows inserted by hand-written sqlx statements.
+    ///
+    /// Example: outbox-relay bench publish --messages 10000 --concurrency 8 --batches 1000 --batch-size 100
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Single-message transactions per run.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Concurrent tasks (each with its own connection).
+    #[arg(long, default_value_t = 8)]
+    concurrency: u64,
+    /// Batch transactions per run.
+    #[arg(long, default_value_t = 1_000)]
+    batches: u64,
+    /// Messages per batch transaction.
+    #[arg(long, default_value_t = 100)]
+    batch_size: u64,
+    /// Payload size in bytes of JSON text.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Rounds of all four workloads; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+pub async fn run(config: &Config, scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Publish(args) => publish(config, args).await,
+    }
+}
+
+async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
+    let bench = PublishBench {
+        single_messages: args.messages,
+        concurrency: args.concurrency.max(1),
+        batches: args.batches,
+        batch_size: args.batch_size.max(1),
+        payload_bytes: args.payload_bytes,
+        rounds: args.rounds.max(1),
+    };
+    let connections = u32::try_from(bench.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let scratch = ScratchDatabase::create(&config.database_url, connections).await?;
+    eprintln!(
+        "bench publish: scratch database {}, {} round(s), payload {} B",
+        scratch.name(),
+        bench.rounds,
+        bench.payload_bytes
+    );
+    let report = bench
+        .run(&scratch.pool, Publisher::new(config.publish))
+        .await;
+    scratch.drop().await;
+    let report = report?;
+    println!(
+        "publish_in_tx        {:>6} tx × 1   from {} tasks: {}",
+        bench.single_messages, bench.concurrency, report.single
+    );
+    println!(
+        "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {}",
+        bench.batches, bench.batch_size, bench.concurrency, report.batch
+    );
+    Ok(())
+}

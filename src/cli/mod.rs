@@ -1,0 +1,82 @@
+//! The `outbox-relay` command line: global flags, the command list, and one file per command.
+
+mod bench;
+mod migrate;
+mod publish;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use outbox_relay::config::{Config, ConfigErrors, Overrides};
+
+/// Transactional outbox relay: Postgres outbox → Redis Streams, exactly once per consumer group.
+///
+/// Configuration is layered: the TOML file (--config) < DATABASE_URL / REDIS_URL < OUTBOX_*
+/// variables (OUTBOX_PUBLISH__MAX_PAYLOAD_BYTES for [publish] max_payload_bytes) < flags.
+///
+/// Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "OUTBOX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Postgres URL of the primary, e.g. postgres://user@127.0.0.1/app. Also read from
+    /// OUTBOX_DATABASE_URL, DATABASE_URL or `database_url` in the config file.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+
+    /// Redis URL, e.g. redis://127.0.0.1:6379 (rediss:// for TLS). Also read from
+    /// OUTBOX_REDIS_URL, REDIS_URL or `redis_url` in the config file.
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the `outbox` schema; a no-op when it is up to date.
+    Migrate(migrate::Args),
+    /// Publish one message (in its own transaction) and print its id.
+    Publish(publish::Args),
+    /// Measure the library next to the ceiling for the same work (in a scratch database).
+    #[command(subcommand)]
+    Bench(bench::Scenario),
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = if error.downcast_ref::<ConfigErrors>().is_some() {
+            2
+        } else {
+            1
+        };
+        Failure { code, error }
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> Result<(), Failure> {
+        let overrides = Overrides {
+            config_file: self.config,
+            database_url: self.database_url,
+            redis_url: self.redis_url,
+        };
+        let config = Config::load(&overrides).map_err(anyhow::Error::from)?;
+        let result = match self.command {
+            Command::Migrate(args) => migrate::run(&config, args).await,
+            Command::Publish(args) => publish::run(&config, args).await,
+            Command::Bench(scenario) => bench::run(&config, scenario).await,
+        };
+        result.map_err(Failure::from)
+    }
+}

@@ -1,0 +1,43 @@
+//! # outbox-relay
+//!
+//! A transactional outbox for Postgres, relayed to Redis Streams.
+//!
+//! A row's life:
+//!
+//! ```text
+//!  publish_in_tx ──INSERT (caller's transaction)──▶ outbox.messages
+//!        │                                               │
+//!        │ rollback: the row never existed               │ tail per consumer group, below the
+//!        ▼                                               ▼ snapshot xmin (never skips a late commit)
+//!   (nothing)                         decode → handle → append to Redis → advance the cursor
+//! ```
+//!
+//! Modules, one concept each:
+//! - [`publish`]: [`Message`], [`OutboxEvent`], [`publish_in_tx`], [`publish_batch_in_tx`] —
+//!   validation happens before any I/O, and a rejected message writes nothing.
+//! - [`store`]: the only code that runs SQL — connecting, [`migrate`], the statements in
+//!   `src/store/sql/`.
+//! - [`config`]: the layered configuration (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags).
+//! - [`position`]: a message's position `(tx_id, seq)`, printed as `"<tx_id>:<seq>"`.
+//! - [`bench`]: the measurements behind `outbox-relay bench`.
+//!
+//! The relay itself, the schema registry, handlers and the operator surfaces arrive in later
+//! steps of the roadmap; the SQL objects they use already exist (see `migrations/`).
+
+pub mod bench;
+pub mod config;
+pub mod position;
+pub mod publish;
+pub mod store;
+
+pub use position::Position;
+pub use publish::{
+    InvalidMessage, Message, OutboxEvent, PublishError, PublishLimits, Publisher,
+    publish_batch_in_tx, publish_event_in_tx, publish_in_tx,
+};
+pub use store::{MigrateError, MigrationReport, migrate};
+
+/// README.md's Rust examples, compiled as doc tests so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

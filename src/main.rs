@@ -1,0 +1,45 @@
+//! `outbox-relay`: parse the command line, set up logging, run the command, map the outcome
+//! to an exit code (0 ok, 1 runtime failure, 2 usage or configuration error).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("outbox_relay=info,warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", one_line(&failure.error));
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause its parent already printed (sqlx's
+/// database errors repeat their message through `source()`).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

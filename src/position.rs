@@ -1,0 +1,80 @@
+//! A message's position in the outbox: `(tx_id, seq)`, printed as `"<tx_id>:<seq>"`.
+//!
+//! `tx_id` is the xid8 of the writing transaction and `seq` the insertion order. Positions
+//! order lexicographically, which is the order relays deliver in (DESIGN §3). `Position::ZERO`
+//! sorts before every message and is where a new consumer group starts.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a message sits in the outbox. Ordered by `tx_id`, then `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    /// The writing transaction's id (Postgres `xid8`, epoch-extended, never wraps).
+    pub tx_id: u64,
+    /// Insertion order within the outbox (`outbox.messages.seq`).
+    pub seq: i64,
+}
+
+impl Position {
+    /// Before every message.
+    pub const ZERO: Position = Position { tx_id: 0, seq: 0 };
+
+    pub fn new(tx_id: u64, seq: i64) -> Self {
+        Position { tx_id, seq }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.tx_id, self.seq)
+    }
+}
+
+/// A string that is not `"<tx_id>:<seq>"` with two non-negative integers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a position; expected \"<tx_id>:<seq>\", e.g. \"7421:15\"")]
+pub struct ParsePositionError(String);
+
+impl FromStr for Position {
+    type Err = ParsePositionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ParsePositionError(s.to_owned());
+        let (tx_id, seq) = s.split_once(':').ok_or_else(invalid)?;
+        let tx_id = tx_id.parse::<u64>().map_err(|_| invalid())?;
+        let seq = seq.parse::<i64>().map_err(|_| invalid())?;
+        if seq < 0 {
+            return Err(invalid());
+        }
+        Ok(Position { tx_id, seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_transaction_then_sequence() {
+        let late_commit_low_seq = Position::new(10, 1);
+        let early_commit_high_seq = Position::new(9, 2);
+        assert!(early_commit_high_seq < late_commit_low_seq);
+        assert!(Position::new(10, 1) < Position::new(10, 2));
+        assert!(Position::ZERO < Position::new(1, 0));
+    }
+
+    #[test]
+    fn displays_and_parses_as_tx_colon_seq() {
+        let p = Position::new(7421, 15);
+        assert_eq!(p.to_string(), "7421:15");
+        assert_eq!("7421:15".parse::<Position>(), Ok(p));
+    }
+
+    #[test]
+    fn rejects_malformed_positions() {
+        for bad in ["", "7421", "7421:", ":15", "a:1", "1:-1", "1:2:3", "-1:2"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

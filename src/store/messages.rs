@@ -1,0 +1,64 @@
+//! Statements on `outbox.messages`.
+
+use serde_json::value::RawValue;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::position::Position;
+use crate::publish::ValidMessage;
+
+pub(crate) async fn messages_insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    message: &ValidMessage<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("sql/messages_insert.sql"))
+        .bind(id)
+        .bind(message.topic)
+        .bind(message.key)
+        .bind(Json(message.payload))
+        .bind(Json(message.headers))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn messages_insert_batch(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    messages: &[ValidMessage<'_>],
+) -> Result<(), sqlx::Error> {
+    debug_assert_eq!(ids.len(), messages.len());
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic).collect();
+    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.key).collect();
+    let payloads: Vec<Json<&RawValue>> = messages.iter().map(|m| Json(m.payload)).collect();
+    let headers: Vec<Json<_>> = messages.iter().map(|m| Json(m.headers)).collect();
+    sqlx::query(include_str!("sql/messages_insert_batch.sql"))
+        .bind(ids)
+        .bind(topics)
+        .bind(keys)
+        .bind(payloads)
+        .bind(headers)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The position of message `id`, or `None` if no such message is visible to `conn`.
+pub async fn messages_position(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(include_str!("sql/messages_position.sql"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|(tx_id, seq)| {
+        let tx_id = tx_id
+            .parse::<u64>()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Position::new(tx_id, seq))
+    })
+    .transpose()
+}

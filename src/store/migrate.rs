@@ -1,0 +1,88 @@
+//! Applying our migrations (`migrations/`) to a database, next to the application's own.
+//!
+//! sqlx keeps applied migrations in one table; two migrators sharing `_sqlx_migrations` on the
+//! search path fail with "previously applied but is missing" (sqlx #1698, #3573). Ours keep
+//! their bookkeeping in `outbox._sqlx_migrations`, so an application's migrator and ours run
+//! in any order, any number of times. Running ours twice is a no-op.
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// Where our migrator records what it applied; never the application's `_sqlx_migrations`.
+const MIGRATIONS_TABLE: &str = "outbox._sqlx_migrations";
+
+/// One migration applied by a [`migrate`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub description: String,
+}
+
+/// What a [`migrate`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations this call applied, oldest first; empty when the schema was up to date.
+    pub applied: Vec<AppliedMigration>,
+    /// How many migrations this version of outbox-relay knows.
+    pub known: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("could not read which outbox migrations are applied")]
+    ReadApplied(#[source] sqlx::Error),
+    #[error(
+        "the outbox schema in this database is newer than this outbox-relay: migration {0} is \
+         applied but unknown here; upgrade outbox-relay"
+    )]
+    SchemaNewerThanBinary(i64),
+    #[error("applying the outbox migrations failed")]
+    Apply(#[source] sqlx::migrate::MigrateError),
+}
+
+fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator.create_schema("outbox");
+    migrator
+}
+
+/// Creates or upgrades the `outbox` schema (tables, functions) in the database `pool` points at.
+/// Idempotent; safe to run concurrently (sqlx serialises migrators with an advisory lock) and
+/// next to the application's own sqlx migrations.
+pub async fn migrate(pool: &PgPool) -> Result<MigrationReport, MigrateError> {
+    let migrator = migrator();
+    let before = applied_versions(pool).await?;
+    migrator.run(pool).await.map_err(|error| match error {
+        sqlx::migrate::MigrateError::VersionMissing(version) => {
+            MigrateError::SchemaNewerThanBinary(version)
+        }
+        other => MigrateError::Apply(other),
+    })?;
+    let applied = migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+        .map(|m| AppliedMigration {
+            version: m.version,
+            description: m.description.to_string(),
+        })
+        .collect();
+    Ok(MigrationReport {
+        applied,
+        known: migrator.iter().count(),
+    })
+}
+
+async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
+    let exists: bool = sqlx::query_scalar(include_str!("sql/migrations_table_exists.sql"))
+        .fetch_one(pool)
+        .await
+        .map_err(MigrateError::ReadApplied)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(include_str!("sql/migrations_applied.sql"))
+        .fetch_all(pool)
+        .await
+        .map_err(MigrateError::ReadApplied)
+}

@@ -1,0 +1,94 @@
+//! The only code that runs SQL: connecting, migrating, and one function per statement (the
+//! statements themselves live in `src/store/sql/`, one a file, each saying why it has its shape).
+//!
+//! Functions are named entity first, verb second (`messages_insert`, `messages_position`).
+
+mod databases;
+mod messages;
+mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub use databases::{database_create, database_drop};
+pub use messages::messages_position;
+pub(crate) use messages::{messages_insert, messages_insert_batch};
+pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
+
+use crate::config::ConnectionUrl;
+
+/// The `application_name` our connections carry, so operators can tell them apart in
+/// `pg_stat_activity` (and so the xmin-holder report can skip them).
+pub const APPLICATION_NAME: &str = "outbox-relay";
+
+/// How long connecting (and waiting for a pooled connection) may take before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connecting to Postgres failed. The URL in the message has its password redacted; the
+/// cause is in the message too (sqlx's own chain repeats itself), so there is no `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("could not connect to Postgres at {url}: {cause}")]
+pub struct ConnectError {
+    url: String,
+    cause: String,
+}
+
+/// Opens a pool of at most `max_connections` to `url` and checks that one connection works.
+pub async fn connect(url: &ConnectionUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
+    connect_inner(url, None, max_connections).await
+}
+
+/// Like [`connect`], but to another database on the same server (same user, host, TLS).
+pub async fn connect_to_database(
+    url: &ConnectionUrl,
+    database: &str,
+    max_connections: u32,
+) -> Result<PgPool, ConnectError> {
+    connect_inner(url, Some(database), max_connections).await
+}
+
+async fn connect_inner(
+    url: &ConnectionUrl,
+    database: Option<&str>,
+    max_connections: u32,
+) -> Result<PgPool, ConnectError> {
+    let fail = |source: sqlx::Error| ConnectError {
+        url: url.to_string(),
+        cause: describe(&source),
+    };
+    let mut options = PgConnectOptions::from_str(url.expose())
+        .map_err(fail)?
+        .application_name(APPLICATION_NAME);
+    if let Some(database) = database {
+        options = options.database(database);
+    }
+    // One direct connection first: a pool retries until its timeout and then reports only
+    // "timed out", while the operator needs the real cause (refused, bad password, no database).
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| fail(sqlx::Error::PoolTimedOut))?
+        .map_err(fail)?;
+    probe.close().await.map_err(fail)?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(fail)
+}
+
+/// One line for a sqlx error: the server's message and SQLSTATE for database errors (sqlx's
+/// `Display` adds the server's C source line and repeats itself through `source()`).
+pub fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::PoolTimedOut => format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
+        other => other.to_string(),
+    }
+}
