@@ -1,5 +1,7 @@
 //! Statements on `outbox.messages`.
 
+use std::collections::BTreeMap;
+
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -18,7 +20,7 @@ pub(crate) async fn messages_insert(
         .bind(message.topic)
         .bind(message.key)
         .bind(Json(message.payload))
-        .bind(Json(message.headers))
+        .bind(headers_param(message))
         .execute(conn)
         .await?;
     Ok(())
@@ -33,7 +35,7 @@ pub(crate) async fn messages_insert_batch(
     let topics: Vec<&str> = messages.iter().map(|m| m.topic).collect();
     let keys: Vec<Option<&str>> = messages.iter().map(|m| m.key).collect();
     let payloads: Vec<Json<&RawValue>> = messages.iter().map(|m| Json(m.payload)).collect();
-    let headers: Vec<Json<_>> = messages.iter().map(|m| Json(m.headers)).collect();
+    let headers: Vec<_> = messages.iter().map(headers_param).collect();
     sqlx::query(include_str!("sql/messages_insert_batch.sql"))
         .bind(ids)
         .bind(topics)
@@ -43,6 +45,11 @@ pub(crate) async fn messages_insert_batch(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Headers as a parameter: `None` for an empty map, which the statements store as `'{}'`.
+fn headers_param<'a>(message: &ValidMessage<'a>) -> Option<Json<&'a BTreeMap<String, String>>> {
+    (!message.headers.is_empty()).then_some(Json(message.headers))
 }
 
 /// The position of message `id`, or `None` if no such message is visible to `conn`.
