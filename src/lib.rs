@@ -20,6 +20,7 @@
 //! - [`config`]: the layered configuration (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags).
 //! - [`position`]: a message's position `(tx_id, seq)`, printed as `"<tx_id>:<seq>"`.
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
+//! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
 //!
 //! The relay itself, the schema registry, handlers and the operator surfaces arrive in later
 //! steps of the roadmap; the SQL objects they use already exist (see `migrations/`).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod position;
 pub mod publish;
 pub mod store;
+pub mod testing;
 
 pub use position::Position;
 pub use publish::{

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
-use sqlx::PgConnection;
 use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::position::Position;
@@ -68,4 +68,45 @@ pub async fn messages_position(
         Ok(Position::new(tx_id, seq))
     })
     .transpose()
+}
+
+/// A row of `outbox.messages` as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub position: Position,
+    pub id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub schema_version: Option<i32>,
+    pub payload: serde_json::Value,
+    pub headers: BTreeMap<String, String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every message the transaction `conn` is in has published so far, in position order.
+pub async fn messages_of_current_transaction(
+    conn: &mut PgConnection,
+) -> Result<Vec<StoredMessage>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/messages_of_current_transaction.sql"))
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let tx_id: String = row.try_get("tx_id_text")?;
+            let tx_id = tx_id
+                .parse::<u64>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let Json(headers) = row.try_get("headers")?;
+            Ok(StoredMessage {
+                position: Position::new(tx_id, row.try_get("seq")?),
+                id: row.try_get("id")?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("key")?,
+                schema_version: row.try_get("schema_version")?,
+                payload: row.try_get("payload")?,
+                headers,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
 }

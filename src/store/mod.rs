@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use databases::{database_create, database_drop};
-pub use messages::messages_position;
+pub use messages::{StoredMessage, messages_of_current_transaction, messages_position};
 pub(crate) use messages::{messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
 

@@ -486,3 +486,47 @@ async fn postgres_refusing_the_insert_is_a_typed_error() {
     drop(tx);
     assert_eq!(db.message_count().await, 0);
 }
+
+#[tokio::test]
+async fn testing_helpers_see_what_the_open_transaction_published() {
+    let db = TestDb::new().await;
+    // Another transaction's message is not this one's.
+    let mut other = db.pool.begin().await.unwrap();
+    publish_in_tx(&mut other, Message::new("elsewhere", json!({})))
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    assert!(
+        outbox_relay::testing::published_in_tx(&mut tx)
+            .await
+            .unwrap()
+            .is_empty(),
+        "before any write"
+    );
+    let id = publish_in_tx(
+        &mut tx,
+        Message::new("orders.created", json!({"id": 1}))
+            .key("k")
+            .header("h", "v"),
+    )
+    .await
+    .unwrap();
+    let published = outbox_relay::testing::assert_published_in_tx(&mut tx, "orders.created").await;
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        (published[0].id, published[0].key.as_deref()),
+        (id, Some("k"))
+    );
+    assert_eq!(published[0].payload, json!({"id": 1}));
+    assert_eq!(published[0].headers.get("h").map(String::as_str), Some("v"));
+    let missing = tokio::spawn(async move {
+        outbox_relay::testing::assert_published_in_tx(&mut tx, "orders.cancelled").await;
+    })
+    .await;
+    assert!(
+        missing.is_err(),
+        "asserting a topic that was not published panics"
+    );
+}
