@@ -29,6 +29,8 @@ pub mod bench;
 pub mod config;
 pub mod position;
 pub mod publish;
+pub mod relay;
+pub mod sink;
 pub mod store;
 pub mod testing;
 

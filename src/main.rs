@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,6 +18,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("outbox_relay=info,warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,

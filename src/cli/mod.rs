@@ -3,6 +3,7 @@
 mod bench;
 mod migrate;
 mod publish;
+mod run;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,8 @@ pub struct Cli {
 enum Command {
     /// Create or upgrade the `outbox` schema; a no-op when it is up to date.
     Migrate(migrate::Args),
+    /// Run the relay: forward every configured group's messages to Redis Streams.
+    Run(run::Args),
     /// Publish one message (in its own transaction) and print its id.
     Publish(publish::Args),
     /// Measure the library next to the ceiling for the same work (in a scratch database).
@@ -75,6 +78,7 @@ impl Cli {
         let result = match self.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Publish(args) => publish::run(&config, args).await,
+            Command::Run(args) => run::run(&config, args).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
         };
         result.map_err(Failure::from)

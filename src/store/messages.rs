@@ -110,3 +110,50 @@ pub async fn messages_of_current_transaction(
         })
         .collect()
 }
+
+/// A committed message as the relay reads it: payload and headers stay JSON text, which is
+/// what goes to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub position: Position,
+    pub id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub schema_version: Option<i32>,
+    pub payload: String,
+    pub headers: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Up to `limit` messages after `after`, in position order, from transactions that have all
+/// ended (below the snapshot xmin).
+pub async fn messages_fetch_visible(
+    pool: &sqlx::PgPool,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/messages_fetch_visible.sql"))
+        .bind(after.tx_id.to_string())
+        .bind(after.seq)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let tx_id: &str = row.try_get("tx_id_text")?;
+            let tx_id = tx_id
+                .parse::<u64>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(OutboxRow {
+                position: Position::new(tx_id, row.try_get("seq")?),
+                id: row.try_get("id")?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("key")?,
+                schema_version: row.try_get("schema_version")?,
+                payload: row.try_get("payload_text")?,
+                headers: row.try_get("headers_text")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}

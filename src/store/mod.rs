@@ -4,6 +4,7 @@
 //! Functions are named entity first, verb second (`messages_insert`, `messages_position`).
 
 mod databases;
+mod groups;
 mod messages;
 mod migrate;
 
@@ -14,7 +15,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use databases::{database_create, database_drop};
-pub use messages::{StoredMessage, messages_of_current_transaction, messages_position};
+pub use groups::{
+    AcquiredLease, LeaseHolder, consumer_groups_cursor_advance, consumer_groups_ensure,
+    consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
+};
+pub use messages::{
+    OutboxRow, StoredMessage, messages_fetch_visible, messages_of_current_transaction,
+    messages_position,
+};
 pub(crate) use messages::{messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
 

@@ -5,4 +5,8 @@ mod harness;
 mod cli;
 mod migrate;
 mod publish;
+mod relay_crash;
+mod relay_forward;
+mod relay_lease;
+mod relay_order;
 mod sql_publish;

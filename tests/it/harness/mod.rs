@@ -5,6 +5,8 @@
 //! a superuser connection used to create and drop databases.
 
 pub mod cli;
+pub mod redis;
+pub mod relay;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -1,0 +1,592 @@
+//! Configuration, layered: the TOML file (`--config` / `OUTBOX_CONFIG`) < `DATABASE_URL` and
+//! `REDIS_URL` < `OUTBOX_*` variables (`OUTBOX_RELAY__BATCH_SIZE` for `[relay] batch_size`)
+//! < command-line flags.
+//!
+//! [`RawConfig`] is what the layers deserialize into (unknown keys are errors that name the
+//! key); [`Config::from_raw`] checks it and reports every problem at once, each with its key
+//! path (`groups[0].routes[1].topics[0]`). Connection URLs are [`ConnectionUrl`]s: their
+//! `Display` and `Debug` never show a password.
+
+mod errors;
+mod raw;
+mod url;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+pub use errors::{ConfigErrors, ConfigProblem};
+pub use raw::{Overrides, RawConfig, RawGroup, RawPublish, RawRedis, RawRelay, RawRoute};
+pub use url::{ConnectionUrl, redact_url};
+
+use crate::publish::PublishLimits;
+use crate::relay::route::{Handler, Route, StreamTemplate};
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: ConnectionUrl,
+    pub redis_url: Option<ConnectionUrl>,
+    pub publish: PublishLimits,
+    pub redis: RedisSettings,
+    pub relay: RelaySettings,
+    pub groups: Vec<GroupConfig>,
+}
+
+/// `[redis]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub key_prefix: String,
+    pub max_len: Option<u64>,
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            key_prefix: String::new(),
+            max_len: None,
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a caught-up relay learns about new messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Poll every `idle_poll_ms` while caught up (default; costs publishers nothing).
+    Poll,
+    /// LISTEN for the trigger installed by `outbox-relay notify on`, polling as a fallback.
+    Notify,
+}
+
+/// `[relay]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    pub batch_size: usize,
+    pub wakeup: Wakeup,
+    pub idle_poll: Duration,
+    pub lease_ttl: Duration,
+    pub max_backoff: Duration,
+    pub stall_report_interval: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_size: 500,
+            wakeup: Wakeup::Poll,
+            idle_poll: Duration::from_millis(5),
+            lease_ttl: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            stall_report_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One consumer group: its name and routes, first match wins.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub name: String,
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// Reads every layer and checks the result.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        Config::from_raw(RawConfig::load(overrides)?)
+    }
+
+    /// Parses and checks a configuration written as TOML (as in `outbox-relay.toml`), without
+    /// the environment and flag layers: for embedding the relay and for tests.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_raw(RawConfig::from_toml(text)?)
+    }
+
+    /// Checks a raw configuration, reporting every problem at once.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let database_url = match raw.database_url.as_deref() {
+            None => {
+                errors.push(
+                    "database_url",
+                    "not set: pass --database-url, set DATABASE_URL, or write database_url in the config file",
+                );
+                None
+            }
+            Some(url) => ConnectionUrl::parse(url, &["postgres", "postgresql"])
+                .map_err(|problem| errors.push("database_url", problem))
+                .ok(),
+        };
+        let redis_url = raw.redis_url.as_deref().and_then(|url| {
+            ConnectionUrl::parse(url, &["redis", "rediss", "redis+unix", "unix"])
+                .map_err(|problem| errors.push("redis_url", problem))
+                .ok()
+        });
+        let publish = check_publish(&raw.publish, &mut errors);
+        let redis = check_redis(&raw.redis, &mut errors);
+        let relay = check_relay(&raw.relay, &mut errors);
+        let groups = check_groups(&raw.groups, &mut errors);
+        match (database_url, errors.is_empty()) {
+            (Some(database_url), true) => Ok(Config {
+                database_url,
+                redis_url,
+                publish,
+                redis,
+                relay,
+                groups,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The Redis URL, or the configuration error saying how to set it.
+    pub fn require_redis_url(&self) -> Result<&ConnectionUrl, ConfigErrors> {
+        self.redis_url.as_ref().ok_or_else(|| {
+            ConfigErrors::one(
+                "redis_url",
+                "not set: pass --redis-url, set REDIS_URL, or write redis_url in the config file",
+            )
+        })
+    }
+
+    /// The groups to run, or the configuration error saying none is configured.
+    pub fn require_groups(&self) -> Result<&[GroupConfig], ConfigErrors> {
+        if self.groups.is_empty() {
+            Err(ConfigErrors::one(
+                "groups",
+                "no consumer group configured: add a [[groups]] section with at least one [[groups.routes]]",
+            ))
+        } else {
+            Ok(&self.groups)
+        }
+    }
+}
+
+fn check_publish(raw: &RawPublish, errors: &mut ConfigErrors) -> PublishLimits {
+    let mut publish = PublishLimits::default();
+    match raw.max_payload_bytes {
+        Some(0) => errors.push("publish.max_payload_bytes", "must be at least 1"),
+        Some(bytes) => match usize::try_from(bytes) {
+            Ok(bytes) => publish.max_payload_bytes = bytes,
+            Err(_) => errors.push("publish.max_payload_bytes", "too large for this platform"),
+        },
+        None => {}
+    }
+    publish
+}
+
+fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSettings {
+    let mut redis = RedisSettings::default();
+    if let Some(prefix) = &raw.key_prefix {
+        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(
+                "redis.key_prefix",
+                "must not contain whitespace or control characters",
+            );
+        }
+        redis.key_prefix = prefix.clone();
+    }
+    match raw.max_len {
+        Some(0) => errors.push(
+            "redis.max_len",
+            "must be at least 1 (leave it out for uncapped streams)",
+        ),
+        other => redis.max_len = other,
+    }
+    if let Some(ms) = positive_ms(raw.response_timeout_ms, "redis.response_timeout_ms", errors) {
+        redis.response_timeout = ms;
+    }
+    redis
+}
+
+fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySettings {
+    let mut relay = RelaySettings::default();
+    match raw.batch_size {
+        Some(0) => errors.push("relay.batch_size", "must be at least 1"),
+        Some(n) if n > 100_000 => errors.push("relay.batch_size", "must be at most 100000"),
+        Some(n) => relay.batch_size = n as usize,
+        None => {}
+    }
+    match raw.wakeup.as_deref() {
+        None | Some("poll") => {}
+        Some("notify") => relay.wakeup = Wakeup::Notify,
+        Some(other) => errors.push(
+            "relay.wakeup",
+            format!("unknown value `{other}`; expected `poll` or `notify`"),
+        ),
+    }
+    if let Some(ms) = raw.idle_poll_ms {
+        relay.idle_poll = Duration::from_millis(ms);
+    }
+    if let Some(ttl) = positive_ms(raw.lease_ttl_ms, "relay.lease_ttl_ms", errors) {
+        if ttl < Duration::from_millis(100) {
+            errors.push("relay.lease_ttl_ms", "must be at least 100");
+        }
+        relay.lease_ttl = ttl;
+    }
+    if let Some(ms) = positive_ms(raw.max_backoff_ms, "relay.max_backoff_ms", errors) {
+        relay.max_backoff = ms;
+    }
+    if let Some(ms) = positive_ms(
+        raw.stall_report_interval_ms,
+        "relay.stall_report_interval_ms",
+        errors,
+    ) {
+        relay.stall_report_interval = ms;
+    }
+    relay
+}
+
+fn positive_ms(value: Option<u64>, key: &str, errors: &mut ConfigErrors) -> Option<Duration> {
+    match value {
+        Some(0) => {
+            errors.push(key, "must be at least 1");
+            None
+        }
+        other => other.map(Duration::from_millis),
+    }
+}
+
+fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<GroupConfig> {
+    let mut seen = HashSet::new();
+    let mut groups = Vec::new();
+    for (g, group) in raw.iter().enumerate() {
+        let at = format!("groups[{g}]");
+        if !valid_group_name(&group.name) {
+            errors.push(
+                &format!("{at}.name"),
+                format!(
+                    "`{}` is not a group name: use 1-100 letters, digits, `_`, `.`, `-`, starting with a letter or digit",
+                    group.name
+                ),
+            );
+        } else if !seen.insert(group.name.as_str()) {
+            errors.push(
+                &format!("{at}.name"),
+                format!("group `{}` is configured twice", group.name),
+            );
+        }
+        if group.routes.is_empty() {
+            errors.push(
+                &format!("{at}.routes"),
+                "a group needs at least one [[groups.routes]]",
+            );
+        }
+        let routes = group
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(r, route)| check_route(route, &format!("{at}.routes[{r}]"), errors))
+            .collect();
+        groups.push(GroupConfig {
+            name: group.name.clone(),
+            routes,
+        });
+    }
+    groups
+}
+
+fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Route> {
+    if raw.topics.is_empty() {
+        errors.push(
+            &format!("{at}.topics"),
+            "needs at least one topic pattern, e.g. [\"orders.*\"]",
+        );
+        return None;
+    }
+    let handler = match (raw.handler.as_str(), &raw.stream) {
+        ("forward", Some(stream)) => match StreamTemplate::parse(stream) {
+            Ok(stream) => Handler::Forward { stream },
+            Err(problem) => {
+                errors.push(&format!("{at}.stream"), problem);
+                return None;
+            }
+        },
+        ("forward", None) => {
+            errors.push(
+                &format!("{at}.stream"),
+                "handler `forward` needs a stream, e.g. \"events.{topic}\"",
+            );
+            return None;
+        }
+        ("drop", None) => Handler::Drop,
+        ("drop", Some(_)) => {
+            errors.push(
+                &format!("{at}.stream"),
+                "handler `drop` writes no stream; remove `stream`",
+            );
+            return None;
+        }
+        ("", _) => {
+            errors.push(
+                &format!("{at}.handler"),
+                "missing; expected `forward` or `drop`",
+            );
+            return None;
+        }
+        (other, _) => {
+            errors.push(
+                &format!("{at}.handler"),
+                format!("unknown handler `{other}`; expected `forward` or `drop`"),
+            );
+            return None;
+        }
+    };
+    match Route::new(raw.topics.clone(), handler) {
+        Ok(route) => Some(route),
+        Err((index, problem)) => {
+            errors.push(
+                &format!("{at}.topics[{index}]"),
+                format!("not a valid glob: {problem}"),
+            );
+            None
+        }
+    }
+}
+
+/// The same rule as the `consumer_groups_name_valid` constraint.
+fn valid_group_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 100
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        Config::load(overrides)
+    }
+
+    #[test]
+    fn flags_beat_outbox_env_beat_plain_env_beat_the_file() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "outbox-relay.toml",
+                "database_url = \"postgres://file@h/db\"\nredis_url = \"redis://file:6379\"\n\
+                 [publish]\nmax_payload_bytes = 10\n",
+            )?;
+            let file = Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            };
+            let config = load(&file).unwrap();
+            assert_eq!(config.database_url.expose(), "postgres://file@h/db");
+            assert_eq!(config.publish.max_payload_bytes, 10);
+
+            jail.set_env("DATABASE_URL", "postgres://plainenv@h/db");
+            assert_eq!(
+                load(&file).unwrap().database_url.expose(),
+                "postgres://plainenv@h/db"
+            );
+
+            jail.set_env("OUTBOX_DATABASE_URL", "postgres://outboxenv@h/db");
+            jail.set_env("OUTBOX_PUBLISH__MAX_PAYLOAD_BYTES", "20");
+            let config = load(&file).unwrap();
+            assert_eq!(config.database_url.expose(), "postgres://outboxenv@h/db");
+            assert_eq!(config.publish.max_payload_bytes, 20);
+            assert_eq!(config.redis_url.unwrap().expose(), "redis://file:6379");
+
+            let flags = Overrides {
+                database_url: Some("postgres://flag@h/db".into()),
+                redis_url: Some("rediss://flag:6380".into()),
+                ..file
+            };
+            let config = load(&flags).unwrap();
+            assert_eq!(config.database_url.expose(), "postgres://flag@h/db");
+            assert_eq!(config.redis_url.unwrap().expose(), "rediss://flag:6380");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "c.toml",
+                "database_url = \"postgres://h/db\"\n[publish]\nmax_payload = 1\n",
+            )?;
+            let errors = load(&Overrides {
+                config_file: Some("c.toml".into()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            let text = errors.to_string();
+            assert!(text.contains("publish.max_payload"), "{text}");
+            assert!(text.contains("c.toml"), "{text}");
+
+            jail.set_env("OUTBOX_BATCH_SIZ", "5");
+            let text = load(&Overrides::default()).unwrap_err().to_string();
+            assert!(text.contains("batch_siz"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let raw = RawConfig {
+            database_url: Some("mysql://h/db".into()),
+            redis_url: Some("not a url".into()),
+            publish: RawPublish {
+                max_payload_bytes: Some(0),
+            },
+            redis: RawRedis {
+                max_len: Some(0),
+                ..RawRedis::default()
+            },
+            relay: RawRelay {
+                wakeup: Some("push".into()),
+                ..RawRelay::default()
+            },
+            groups: vec![
+                RawGroup {
+                    name: "ok".into(),
+                    routes: vec![
+                        RawRoute {
+                            topics: vec!["orders.*".into(), "bad[".into()],
+                            handler: "forward".into(),
+                            stream: Some("events.{topic}".into()),
+                        },
+                        RawRoute {
+                            topics: vec!["x".into()],
+                            handler: "forward".into(),
+                            stream: Some("events.{topc}".into()),
+                        },
+                        RawRoute {
+                            topics: vec!["y".into()],
+                            handler: "http".into(),
+                            stream: None,
+                        },
+                    ],
+                },
+                RawGroup {
+                    name: "no routes".into(),
+                    routes: vec![],
+                },
+                RawGroup {
+                    name: "ok".into(),
+                    routes: vec![RawRoute {
+                        topics: vec!["*".into()],
+                        handler: "forward".into(),
+                        stream: None,
+                    }],
+                },
+            ],
+        };
+        let errors = Config::from_raw(raw).unwrap_err();
+        let keys: Vec<&str> = errors.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "database_url",
+                "redis_url",
+                "publish.max_payload_bytes",
+                "redis.max_len",
+                "relay.wakeup",
+                "groups[0].routes[0].topics[1]",
+                "groups[0].routes[1].stream",
+                "groups[0].routes[2].handler",
+                "groups[1].name",
+                "groups[1].routes",
+                "groups[2].name",
+                "groups[2].routes[0].stream",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_relay_config_parses() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "outbox-relay.toml",
+                r#"
+                database_url = "postgres://postgres@127.0.0.1/app"
+                redis_url = "redis://127.0.0.1:6379"
+                [redis]
+                key_prefix = "app:"
+                max_len = 1000000
+                [relay]
+                batch_size = 500
+                wakeup = "poll"
+                idle_poll_ms = 5
+                [[groups]]
+                name = "notifications"
+                [[groups.routes]]
+                topics = ["orders.*", "users.signed_up"]
+                handler = "forward"
+                stream = "events.{topic}"
+                "#,
+            )?;
+            jail.set_env("OUTBOX_RELAY__BATCH_SIZE", "50");
+            let config = load(&Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            })
+            .unwrap();
+            assert_eq!(config.redis.key_prefix, "app:");
+            assert_eq!(config.redis.max_len, Some(1_000_000));
+            assert_eq!(config.relay.batch_size, 50);
+            assert_eq!(config.relay.wakeup, Wakeup::Poll);
+            assert_eq!(config.groups.len(), 1);
+            assert_eq!(
+                config.groups[0].routes[0].patterns(),
+                ["orders.*", "users.signed_up"]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_database_url_says_how_to_set_it() {
+        let text = Config::from_raw(RawConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("--database-url") && text.contains("DATABASE_URL"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let text = RawConfig::load(&Overrides {
+            config_file: Some("/nonexistent/outbox-relay.toml".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("--config") && text.contains("/nonexistent/outbox-relay.toml"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn urls_never_show_their_password() {
+        let url = ConnectionUrl::parse(
+            "postgres://app:s3cret@db:5432/app?sslmode=require",
+            &["postgres"],
+        )
+        .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:REDACTED@db:5432/app?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let url = ConnectionUrl::parse("postgres://db/app?user=u&password=s3cret", &["postgres"])
+            .unwrap();
+        assert!(!url.to_string().contains("s3cret"), "{url}");
+        assert_eq!(redact_url("::not a url s3cret"), "<unparseable URL>");
+        let error =
+            ConnectionUrl::parse("postgres://u:s3cret@h:notaport/db", &["postgres"]).unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}

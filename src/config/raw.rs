@@ -1,0 +1,165 @@
+//! [`RawConfig`]: the configuration as written, merged from its layers, before any check.
+//! Every field is optional here; unknown keys are refused by serde and named by figment.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use super::ConfigErrors;
+
+/// The configuration file as written, before checks.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Postgres URL, e.g. `postgres://postgres@127.0.0.1/app` (the primary, not a standby).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Redis URL, e.g. `redis://127.0.0.1:6379` or `rediss://…` for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// `[publish]`: limits applied to messages published through outbox-relay.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub publish: RawPublish,
+    /// `[redis]`: how the relay writes to Redis.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub redis: RawRedis,
+    /// `[relay]`: how the relay reads the outbox.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub relay: RawRelay,
+    /// `[[groups]]`: the consumer groups this relay runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<RawGroup>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// `[publish]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublish {
+    /// Largest payload accepted, in bytes of JSON text (default 1048576 = 1 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+}
+
+/// `[redis]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Prepended to every key the relay writes (streams and their bookkeeping), e.g. `app:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Cap streams at about this many entries (`XADD … MAXLEN ~ N`); unset = uncapped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<u64>,
+    /// How long one Redis call may take before it is retried (default 5000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_timeout_ms: Option<u64>,
+}
+
+/// `[relay]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    /// Messages read per batch (default 500).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u64>,
+    /// `poll` (default) or `notify`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wakeup: Option<String>,
+    /// Wait before polling again when caught up, in ms (default 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_poll_ms: Option<u64>,
+    /// Lease time of a group, in ms (default 10000): a standby takes over this long after the
+    /// active relay stopped renewing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Longest wait between reconnect attempts after Postgres or Redis failed, in ms (default 5000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// How often a stalled group (xmin held back) is reported, in ms (default 10000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_report_interval_ms: Option<u64>,
+}
+
+/// `[[groups]]` entry.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    /// Group name: letters, digits, `_`, `.`, `-`; at most 100 characters.
+    pub name: String,
+    /// `[[groups.routes]]`: topic patterns and what to do with them, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[[groups.routes]]` entry.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Glob patterns matched against the whole topic, e.g. `["orders.*", "users.signed_up"]`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// `forward` (append to `stream`) or `drop`.
+    #[serde(default)]
+    pub handler: String,
+    /// For `forward`: the stream name, with `{topic}` and `{key}` placeholders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+/// Values from the command line. They beat every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// The TOML file to read, if any.
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+impl RawConfig {
+    /// Parses TOML text, with the same unknown-key errors as the file layer.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
+        Figment::from(Toml::string(text))
+            .extract()
+            .map_err(ConfigErrors::from_figment)
+    }
+
+    /// Merges the layers, lowest first: file, `DATABASE_URL`/`REDIS_URL`, `OUTBOX_*`, flags.
+    pub fn load(overrides: &Overrides) -> Result<RawConfig, ConfigErrors> {
+        let mut figment = Figment::new();
+        if let Some(path) = &overrides.config_file {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let flags = RawConfig {
+            database_url: overrides.database_url.clone(),
+            redis_url: overrides.redis_url.clone(),
+            ..RawConfig::default()
+        };
+        figment
+            .merge(Env::raw().only(&["database_url", "redis_url"]))
+            .merge(Env::prefixed("OUTBOX_").ignore(&["config"]).split("__"))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(ConfigErrors::from_figment)
+    }
+}
+
+fn check_readable(path: &Path) -> Result<(), ConfigErrors> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(ConfigErrors::one(
+            "--config",
+            format!("{} is not a file", path.display()),
+        )),
+        Err(e) => Err(ConfigErrors::one(
+            "--config",
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}

@@ -1,0 +1,262 @@
+//! One consumer group's worker: lease, tail, dispatch, append, advance.
+//!
+//! ```text
+//!   standby ──lease acquired──▶ active ──shutdown──▶ released
+//!      ▲                          │
+//!      └── lease lost (renew or cursor update matched nothing, or Redis fenced the epoch)
+//! ```
+//! The cursor moves only after the sink said OK. A crash between the append and the cursor
+//! update re-reads the batch, and the sink's watermark makes the replay add nothing.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::RelayError;
+use super::dispatcher::dispatch;
+use super::route::Route;
+use crate::config::RelaySettings;
+use crate::position::Position;
+use crate::sink::Sink;
+use crate::store::{self, LeaseHolder};
+
+pub(super) struct GroupWorker {
+    pub name: String,
+    pub routes: Vec<Route>,
+    pub pool: PgPool,
+    pub sink: Sink,
+    pub settings: RelaySettings,
+    pub owner: String,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Standby,
+    Active(Lease),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lease {
+    pub epoch: i64,
+    pub cursor: Position,
+    pub renew_at: Instant,
+}
+
+/// What one step found, which decides how long to wait before the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A full batch: go again at once.
+    Busy,
+    /// Caught up: wait the idle interval.
+    Idle,
+    /// Another relay holds the lease: wait, then try to take it.
+    Standby,
+}
+
+impl GroupWorker {
+    /// Runs until `shutdown` is cancelled, then releases the lease if held.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = self.backoff();
+        while !shutdown.is_cancelled() {
+            let pause = match self.step().await {
+                Ok(step) => {
+                    backoff = self.backoff();
+                    self.pause_after(step)
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(self.settings.max_backoff);
+                    tracing::warn!(group = %self.name, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64,
+                        "relay step failed; retrying");
+                    delay
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+        self.release().await;
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(self.settings.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    fn pause_after(&self, step: Step) -> Duration {
+        match step {
+            Step::Busy => Duration::ZERO,
+            Step::Idle => self.settings.idle_poll,
+            Step::Standby => (self.settings.lease_ttl / 4)
+                .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        }
+    }
+
+    fn holder(&self, lease: &Lease) -> LeaseHolder<'_> {
+        LeaseHolder {
+            group: &self.name,
+            owner: &self.owner,
+            epoch: lease.epoch,
+        }
+    }
+
+    /// One pass: take the lease if standby; otherwise tail → dispatch → append → advance.
+    pub async fn step(&mut self) -> Result<Step, RelayError> {
+        match self.state {
+            State::Standby => self.try_acquire().await,
+            State::Active(lease) => self.forward_batch(lease).await,
+        }
+    }
+
+    async fn try_acquire(&mut self) -> Result<Step, RelayError> {
+        let acquired = store::consumer_groups_lease_acquire(
+            &self.pool,
+            &self.name,
+            &self.owner,
+            self.settings.lease_ttl,
+        )
+        .await
+        .map_err(|source| RelayError::Store {
+            group: self.name.clone(),
+            operation: "acquire the lease",
+            source,
+        })?;
+        let Some(acquired) = acquired else {
+            return Ok(Step::Standby);
+        };
+        tracing::info!(group = %self.name, epoch = acquired.epoch, position = %acquired.cursor, owner = %self.owner,
+            "lease acquired; forwarding");
+        self.state = State::Active(Lease {
+            epoch: acquired.epoch,
+            cursor: acquired.cursor,
+            renew_at: Instant::now() + self.settings.lease_ttl / 3,
+        });
+        Ok(Step::Busy)
+    }
+
+    async fn forward_batch(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
+        let rows =
+            store::messages_fetch_visible(&self.pool, lease.cursor, self.settings.batch_size)
+                .await
+                .map_err(|source| RelayError::Store {
+                    group: self.name.clone(),
+                    operation: "read the outbox",
+                    source,
+                })?;
+        let Some(last) = rows.last().map(|row| row.position) else {
+            return self.renew_if_due(lease).await;
+        };
+        let batch = dispatch(&self.name, &self.routes, &rows);
+        let report = match self
+            .sink
+            .append(&self.name, lease.epoch, &batch.appends)
+            .await
+        {
+            Ok(report) => report,
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(group = %self.name, epoch = lease.epoch, error = %error, "lease lost (fenced in Redis); standing by");
+                self.state = State::Standby;
+                return Ok(Step::Standby);
+            }
+            Err(source) => {
+                return Err(RelayError::Sink {
+                    group: self.name.clone(),
+                    source,
+                });
+            }
+        };
+        let advanced = store::consumer_groups_cursor_advance(
+            &self.pool,
+            self.holder(&lease),
+            last,
+            self.settings.lease_ttl,
+        )
+        .await
+        .map_err(|source| RelayError::Store {
+            group: self.name.clone(),
+            operation: "advance the cursor",
+            source,
+        })?;
+        if !advanced {
+            tracing::warn!(group = %self.name, epoch = lease.epoch, position = %last,
+                "lease lost (cursor update fenced); standing by");
+            self.state = State::Standby;
+            return Ok(Step::Standby);
+        }
+        tracing::debug!(group = %self.name, position = %last, rows = rows.len(), forwarded = batch.forwarded,
+            appended = report.appended, duplicates = report.skipped, unrouted = batch.unrouted, dropped = batch.dropped,
+            "batch forwarded");
+        lease.cursor = last;
+        lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
+        self.state = State::Active(lease);
+        Ok(if rows.len() >= self.settings.batch_size {
+            Step::Busy
+        } else {
+            Step::Idle
+        })
+    }
+
+    async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
+        if Instant::now() < lease.renew_at {
+            return Ok(Step::Idle);
+        }
+        let renewed = store::consumer_groups_lease_renew(
+            &self.pool,
+            self.holder(&lease),
+            self.settings.lease_ttl,
+        )
+        .await
+        .map_err(|source| RelayError::Store {
+            group: self.name.clone(),
+            operation: "renew the lease",
+            source,
+        })?;
+        if !renewed {
+            tracing::warn!(group = %self.name, epoch = lease.epoch, "lease lost (taken over or group paused); standing by");
+            self.state = State::Standby;
+            return Ok(Step::Standby);
+        }
+        lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
+        self.state = State::Active(lease);
+        Ok(Step::Idle)
+    }
+
+    /// Gives the lease up so a standby takes over at once; best effort (it expires anyway).
+    async fn release(&mut self) {
+        if let State::Active(lease) = self.state {
+            match store::consumer_groups_lease_release(&self.pool, self.holder(&lease)).await {
+                Ok(_) => {
+                    tracing::info!(group = %self.name, position = %lease.cursor, "lease released")
+                }
+                Err(error) => {
+                    tracing::warn!(group = %self.name, %error, "could not release the lease; it will expire")
+                }
+            }
+            self.state = State::Standby;
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

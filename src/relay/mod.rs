@@ -1,0 +1,120 @@
+//! The relay: for every configured consumer group, tail the outbox from the group's cursor,
+//! route each message, append the outputs to Redis Streams, then advance the cursor.
+//!
+//! ```text
+//!  Relay::run ──spawns──▶ one GroupWorker per group (lease → tail → dispatch → append → advance)
+//!       │                     ▲ each holds its group's lease; a second relay waits as standby
+//!       └── shutdown: workers finish the in-flight batch, release their leases, return
+//! ```
+
+pub mod dispatcher;
+mod group;
+pub mod route;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use group::Step;
+
+use crate::config::{GroupConfig, RelaySettings};
+use crate::sink::{Sink, SinkError};
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("consumer group `{group}`: could not {operation}")]
+    Store {
+        group: String,
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("consumer group `{group}`: could not append to Redis")]
+    Sink {
+        group: String,
+        #[source]
+        source: SinkError,
+    },
+}
+
+/// A relay process: its connections, settings and groups. Build it, then [`Relay::run`].
+pub struct Relay {
+    pool: PgPool,
+    sink: Sink,
+    settings: RelaySettings,
+    groups: Vec<GroupConfig>,
+    owner: String,
+    from_now: bool,
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        sink: Sink,
+        settings: RelaySettings,
+        groups: Vec<GroupConfig>,
+    ) -> Relay {
+        Relay {
+            pool,
+            sink,
+            settings,
+            groups,
+            owner: default_owner(),
+            from_now: false,
+        }
+    }
+
+    /// Groups created by this run start at the current end of the outbox instead of its start.
+    pub fn from_now(mut self, from_now: bool) -> Relay {
+        self.from_now = from_now;
+        self
+    }
+
+    /// The identity written into `consumer_groups.lease_owner` (default `host:pid:random`).
+    pub fn owner(mut self, owner: impl Into<String>) -> Relay {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Runs every group until `shutdown` is cancelled; then each finishes its in-flight batch,
+    /// releases its lease, and this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        for group in &self.groups {
+            let created = store::consumer_groups_ensure(&self.pool, &group.name, self.from_now)
+                .await
+                .map_err(|source| RelayError::Store {
+                    group: group.name.clone(),
+                    operation: "create the group's row",
+                    source,
+                })?;
+            if created {
+                tracing::info!(group = %group.name, from_now = self.from_now, "consumer group created");
+            }
+        }
+        let mut workers = tokio::task::JoinSet::new();
+        for group in self.groups {
+            let worker = group::GroupWorker {
+                name: group.name,
+                routes: group.routes,
+                pool: self.pool.clone(),
+                sink: self.sink.clone(),
+                settings: self.settings.clone(),
+                owner: self.owner.clone(),
+                state: group::State::Standby,
+            };
+            workers.spawn(worker.run(shutdown.clone()));
+        }
+        while workers.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// `host:pid:random`, unique per process start.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    // The tail of a UUIDv7 is random.
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &nonce[24..])
+}

@@ -1,0 +1,79 @@
+//! Redis key names next to a stream, in its hash slot (so they work on Redis Cluster and
+//! replicate atomically with the stream's entries).
+
+/// The part of `key` Redis Cluster hashes: the text between the first `{` and the first `}`
+/// after it, when that is non-empty; otherwise the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(close) = key[open + 1..].find('}')
+        && close > 0
+    {
+        return &key[open + 1..open + 1 + close];
+    }
+    key
+}
+
+/// The watermark hash of `group` for the stream `stream` (named without the prefix): under the
+/// key prefix, and in the stream's hash slot. A stream key with a hash tag keeps it (the
+/// watermark key starts with the stream key, so its first tag is the same); one without gets
+/// its whole key as the tag, after the prefix. The one case this cannot cover is a key with
+/// braces that do not form a tag (`a{}b`, `a}b`): on Redis Cluster its watermark may land in
+/// another slot; a single Redis server does not care.
+pub fn watermark_key(prefix: &str, stream: &str, group: &str) -> String {
+    let stream_key = format!("{prefix}{stream}");
+    if hash_tag(&stream_key).len() < stream_key.len() {
+        format!("{stream_key}:outbox-watermark:{group}")
+    } else {
+        format!("{prefix}{{{stream_key}}}:outbox-watermark:{group}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_shares_the_stream_hash_slot() {
+        for (prefix, stream) in [
+            ("app:", "events.orders.created"),
+            ("", "events"),
+            ("app:", "{orders}.events"),
+            ("{tenant-1}:", "events"),
+            ("", "{a}b{c}"),
+            ("app:", "a{b"),
+            ("", "a}b{c}"),
+        ] {
+            let stream_key = format!("{prefix}{stream}");
+            let watermark = watermark_key(prefix, stream, "notifications");
+            assert_eq!(
+                hash_tag(&watermark),
+                hash_tag(&stream_key),
+                "{stream_key:?} vs {watermark:?}"
+            );
+            assert!(
+                watermark.starts_with(prefix),
+                "{watermark:?} is under the prefix"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        assert_eq!(hash_tag("{user1000}.following"), "user1000");
+        assert_eq!(hash_tag("foo{}{bar}"), "foo{}{bar}");
+        assert_eq!(hash_tag("foo{{bar}}zap"), "{bar");
+        assert_eq!(hash_tag("foo{bar}{zap}"), "bar");
+        assert_eq!(hash_tag("plain"), "plain");
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn a_closing_brace_without_a_tag_cannot_be_wrapped() {
+        let stream = "a{}b";
+        assert_ne!(hash_tag(&watermark_key("", stream, "g")), hash_tag(stream));
+    }
+}

@@ -1,0 +1,207 @@
+//! Redis Streams output: the only Redis code. One [`Sink`] per relay process.
+//!
+//! An append is one script call per (stream, batch), all of a batch's streams in one pipeline.
+//! The script (`append.lua`) skips entries the group already appended there (a per-(stream,
+//! group) watermark next to the stream, in its hash slot) and refuses callers whose lease epoch
+//! is older than one that already wrote there, so replays add nothing and a relay that lost its
+//! lease cannot write.
+
+mod keys;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+
+pub use keys::{hash_tag, watermark_key};
+
+use crate::config::{ConnectionUrl, RedisSettings};
+use crate::position::Position;
+
+/// One entry for a stream: the message's position (for deduplication) and its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub position: Position,
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// The entries of one batch for one stream (named without the key prefix), ascending by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("could not connect to Redis at {url}: {cause}")]
+    Connect { url: String, cause: String },
+    /// A newer lease epoch has written to the stream: this relay lost its lease.
+    #[error("append to stream `{stream}` refused: {detail} (another relay holds the lease)")]
+    Fenced { stream: String, detail: String },
+    /// Redis failed or timed out; the append may or may not have happened. Retrying is safe:
+    /// the script deduplicates.
+    #[error("append to Redis failed")]
+    Redis(#[source] RedisError),
+}
+
+impl SinkError {
+    /// True when the relay should go back to standby rather than retry.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Fenced { .. })
+    }
+}
+
+/// How many entries an append added (the rest were already there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendReport {
+    pub appended: u64,
+    pub skipped: u64,
+}
+
+#[derive(Clone)]
+pub struct Sink {
+    connection: ConnectionManager,
+    key_prefix: String,
+    max_len: u64,
+    script: Script,
+}
+
+impl Sink {
+    /// Connects (and keeps reconnecting in the background) to `url`.
+    pub async fn connect(url: &ConnectionUrl, settings: &RedisSettings) -> Result<Sink, SinkError> {
+        let fail = |e: RedisError| SinkError::Connect {
+            url: url.to_string(),
+            cause: e.to_string(),
+        };
+        let client = redis::Client::open(url.expose()).map_err(fail)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_connection_timeout(Some(settings.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(fail)?;
+        Ok(Sink {
+            connection,
+            key_prefix: settings.key_prefix.clone(),
+            max_len: settings.max_len.unwrap_or(0),
+            script: Script::new(include_str!("append.lua")),
+        })
+    }
+
+    /// The Redis key of a stream (the key prefix prepended).
+    pub fn stream_key(&self, stream: &str) -> String {
+        format!("{}{stream}", self.key_prefix)
+    }
+
+    /// Appends every stream's entries, skipping those `group` already appended there.
+    pub async fn append(
+        &self,
+        group: &str,
+        epoch: i64,
+        appends: &[StreamAppend],
+    ) -> Result<AppendReport, SinkError> {
+        if appends.is_empty() {
+            return Ok(AppendReport::default());
+        }
+        let mut pipe = redis::pipe();
+        for append in appends {
+            let stream_key = self.stream_key(&append.stream);
+            let mut invocation = self.script.key(&stream_key);
+            invocation
+                .key(watermark_key(&self.key_prefix, &append.stream, group))
+                .arg(epoch)
+                .arg(self.max_len);
+            for entry in &append.entries {
+                invocation
+                    .arg(dedupe_position(entry.position))
+                    .arg(entry.fields.len() * 2);
+                for (name, value) in &entry.fields {
+                    invocation.arg(*name).arg(value.as_str());
+                }
+            }
+            pipe.invoke_script(&invocation);
+        }
+        let mut connection = self.connection.clone();
+        let result: Result<Vec<u64>, RedisError> = match pipe.query_async(&mut connection).await {
+            // After a Redis restart or failover the script cache is empty: load and go again.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(SinkError::Redis)?;
+                pipe.query_async(&mut connection).await
+            }
+            other => other,
+        };
+        let counts = result.map_err(|e| classify(e, appends))?;
+        let total: u64 = appends.iter().map(|a| a.entries.len() as u64).sum();
+        let appended: u64 = counts.iter().sum();
+        Ok(AppendReport {
+            appended,
+            skipped: total - appended,
+        })
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(|_| ())
+            .map_err(SinkError::Redis)
+    }
+}
+
+fn classify(error: RedisError, appends: &[StreamAppend]) -> SinkError {
+    let text = error.to_string();
+    if text.contains("OUTBOX_FENCED") {
+        let stream = appends
+            .iter()
+            .map(|a| a.stream.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let detail = text
+            .split("OUTBOX_FENCED")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        SinkError::Fenced { stream, detail }
+    } else {
+        SinkError::Redis(error)
+    }
+}
+
+/// A position as a fixed-width string that sorts like the position (u64 and i64 maxima are
+/// 20 and 19 digits).
+pub fn dedupe_position(position: Position) -> String {
+    format!("{:020}:{:019}", position.tx_id, position.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_positions_sort_like_positions() {
+        let positions = [
+            Position::new(9, 900),
+            Position::new(10, 1),
+            Position::new(10, 2),
+            Position::new(u64::MAX, i64::MAX),
+        ];
+        for pair in positions.windows(2) {
+            assert!(pair[0] < pair[1]);
+            assert!(dedupe_position(pair[0]) < dedupe_position(pair[1]));
+        }
+        assert_eq!(
+            dedupe_position(Position::new(752, 1)),
+            "00000000000000000752:0000000000000000001"
+        );
+    }
+}

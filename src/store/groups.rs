@@ -1,0 +1,116 @@
+//! Statements on `outbox.consumer_groups`: creating a group, its lease, its cursor.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::position::Position;
+
+/// A held lease: its epoch and the cursor to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquiredLease {
+    pub epoch: i64,
+    pub cursor: Position,
+}
+
+/// Who asks: the group, the relay instance, and the epoch of its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseHolder<'a> {
+    pub group: &'a str,
+    pub owner: &'a str,
+    pub epoch: i64,
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Creates the group's row if missing; true when this call created it.
+pub async fn consumer_groups_ensure(
+    pool: &PgPool,
+    group: &str,
+    from_now: bool,
+) -> Result<bool, sqlx::Error> {
+    let created: Option<String> =
+        sqlx::query_scalar(include_str!("sql/consumer_groups_ensure.sql"))
+            .bind(group)
+            .bind(from_now)
+            .fetch_optional(pool)
+            .await?;
+    Ok(created.is_some())
+}
+
+/// Takes the lease if free, expired or ours (and the group is not paused).
+pub async fn consumer_groups_lease_acquire(
+    pool: &PgPool,
+    group: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Option<AcquiredLease>, sqlx::Error> {
+    let row: Option<(i64, String, i64)> =
+        sqlx::query_as(include_str!("sql/consumer_groups_lease_acquire.sql"))
+            .bind(group)
+            .bind(owner)
+            .bind(millis(ttl))
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(epoch, tx_id, seq)| {
+        let tx_id = tx_id
+            .parse::<u64>()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(AcquiredLease {
+            epoch,
+            cursor: Position::new(tx_id, seq),
+        })
+    })
+    .transpose()
+}
+
+/// Extends the lease; false when it is no longer ours (or the group was paused).
+pub async fn consumer_groups_lease_renew(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(include_str!("sql/consumer_groups_lease_renew.sql"))
+        .bind(holder.group)
+        .bind(holder.owner)
+        .bind(holder.epoch)
+        .bind(millis(ttl))
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Gives the lease up; false when it was not ours any more.
+pub async fn consumer_groups_lease_release(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(include_str!("sql/consumer_groups_lease_release.sql"))
+        .bind(holder.group)
+        .bind(holder.owner)
+        .bind(holder.epoch)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Moves the cursor to `to` and renews the lease; false when the lease is no longer ours.
+pub async fn consumer_groups_cursor_advance(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+    to: Position,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(include_str!("sql/consumer_groups_cursor_advance.sql"))
+        .bind(holder.group)
+        .bind(holder.owner)
+        .bind(holder.epoch)
+        .bind(to.tx_id.to_string())
+        .bind(to.seq)
+        .bind(millis(ttl))
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}

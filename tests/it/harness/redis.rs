@@ -1,0 +1,106 @@
+//! A unique Redis key prefix per test on the shared server (`TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`); its keys are deleted when the value is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use redis::AsyncCommands;
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+    client: redis::Client,
+}
+
+/// One stream entry's fields.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub fields: HashMap<String, String>,
+}
+
+impl TestRedis {
+    pub fn new() -> TestRedis {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let url = redis_url();
+        let prefix = format!(
+            "outbox-test:{}:{}:",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = redis::Client::open(url.as_str()).expect("TEST_REDIS_URL");
+        TestRedis {
+            url,
+            prefix,
+            client,
+        }
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
+    }
+
+    /// Every entry of `stream` (named without the prefix), oldest first.
+    pub async fn entries(&self, stream: &str) -> Vec<StreamEntry> {
+        let mut connection = self.connection().await;
+        let reply: redis::streams::StreamRangeReply = connection
+            .xrange_all(format!("{}{stream}", self.prefix))
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| StreamEntry {
+                fields: entry
+                    .map
+                    .iter()
+                    .map(|(name, value)| {
+                        let value: String =
+                            redis::from_redis_value_ref(value).expect("string field");
+                        (name.clone(), value)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub async fn stream_len(&self, stream: &str) -> usize {
+        let mut connection = self.connection().await;
+        connection
+            .xlen(format!("{}{stream}", self.prefix))
+            .await
+            .expect("XLEN")
+    }
+
+    /// Keys under this test's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut connection = self.connection().await;
+        let mut keys: Vec<String> = connection
+            .keys(format!("{}*", self.prefix))
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let Ok(mut connection) = self.client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query(&mut connection)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
+    }
+}

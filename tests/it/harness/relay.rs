@@ -1,0 +1,157 @@
+//! Running the relay in a test: in-process (the library `Relay`) or as a real `outbox-relay run`
+//! child process that can be killed with SIGKILL, stopped with SIGSTOP, or terminated.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use outbox_relay::config::Config;
+use outbox_relay::relay::Relay;
+use outbox_relay::sink::Sink;
+use tokio_util::sync::CancellationToken;
+
+use super::TestDb;
+use super::cli::outbox_relay;
+use super::redis::TestRedis;
+
+/// A relay configuration for `db` and `redis`'s prefix; `relay` is the body of `[relay]`,
+/// `groups` the `[[groups]]` sections.
+pub fn relay_toml(db: &TestDb, redis: &TestRedis, relay: &str, groups: &str) -> String {
+    format!(
+        "database_url = \"{}\"\nredis_url = \"{}\"\n[redis]\nkey_prefix = \"{}\"\n[relay]\n{relay}\n{groups}\n",
+        db.url, redis.url, redis.prefix
+    )
+}
+
+/// One group `name` forwarding every topic to the stream `stream`.
+pub fn forward_all(name: &str, stream: &str) -> String {
+    format!(
+        "[[groups]]\nname = \"{name}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{stream}\"\n"
+    )
+}
+
+pub struct InProcessRelay {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), outbox_relay::relay::RelayError>>,
+}
+
+impl InProcessRelay {
+    pub async fn start(toml: &str) -> InProcessRelay {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+        let pool = outbox_relay::store::connect(&config.database_url, 8)
+            .await
+            .expect("connect Postgres");
+        let sink = Sink::connect(config.redis_url.as_ref().expect("redis_url"), &config.redis)
+            .await
+            .expect("connect Redis");
+        let shutdown = CancellationToken::new();
+        let relay = Relay::new(pool, sink, config.relay.clone(), config.groups.clone());
+        let task = tokio::spawn(relay.run(shutdown.clone()));
+        InProcessRelay { shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("relay stops within 10 s")
+            .expect("relay task")
+            .expect("relay result");
+    }
+}
+
+/// A real `outbox-relay run` process.
+pub struct RelayProcess {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `outbox-relay --config <file> run`, logging to a file next to the config.
+    pub fn start(config_file: &std::path::Path, name: &str) -> RelayProcess {
+        let log = config_file.with_extension(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("relay log");
+        let child = outbox_relay()
+            .env("RUST_LOG", "outbox_relay=debug,warn")
+            .args(["--config", config_file.to_str().unwrap(), "run"])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn outbox-relay run");
+        RelayProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM; returns the exit code, waiting at most `deadline`.
+    pub async fn terminate(mut self, deadline: Duration) -> Option<i32> {
+        self.signal("TERM");
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "relay did not exit within {deadline:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory for config files and logs, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("outbox-relay-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,203 @@
+//! One active relay per group: a second one waits as a standby and takes over when the first
+//! dies; a relay that lost its lease while still running can neither append nor move the cursor.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use outbox_relay::{Message, publish_batch_in_tx};
+use serde_json::json;
+
+use crate::harness::redis::TestRedis;
+use crate::harness::relay::{RelayProcess, TempDir, forward_all, relay_toml};
+use crate::harness::{TestDb, eventually};
+
+async fn publish(db: &TestDb, from: usize, count: usize) {
+    let messages: Vec<Message> = (from..from + count)
+        .map(|n| Message::new("t", json!({"n": n})))
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn lease_owner(db: &TestDb) -> Option<String> {
+    sqlx::query_scalar("SELECT g.lease_owner FROM outbox.consumer_groups g WHERE g.name = 'g'")
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+fn owner_pid(owner: &str) -> u32 {
+    owner
+        .split(':')
+        .nth(1)
+        .and_then(|pid| pid.parse().ok())
+        .expect("owner is host:pid:nonce")
+}
+
+async fn assert_exactly_once(redis: &TestRedis, published: usize) {
+    let entries = redis.entries("all").await;
+    let numbers: Vec<u64> = entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len(), "duplicates");
+    assert_eq!(
+        numbers,
+        (0..published as u64).collect::<Vec<_>>(),
+        "lost or reordered messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "idle_poll_ms = 2\nlease_ttl_ms = 1000",
+            &forward_all("g", "all"),
+        ),
+    );
+    let first = RelayProcess::start(&config, "first");
+    let owner = eventually(Duration::from_secs(10), "a lease owner", || {
+        lease_owner(&db)
+    })
+    .await;
+    assert_eq!(owner_pid(&owner), first.pid());
+    let second = RelayProcess::start(&config, "second");
+
+    let mut published = 0;
+    for _ in 0..10 {
+        publish(&db, published, 20).await;
+        published += 20;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let owner = lease_owner(&db).await.expect("held");
+        assert_eq!(
+            owner_pid(&owner),
+            first.pid(),
+            "the standby must not take a live lease"
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "first batches forwarded",
+        || async { (redis.stream_len("all").await == published).then_some(()) },
+    )
+    .await;
+
+    first.kill9();
+    let killed = Instant::now();
+    publish(&db, published, 50).await;
+    published += 50;
+    let owner = eventually(
+        Duration::from_secs(10),
+        "the standby holding the lease",
+        || async {
+            lease_owner(&db)
+                .await
+                .filter(|owner| owner_pid(owner) == second.pid())
+        },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_millis(1000 + 1000),
+        "took over after {takeover:?}; {owner}"
+    );
+    eventually(Duration::from_secs(10), "everything forwarded", || async {
+        (redis.stream_len("all").await >= published).then_some(())
+    })
+    .await;
+    assert_eq!(second.terminate(Duration::from_secs(5)).await, Some(0));
+    assert_exactly_once(&redis, published).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "idle_poll_ms = 2\nbatch_size = 10\nlease_ttl_ms = 400",
+            &forward_all("g", "all"),
+        ),
+    );
+    let stale = RelayProcess::start(&config, "stale");
+    eventually(Duration::from_secs(10), "a lease owner", || {
+        lease_owner(&db)
+    })
+    .await;
+    let mut published = 0;
+    publish(&db, published, 100).await;
+    published += 100;
+    // Freeze it mid-drain (it reads 10 at a time), past its lease.
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    stale.signal("STOP");
+    let fresh = RelayProcess::start(&config, "fresh");
+    eventually(
+        Duration::from_secs(10),
+        "the fresh relay holding the lease",
+        || async {
+            lease_owner(&db)
+                .await
+                .filter(|owner| owner_pid(owner) == fresh.pid())
+        },
+    )
+    .await;
+    publish(&db, published, 100).await;
+    published += 100;
+    eventually(
+        Duration::from_secs(10),
+        "the fresh relay forwarding everything",
+        || async { (redis.stream_len("all").await >= published).then_some(()) },
+    )
+    .await;
+    let cursor_before: String = sqlx::query_scalar(
+        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // Wake the stale relay: whatever it had in flight must be refused.
+    stale.signal("CONT");
+    eventually(
+        Duration::from_secs(10),
+        "the stale relay noticing it lost the lease",
+        || async { stale.log().contains("lease lost").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        lease_owner(&db).await.map(|o| owner_pid(&o)),
+        Some(fresh.pid())
+    );
+    let cursor_after: String = sqlx::query_scalar(
+        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        cursor_before, cursor_after,
+        "the stale relay moved the cursor"
+    );
+    assert_eq!(stale.terminate(Duration::from_secs(5)).await, Some(0));
+    assert_eq!(fresh.terminate(Duration::from_secs(5)).await, Some(0));
+    assert_exactly_once(&redis, published).await;
+}
