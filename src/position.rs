@@ -31,6 +31,13 @@ impl fmt::Display for Position {
     }
 }
 
+/// Serialized as its display form, `"<tx_id>:<seq>"` (tx ids can exceed JSON's safe integers).
+impl serde::Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A string that is not `"<tx_id>:<seq>"` with two non-negative integers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is not a position; expected \"<tx_id>:<seq>\", e.g. \"7421:15\"")]

@@ -4,6 +4,7 @@ mod bench;
 mod migrate;
 mod publish;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ enum Command {
     Migrate(migrate::Args),
     /// Run the relay: forward every configured group's messages to Redis Streams.
     Run(run::Args),
+    /// Show every consumer group: cursor, lag, lease owner, and what holds delivery back.
+    Status(status::Args),
     /// Publish one message (in its own transaction) and print its id.
     Publish(publish::Args),
     /// Measure the library next to the ceiling for the same work (in a scratch database).
@@ -79,6 +82,7 @@ impl Cli {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Publish(args) => publish::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
+            Command::Status(args) => status::run(&config, args).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
         };
         result.map_err(Failure::from)

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::RelayError;
 use super::dispatcher::dispatch;
 use super::route::Route;
+use super::stall::StallWatch;
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::sink::Sink;
@@ -29,7 +30,9 @@ pub(super) struct GroupWorker {
     pub sink: Sink,
     pub settings: RelaySettings,
     pub owner: String,
+    pub key_prefix: String,
     pub state: State,
+    pub stall: StallWatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +156,14 @@ impl GroupWorker {
                     source,
                 })?;
         let Some(last) = rows.last().map(|row| row.position) else {
+            self.stall
+                .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
+                .await
+                .map_err(|source| RelayError::Store {
+                    group: self.name.clone(),
+                    operation: "check for stalls",
+                    source,
+                })?;
             return self.renew_if_due(lease).await;
         };
         let batch = dispatch(&self.name, &self.routes, &rows);

@@ -10,6 +10,7 @@
 pub mod dispatcher;
 mod group;
 pub mod route;
+mod stall;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +101,9 @@ impl Relay {
                 sink: self.sink.clone(),
                 settings: self.settings.clone(),
                 owner: self.owner.clone(),
+                key_prefix: self.sink.key_prefix().to_owned(),
                 state: group::State::Standby,
+                stall: stall::StallWatch::new(self.settings.stall_report_interval),
             };
             workers.spawn(worker.run(shutdown.clone()));
         }

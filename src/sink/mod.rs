@@ -91,6 +91,10 @@ impl Sink {
         })
     }
 
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
     /// The Redis key of a stream (the key prefix prepended).
     pub fn stream_key(&self, stream: &str) -> String {
         format!("{}{stream}", self.key_prefix)

@@ -5,6 +5,7 @@
 
 mod databases;
 mod groups;
+mod inspect;
 mod messages;
 mod migrate;
 
@@ -18,6 +19,9 @@ pub use databases::{database_create, database_drop};
 pub use groups::{
     AcquiredLease, LeaseHolder, consumer_groups_cursor_advance, consumer_groups_ensure,
     consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
+};
+pub use inspect::{
+    Blockage, GroupStatus, XminHolder, consumer_groups_status, messages_held_back, xmin_holder,
 };
 pub use messages::{
     OutboxRow, StoredMessage, messages_fetch_visible, messages_of_current_transaction,

@@ -9,4 +9,5 @@ mod relay_crash;
 mod relay_forward;
 mod relay_lease;
 mod relay_order;
+mod relay_stall;
 mod sql_publish;

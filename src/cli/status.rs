@@ -1,0 +1,114 @@
+//! `outbox-relay status`
+
+use comfy_table::{Table, presets};
+use outbox_relay::config::Config;
+use outbox_relay::store::{self, GroupStatus, XminHolder};
+
+/// Shows every consumer group: cursor, lag (messages and age of the oldest), lease owner, and
+/// the open transaction holding delivery back, if any.
+///
+/// Example: outbox-relay --config outbox-relay.toml status --json
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Status {
+    groups: Vec<GroupStatus>,
+    xmin_holder: Option<XminHolder>,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database_url, 1).await?;
+    let groups = store::consumer_groups_status(&pool, args.group.as_deref()).await?;
+    let xmin_holder = if groups.iter().any(|g| g.held_back > 0) {
+        store::xmin_holder(&pool).await?
+    } else {
+        None
+    };
+    pool.close().await;
+    if let Some(group) = &args.group
+        && groups.is_empty()
+    {
+        anyhow::bail!(
+            "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
+        );
+    }
+    let status = Status {
+        groups,
+        xmin_holder,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_table(&status);
+    }
+    Ok(())
+}
+
+fn print_table(status: &Status) {
+    if status.groups.is_empty() {
+        println!("no consumer groups yet (a group is created by its first `outbox-relay run`)");
+        return;
+    }
+    let now = chrono::Utc::now();
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "GROUP",
+        "CURSOR",
+        "LAG",
+        "HELD BACK",
+        "OLDEST",
+        "LEASE OWNER",
+        "EXPIRES IN",
+        "STATE",
+    ]);
+    for group in &status.groups {
+        let oldest = group
+            .oldest_undelivered_at
+            .map(|at| format!("{:.1}s", (now - at).num_milliseconds() as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let expires = group
+            .lease_expires_at
+            .map(|at| format!("{:.1}s", (at - now).num_milliseconds() as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let state = if group.cursor_ahead {
+            "CURSOR AHEAD (see logs)"
+        } else if group.paused {
+            "paused"
+        } else if group.lease_owner.is_some() {
+            "active"
+        } else {
+            "no relay"
+        };
+        table.add_row([
+            group.name.clone(),
+            group.cursor.to_string(),
+            group.lag_messages.to_string(),
+            group.held_back.to_string(),
+            oldest,
+            group.lease_owner.clone().unwrap_or_else(|| "-".into()),
+            expires,
+            state.to_owned(),
+        ]);
+    }
+    println!("{table}");
+    if let Some(holder) = &status.xmin_holder {
+        let who = match (&holder.pid, &holder.prepared_gid) {
+            (_, Some(gid)) => format!("prepared transaction '{gid}'"),
+            (Some(pid), None) => format!(
+                "pid {pid} ({}, application_name '{}')",
+                holder.state, holder.application_name
+            ),
+            (None, None) => "an unknown session".to_owned(),
+        };
+        println!("held back by {who}, open for {:.1}s", holder.age_seconds);
+    }
+}

@@ -1,0 +1,107 @@
+//! Noticing, while caught up, why a group is not moving although messages exist past its
+//! cursor, and telling the operator once per interval:
+//! - an open transaction (or a prepared one) holds the snapshot xmin back: which backend
+//!   (pid, state, age, application_name) — the group resumes by itself when it ends;
+//! - the cursor lies ahead of every transaction id the server has handed out (a dump restored
+//!   into a new cluster): the group would wait forever; the log says how to reset it.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::position::Position;
+use crate::store::{self, Blockage};
+
+/// How often a caught-up group looks (cheap: one index probe).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A holder older than this is an ERROR (someone must act), younger a WARN.
+const HOLDER_IS_AN_ERROR_AFTER: f64 = 60.0;
+
+pub(super) struct StallWatch {
+    report_interval: Duration,
+    next_check: Instant,
+    last_report: Option<Instant>,
+    stalled: bool,
+}
+
+impl StallWatch {
+    pub fn new(report_interval: Duration) -> Self {
+        StallWatch {
+            report_interval,
+            next_check: Instant::now(),
+            last_report: None,
+            stalled: false,
+        }
+    }
+
+    /// Called when a group is caught up; checks at most once per second.
+    pub async fn check(
+        &mut self,
+        pool: &PgPool,
+        group: &str,
+        cursor: Position,
+        key_prefix: &str,
+    ) -> Result<(), sqlx::Error> {
+        let now = Instant::now();
+        if now < self.next_check {
+            return Ok(());
+        }
+        self.next_check = now + CHECK_EVERY;
+        let blockage = store::messages_held_back(pool, cursor).await?;
+        if !blockage.held_back && !blockage.cursor_ahead {
+            if self.stalled {
+                tracing::info!(group, position = %cursor, "no longer held back");
+            }
+            self.stalled = false;
+            self.last_report = None;
+            return Ok(());
+        }
+        self.stalled = true;
+        if self
+            .last_report
+            .is_some_and(|at| now.duration_since(at) < self.report_interval)
+        {
+            return Ok(());
+        }
+        self.last_report = Some(now);
+        if blockage.cursor_ahead {
+            report_cursor_ahead(group, cursor, &blockage, key_prefix);
+        } else {
+            report_held_back(pool, group, cursor).await?;
+        }
+        Ok(())
+    }
+}
+
+fn report_cursor_ahead(group: &str, cursor: Position, blockage: &Blockage, key_prefix: &str) {
+    tracing::error!(
+        group,
+        position = %cursor,
+        next_tx_id = %blockage.next_tx_id,
+        "cursor is ahead of every transaction id this server has handed out (as after restoring a dump into \
+         a new cluster): nothing new can be delivered until the group is reset. Stop the relays of this group, \
+         then in psql: UPDATE outbox.consumer_groups SET cursor_tx_id = '0', cursor_seq = 0 WHERE name = '{group}'; \
+         and delete the group's Redis watermarks (keys matching '{key_prefix}*:outbox-watermark:{group}'); \
+         messages still in the outbox will be delivered again"
+    );
+}
+
+async fn report_held_back(pool: &PgPool, group: &str, cursor: Position) -> Result<(), sqlx::Error> {
+    let holder = store::xmin_holder(pool).await?;
+    match holder {
+        Some(holder) if holder.age_seconds >= HOLDER_IS_AN_ERROR_AFTER => tracing::error!(
+            group, position = %cursor, pid = ?holder.pid, state = %holder.state, age_s = holder.age_seconds,
+            application_name = %holder.application_name, prepared_gid = ?holder.prepared_gid,
+            "committed messages are held back by an open transaction; delivery resumes when it ends \
+             (end it, or pg_terminate_backend(pid) / ROLLBACK PREPARED)"
+        ),
+        Some(holder) => tracing::warn!(
+            group, position = %cursor, pid = ?holder.pid, state = %holder.state, age_s = holder.age_seconds,
+            application_name = %holder.application_name, prepared_gid = ?holder.prepared_gid,
+            "committed messages are held back by an open transaction; delivery resumes when it ends"
+        ),
+        None => tracing::warn!(group, position = %cursor,
+            "committed messages are held back by an open transaction that has just ended or is not visible to this role"),
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Statements that look at the relay from outside: group status, who holds the xmin back.
+
+use sqlx::{PgPool, Row};
+
+use crate::position::Position;
+
+/// One group as `outbox-relay status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub cursor: Position,
+    pub paused: bool,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: i64,
+    pub lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Messages past the cursor.
+    pub lag_messages: i64,
+    /// Of those, committed but waiting for an older open transaction.
+    pub held_back: i64,
+    pub oldest_undelivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The cursor names a transaction id the server has not reached (dump/restore).
+    pub cursor_ahead: bool,
+}
+
+/// The open transaction every relay waits for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct XminHolder {
+    pub pid: Option<i32>,
+    pub state: String,
+    pub age_seconds: f64,
+    pub application_name: String,
+    /// Set when the holder is a prepared (two-phase) transaction.
+    pub prepared_gid: Option<String>,
+}
+
+/// Status of every group (or of `only`).
+pub async fn consumer_groups_status(
+    pool: &PgPool,
+    only: Option<&str>,
+) -> Result<Vec<GroupStatus>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/consumer_groups_status.sql"))
+        .bind(only)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let tx_id: &str = row.try_get("cursor_tx_id_text")?;
+            let tx_id = tx_id
+                .parse::<u64>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(GroupStatus {
+                name: row.try_get("name")?,
+                cursor: Position::new(tx_id, row.try_get("cursor_seq")?),
+                paused: row.try_get("paused")?,
+                lease_owner: row.try_get("lease_owner")?,
+                lease_epoch: row.try_get("lease_epoch")?,
+                lease_expires_at: row.try_get("lease_expires_at")?,
+                lag_messages: row.try_get("messages")?,
+                held_back: row.try_get("held_back")?,
+                oldest_undelivered_at: row.try_get("oldest_created_at")?,
+                cursor_ahead: row.try_get("cursor_ahead")?,
+            })
+        })
+        .collect()
+}
+
+/// The session or prepared transaction holding the snapshot xmin, if any.
+pub async fn xmin_holder(pool: &PgPool) -> Result<Option<XminHolder>, sqlx::Error> {
+    let row = sqlx::query(include_str!("sql/xmin_holder.sql"))
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        Ok(XminHolder {
+            pid: row.try_get("pid")?,
+            state: row.try_get("state")?,
+            age_seconds: row.try_get("age_seconds")?,
+            application_name: row.try_get("application_name")?,
+            prepared_gid: row.try_get("prepared_gid")?,
+        })
+    })
+    .transpose()
+}
+
+/// What stands between a caught-up group and the messages past its cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blockage {
+    /// Committed messages past the cursor wait for an older open transaction.
+    pub held_back: bool,
+    /// The cursor lies ahead of every transaction id the server has handed out.
+    pub cursor_ahead: bool,
+    /// The next transaction id the server will hand out.
+    pub next_tx_id: String,
+}
+
+/// Checks a caught-up group's cursor for the two reasons it could wait: an open transaction
+/// holding the xmin back, or a cursor from another cluster.
+pub async fn messages_held_back(pool: &PgPool, cursor: Position) -> Result<Blockage, sqlx::Error> {
+    let (held_back, cursor_ahead, next_tx_id) =
+        sqlx::query_as(include_str!("sql/messages_held_back.sql"))
+            .bind(cursor.tx_id.to_string())
+            .bind(cursor.seq)
+            .fetch_one(pool)
+            .await?;
+    Ok(Blockage {
+        held_back,
+        cursor_ahead,
+        next_tx_id,
+    })
+}
