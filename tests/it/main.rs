@@ -6,6 +6,7 @@ mod cli;
 mod migrate;
 mod publish;
 mod relay_crash;
+mod relay_faults;
 mod relay_forward;
 mod relay_lease;
 mod relay_order;

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod redis;
 pub mod relay;
+pub mod servers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -24,8 +24,13 @@ pub struct StreamEntry {
 
 impl TestRedis {
     pub fn new() -> TestRedis {
+        TestRedis::at(&redis_url())
+    }
+
+    /// A unique prefix on the server at `url` (e.g. a private one).
+    pub fn at(url: &str) -> TestRedis {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let url = redis_url();
+        let url = url.to_owned();
         let prefix = format!(
             "outbox-test:{}:{}:",
             std::process::id(),
