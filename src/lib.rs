@@ -19,11 +19,14 @@
 //!   `src/store/sql/`.
 //! - [`config`]: the layered configuration (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags).
 //! - [`position`]: a message's position `(tx_id, seq)`, printed as `"<tx_id>:<seq>"`.
+//! - [`relay`]: [`relay::Relay`] — per consumer group, a lease-holding worker tails the outbox
+//!   from the group's cursor, routes each message, appends to Redis, then advances the cursor.
+//! - [`sink`]: the effectively-once append to Redis Streams (one script call per stream).
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
 //!
-//! The relay itself, the schema registry, handlers and the operator surfaces arrive in later
-//! steps of the roadmap; the SQL objects they use already exist (see `migrations/`).
+//! The schema registry, handlers with retries and the operator views arrive in later steps of
+//! the roadmap; the SQL objects they use already exist (see `migrations/`).
 
 pub mod bench;
 pub mod config;

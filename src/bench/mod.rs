@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-pub use publish::{PublishBench, PublishBenchReport};
+pub use publish::{NotifyCost, PublishBench, PublishBenchReport};
 
 use crate::config::ConnectionUrl;
 use crate::store::{self, ConnectError};

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{BenchError, Comparison, Measurement, median};
 use crate::publish::{Message, Publisher};
+use crate::store;
 
 const TOPIC: &str = "bench.published";
 
@@ -26,6 +28,8 @@ pub struct PublishBench {
     pub batch_size: u64,
     pub payload_bytes: usize,
     pub rounds: usize,
+    /// Also run both library workloads with the NOTIFY trigger installed (and a listener).
+    pub notify_trigger: bool,
 }
 
 impl Default for PublishBench {
@@ -37,6 +41,7 @@ impl Default for PublishBench {
             batch_size: 100,
             payload_bytes: 1024,
             rounds: 3,
+            notify_trigger: false,
         }
     }
 }
@@ -47,6 +52,15 @@ pub struct PublishBenchReport {
     /// `publish_in_tx`, one message per transaction, vs a hand-written INSERT.
     pub single: Comparison,
     /// `publish_batch_in_tx`, `batch_size` per transaction, vs a hand-written UNNEST insert.
+    pub batch: Comparison,
+    /// With `notify_trigger`: the library workloads with the trigger (ours) next to without it
+    /// (ceiling), i.e. what `outbox-relay notify on` costs publishers.
+    pub notify: Option<NotifyCost>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NotifyCost {
+    pub single: Comparison,
     pub batch: Comparison,
 }
 
@@ -65,40 +79,72 @@ impl PublishBench {
         publisher: Publisher,
     ) -> Result<PublishBenchReport, BenchError> {
         let payload = payload_of_size(self.payload_bytes);
-        let mut runs: [Vec<Measurement>; 4] = Default::default();
-        for round in 0..self.rounds.max(1) {
-            for (slot, workload) in [
-                Workload::SinglePlain,
-                Workload::SingleLibrary,
-                Workload::BatchPlain,
-                Workload::BatchLibrary,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                truncate(pool).await?;
-                let measurement = self.measure(pool, publisher, workload, &payload).await?;
-                tracing::debug!(
-                    round,
-                    slot,
-                    per_second = measurement.per_second(),
-                    "bench publish run"
-                );
-                runs[slot].push(measurement);
+        let mut plan = vec![
+            (Workload::SinglePlain, false),
+            (Workload::SingleLibrary, false),
+            (Workload::BatchPlain, false),
+            (Workload::BatchLibrary, false),
+        ];
+        // The trigger's cost includes signalling a listener, as in production.
+        let listener = if self.notify_trigger {
+            plan.extend([
+                (Workload::SingleLibrary, true),
+                (Workload::BatchLibrary, true),
+            ]);
+            Some(tokio::spawn(drain_notifications(pool.clone())))
+        } else {
+            None
+        };
+        let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); plan.len()];
+        let measured = async {
+            for round in 0..self.rounds.max(1) {
+                for (slot, &(workload, notify)) in plan.iter().enumerate() {
+                    set_notify_trigger(pool, notify).await?;
+                    truncate(pool).await?;
+                    let measurement = self.measure(pool, publisher, workload, &payload).await?;
+                    tracing::debug!(
+                        round,
+                        slot,
+                        notify,
+                        per_second = measurement.per_second(),
+                        "bench publish run"
+                    );
+                    runs[slot].push(measurement);
+                }
             }
+            set_notify_trigger(pool, false).await?;
+            truncate(pool).await
         }
-        truncate(pool).await?;
-        let [single_plain, single_library, batch_plain, batch_library] = runs;
+        .await;
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+        measured?;
+        let mut medians = runs.into_iter().map(median);
+        let mut next = || medians.next().expect("one median per planned workload");
+        let (single_plain, single_library, batch_plain, batch_library) =
+            (next(), next(), next(), next());
+        let notify = self.notify_trigger.then(|| NotifyCost {
+            single: Comparison {
+                ours: next(),
+                ceiling: single_library,
+            },
+            batch: Comparison {
+                ours: next(),
+                ceiling: batch_library,
+            },
+        });
         Ok(PublishBenchReport {
             settings: self.clone(),
             single: Comparison {
-                ours: median(single_library),
-                ceiling: median(single_plain),
+                ours: single_library,
+                ceiling: single_plain,
             },
             batch: Comparison {
-                ours: median(batch_library),
-                ceiling: median(batch_plain),
+                ours: batch_library,
+                ceiling: batch_plain,
             },
+            notify,
         })
     }
 
@@ -216,6 +262,30 @@ fn phase_error(workload: Workload, error: tokio::task::JoinError) -> BenchError 
         phase: workload.name(),
         source: Box::new(error),
     }
+}
+
+async fn set_notify_trigger(pool: &PgPool, on: bool) -> Result<(), BenchError> {
+    let result = if on {
+        store::notify_trigger_install(pool).await
+    } else {
+        store::notify_trigger_drop(pool).await
+    };
+    result.map(drop).map_err(|e| BenchError::Phase {
+        phase: "notify trigger",
+        source: Box::new(e),
+    })
+}
+
+/// LISTENs like a relay would, and throws the notifications away.
+async fn drain_notifications(pool: PgPool) {
+    let Ok(mut listener) = PgListener::connect_with(&pool).await else {
+        tracing::warn!("bench publish: could not LISTEN; measuring the trigger without a listener");
+        return;
+    };
+    if listener.listen(store::NOTIFY_CHANNEL).await.is_err() {
+        return;
+    }
+    while listener.recv().await.is_ok() {}
 }
 
 async fn truncate(pool: &PgPool) -> Result<(), BenchError> {

@@ -33,6 +33,10 @@ pub struct PublishArgs {
     /// Rounds of all four workloads; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also run the library workloads with the NOTIFY trigger of `outbox-relay notify on`
+    /// installed (and a listener), and report them next to the runs without it.
+    #[arg(long)]
+    notify_trigger: bool,
 }
 
 pub async fn run(config: &Config, scenario: Scenario) -> anyhow::Result<()> {
@@ -49,10 +53,11 @@ async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size.max(1),
         payload_bytes: args.payload_bytes,
         rounds: args.rounds.max(1),
+        notify_trigger: args.notify_trigger,
     };
     let connections = u32::try_from(bench.concurrency)
         .unwrap_or(u32::MAX)
-        .saturating_add(1);
+        .saturating_add(2);
     let scratch = ScratchDatabase::create(&config.database_url, connections).await?;
     eprintln!(
         "bench publish: scratch database {}, {} round(s), payload {} B",
@@ -73,5 +78,16 @@ async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {}",
         bench.batches, bench.batch_size, bench.concurrency, report.batch
     );
+    if let Some(notify) = report.notify {
+        println!("with the NOTIFY trigger (ceiling: the same calls without it):");
+        println!(
+            "publish_in_tx        {:>6} tx × 1   from {} tasks: {}",
+            bench.single_messages, bench.concurrency, notify.single
+        );
+        println!(
+            "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {}",
+            bench.batches, bench.batch_size, bench.concurrency, notify.batch
+        );
+    }
     Ok(())
 }

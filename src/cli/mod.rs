@@ -1,7 +1,9 @@
 //! The `outbox-relay` command line: global flags, the command list, and one file per command.
 
 mod bench;
+mod demo;
 mod migrate;
+mod notify;
 mod publish;
 mod run;
 mod status;
@@ -46,8 +48,12 @@ enum Command {
     Run(run::Args),
     /// Show every consumer group: cursor, lag, lease owner, and what holds delivery back.
     Status(status::Args),
+    /// Install or drop the NOTIFY trigger used by `wakeup = "notify"`.
+    Notify(notify::Args),
     /// Publish one message (in its own transaction) and print its id.
     Publish(publish::Args),
+    /// Publish from concurrent transactions while a relay forwards, then check what landed.
+    Demo(demo::Args),
     /// Measure the library next to the ceiling for the same work (in a scratch database).
     #[command(subcommand)]
     Bench(bench::Scenario),
@@ -71,19 +77,35 @@ impl From<anyhow::Error> for Failure {
 }
 
 impl Cli {
+    /// The log filter when `RUST_LOG` is not set: the relay's progress at INFO, except for the
+    /// demo, whose own output tells the story.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) => "warn",
+            _ => "outbox_relay=info,warn",
+        }
+    }
+
     pub async fn run(self) -> Result<(), Failure> {
         let overrides = Overrides {
             config_file: self.config,
             database_url: self.database_url,
             redis_url: self.redis_url,
         };
-        let config = Config::load(&overrides).map_err(anyhow::Error::from)?;
+        let config = match self.command {
+            // The demo falls back to the services of docker-compose.yml.
+            Command::Demo(_) => demo::load_config(&overrides),
+            _ => Config::load(&overrides),
+        }
+        .map_err(anyhow::Error::from)?;
         let result = match self.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Publish(args) => publish::run(&config, args).await,
+            Command::Notify(args) => notify::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
             Command::Status(args) => status::run(&config, args).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
+            Command::Demo(args) => demo::run(&config, args).await,
         };
         result.map_err(Failure::from)
     }

@@ -26,6 +26,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     // Listen for signals before connecting, so a SIGTERM during startup is a clean stop too.
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(signal_streams()?, shutdown.clone()));
+    // Two per group (its reads and writes may overlap with a stall check), the LISTEN
+    // connection of wakeup = "notify", and one spare.
     let connections = u32::try_from(groups.len())
         .unwrap_or(u32::MAX)
         .saturating_mul(2)

@@ -22,6 +22,8 @@ pub struct Args {
 struct Status {
     groups: Vec<GroupStatus>,
     xmin_holder: Option<XminHolder>,
+    /// Whether `outbox-relay notify on` installed the NOTIFY trigger.
+    notify_trigger: bool,
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
@@ -32,6 +34,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let notify_trigger = store::notify_trigger_installed(&pool).await?;
     pool.close().await;
     if let Some(group) = &args.group
         && groups.is_empty()
@@ -43,6 +46,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let status = Status {
         groups,
         xmin_holder,
+        notify_trigger,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -110,5 +114,8 @@ fn print_table(status: &Status) {
             (None, None) => "an unknown session".to_owned(),
         };
         println!("held back by {who}, open for {:.1}s", holder.age_seconds);
+    }
+    if status.notify_trigger {
+        println!("NOTIFY trigger installed (wakeup = \"notify\" relays wake on commit)");
     }
 }

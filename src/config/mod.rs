@@ -55,9 +55,13 @@ impl Default for RedisSettings {
 pub enum Wakeup {
     /// Poll every `idle_poll_ms` while caught up (default; costs publishers nothing).
     Poll,
-    /// LISTEN for the trigger installed by `outbox-relay notify on`, polling as a fallback.
+    /// LISTEN for the trigger installed by `outbox-relay notify on`, polling every
+    /// `idle_poll_ms` (default 500) as the fallback for a lost notification.
     Notify,
 }
+
+/// `idle_poll` when `wakeup = "notify"` and `idle_poll_ms` is not set.
+pub const NOTIFY_FALLBACK_POLL: Duration = Duration::from_millis(500);
 
 /// `[relay]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +219,12 @@ fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySettings {
             format!("unknown value `{other}`; expected `poll` or `notify`"),
         ),
     }
-    if let Some(ms) = raw.idle_poll_ms {
-        relay.idle_poll = Duration::from_millis(ms);
+    match raw.idle_poll_ms {
+        Some(0) => errors.push("relay.idle_poll_ms", "must be at least 1"),
+        Some(ms) => relay.idle_poll = Duration::from_millis(ms),
+        // With notifications the poll is only the fallback for a lost one.
+        None if relay.wakeup == Wakeup::Notify => relay.idle_poll = NOTIFY_FALLBACK_POLL,
+        None => {}
     }
     if let Some(ttl) = positive_ms(raw.lease_ttl_ms, "relay.lease_ttl_ms", errors) {
         if ttl < Duration::from_millis(100) {
@@ -542,6 +550,28 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn notify_wakeup_polls_slowly_as_a_fallback_unless_told_otherwise() {
+        let relay = |wakeup: &str, idle_poll_ms: Option<u64>| {
+            let raw = RawRelay {
+                wakeup: Some(wakeup.into()),
+                idle_poll_ms,
+                ..RawRelay::default()
+            };
+            let mut errors = ConfigErrors::default();
+            let relay = check_relay(&raw, &mut errors);
+            assert!(errors.is_empty(), "{errors}");
+            relay
+        };
+        assert_eq!(relay("poll", None).idle_poll, Duration::from_millis(5));
+        assert_eq!(relay("notify", None).wakeup, Wakeup::Notify);
+        assert_eq!(relay("notify", None).idle_poll, NOTIFY_FALLBACK_POLL);
+        assert_eq!(
+            relay("notify", Some(50)).idle_poll,
+            Duration::from_millis(50)
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +17,7 @@ use super::RelayError;
 use super::dispatcher::dispatch;
 use super::route::Route;
 use super::stall::StallWatch;
+use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::sink::Sink;
@@ -33,6 +33,9 @@ pub(super) struct GroupWorker {
     pub key_prefix: String,
     pub state: State,
     pub stall: StallWatch,
+    pub wakeup: Wakeup,
+    /// The highest transaction id a notification announced (0 when polling).
+    pub notified_tx_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,15 @@ pub(super) struct Lease {
     pub epoch: i64,
     pub cursor: Position,
     pub renew_at: Instant,
+}
+
+/// How long to wait before the next step.
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    None,
+    For(Duration),
+    /// The idle interval, ended early by a notification (`wakeup = "notify"`).
+    UntilWoken(Duration),
 }
 
 /// What one step found, which decides how long to wait before the next.
@@ -62,45 +74,57 @@ pub enum Step {
 impl GroupWorker {
     /// Runs until `shutdown` is cancelled, then releases the lease if held.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = self.backoff();
+        let mut backoff = super::backoff(self.settings.max_backoff);
         while !shutdown.is_cancelled() {
+            // A notification from now on ends the idle wait after this step.
+            self.notified_tx_id = self.wakeup.mark_seen();
             let pause = match self.step().await {
                 Ok(step) => {
-                    backoff = self.backoff();
+                    backoff = super::backoff(self.settings.max_backoff);
                     self.pause_after(step)
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(self.settings.max_backoff);
                     tracing::warn!(group = %self.name, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64,
                         "relay step failed; retrying");
-                    delay
+                    Pause::For(delay)
                 }
             };
-            if !pause.is_zero() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
+            let wait = async {
+                match pause {
+                    Pause::None => {}
+                    Pause::For(delay) => tokio::time::sleep(delay).await,
+                    Pause::UntilWoken(idle) => self.wakeup.wait(idle).await,
                 }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wait => {}
             }
         }
         self.release().await;
     }
 
-    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(self.settings.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    fn pause_after(&self, step: Step) -> Duration {
+    fn pause_after(&self, step: Step) -> Pause {
         match step {
-            Step::Busy => Duration::ZERO,
-            Step::Idle => self.settings.idle_poll,
-            Step::Standby => (self.settings.lease_ttl / 4)
-                .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            Step::Busy => Pause::None,
+            // Never idle past the lease renewal, however long the poll interval; and poll
+            // briskly while a notified transaction's messages are not read yet.
+            Step::Idle => Pause::UntilWoken(match self.state {
+                State::Active(lease) => {
+                    let idle = if lease.cursor.tx_id < self.notified_tx_id {
+                        self.settings.idle_poll.min(CHASE_POLL)
+                    } else {
+                        self.settings.idle_poll
+                    };
+                    idle.min(lease.renew_at.saturating_duration_since(Instant::now()))
+                }
+                State::Standby => self.settings.idle_poll,
+            }),
+            Step::Standby => Pause::For(
+                (self.settings.lease_ttl / 4)
+                    .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            ),
         }
     }
 

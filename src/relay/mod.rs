@@ -11,13 +11,17 @@ pub mod dispatcher;
 mod group;
 pub mod route;
 mod stall;
+mod wakeup;
 
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use group::Step;
 
-use crate::config::{GroupConfig, RelaySettings};
+use crate::config::{GroupConfig, RelaySettings, Wakeup as WakeupMode};
 use crate::sink::{Sink, SinkError};
 use crate::store;
 
@@ -92,6 +96,14 @@ impl Relay {
                 tracing::info!(group = %group.name, from_now = self.from_now, "consumer group created");
             }
         }
+        let wakeup = match self.settings.wakeup {
+            WakeupMode::Poll => wakeup::Wakeup::poll(),
+            WakeupMode::Notify => wakeup::Wakeup::notify(
+                self.pool.clone(),
+                self.settings.max_backoff,
+                shutdown.clone(),
+            ),
+        };
         let mut workers = tokio::task::JoinSet::new();
         for group in self.groups {
             let worker = group::GroupWorker {
@@ -104,12 +116,24 @@ impl Relay {
                 key_prefix: self.sink.key_prefix().to_owned(),
                 state: group::State::Standby,
                 stall: stall::StallWatch::new(self.settings.stall_report_interval),
+                wakeup: wakeup.clone(),
+                notified_tx_id: 0,
             };
             workers.spawn(worker.run(shutdown.clone()));
         }
         while workers.join_next().await.is_some() {}
         Ok(())
     }
+}
+
+/// Capped exponential backoff with jitter, from 50 ms up to `max`, for retrying after a failure.
+fn backoff(max: Duration) -> impl Iterator<Item = Duration> + use<> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// `host:pid:random`, unique per process start.

@@ -14,6 +14,9 @@ use crate::store::{self, Blockage};
 
 /// How often a caught-up group looks (cheap: one index probe).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Transactions hold the xmin back for milliseconds all the time; a group counts as stalled
+/// only when its cursor has been held back this long.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// A holder older than this is an ERROR (someone must act), younger a WARN.
 const HOLDER_IS_AN_ERROR_AFTER: f64 = 60.0;
 
@@ -21,7 +24,8 @@ pub(super) struct StallWatch {
     report_interval: Duration,
     next_check: Instant,
     last_report: Option<Instant>,
-    stalled: bool,
+    /// Since when the group has been held back at this cursor.
+    held_since: Option<(Position, Instant)>,
 }
 
 impl StallWatch {
@@ -30,11 +34,12 @@ impl StallWatch {
             report_interval,
             next_check: Instant::now(),
             last_report: None,
-            stalled: false,
+            held_since: None,
         }
     }
 
-    /// Called when a group is caught up; checks at most once per second.
+    /// Called when a group is caught up; checks at most every [`CHECK_EVERY`], and reports a
+    /// cursor held back at least [`STALLED_AFTER`], then once per report interval.
     pub async fn check(
         &mut self,
         pool: &PgPool,
@@ -49,14 +54,23 @@ impl StallWatch {
         self.next_check = now + CHECK_EVERY;
         let blockage = store::messages_held_back(pool, cursor).await?;
         if !blockage.held_back && !blockage.cursor_ahead {
-            if self.stalled {
+            if self.last_report.is_some() {
                 tracing::info!(group, position = %cursor, "no longer held back");
             }
-            self.stalled = false;
+            self.held_since = None;
             self.last_report = None;
             return Ok(());
         }
-        self.stalled = true;
+        let since = match self.held_since {
+            Some((at_cursor, since)) if at_cursor == cursor => since,
+            _ => {
+                self.held_since = Some((cursor, now));
+                now
+            }
+        };
+        if now.duration_since(since) < STALLED_AFTER {
+            return Ok(());
+        }
         if self
             .last_report
             .is_some_and(|at| now.duration_since(at) < self.report_interval)

@@ -91,6 +91,12 @@ impl Sink {
         })
     }
 
+    /// A handle on the sink's Redis connection (it reconnects by itself), for reading back
+    /// what was appended.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix
     }

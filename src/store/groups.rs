@@ -40,6 +40,15 @@ pub async fn consumer_groups_ensure(
     Ok(created.is_some())
 }
 
+/// Deletes the group's row; true when it existed.
+pub async fn consumer_groups_delete(pool: &PgPool, group: &str) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query(include_str!("sql/consumer_groups_delete.sql"))
+        .bind(group)
+        .execute(pool)
+        .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
 /// Takes the lease if free, expired or ours (and the group is not paused).
 pub async fn consumer_groups_lease_acquire(
     pool: &PgPool,

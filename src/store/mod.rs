@@ -8,6 +8,7 @@ mod groups;
 mod inspect;
 mod messages;
 mod migrate;
+mod notify;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,8 +18,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use databases::{database_create, database_drop};
 pub use groups::{
-    AcquiredLease, LeaseHolder, consumer_groups_cursor_advance, consumer_groups_ensure,
-    consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
+    AcquiredLease, LeaseHolder, consumer_groups_cursor_advance, consumer_groups_delete,
+    consumer_groups_ensure, consumer_groups_lease_acquire, consumer_groups_lease_release,
+    consumer_groups_lease_renew,
 };
 pub use inspect::{
     Blockage, GroupStatus, XminHolder, consumer_groups_status, messages_held_back, xmin_holder,
@@ -29,6 +31,9 @@ pub use messages::{
 };
 pub(crate) use messages::{messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
+pub use notify::{
+    NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
+};
 
 use crate::config::ConnectionUrl;
 

@@ -3,12 +3,14 @@
 mod harness;
 
 mod cli;
+mod demo;
 mod migrate;
 mod publish;
 mod relay_crash;
 mod relay_faults;
 mod relay_forward;
 mod relay_lease;
+mod relay_notify;
 mod relay_order;
 mod relay_stall;
 mod sql_publish;

@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 
 use crate::harness::TestDb;
 
-const OUR_MIGRATIONS: i64 = 5;
+const OUR_MIGRATIONS: i64 = 6;
 
 async fn app_migrator() -> Migrator {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app_migrations");
@@ -31,6 +31,7 @@ async fn objects_exist(pool: &PgPool) -> Vec<(String, bool)> {
         "outbox.deliveries",
         "outbox.schemas",
         "outbox.publish(text,jsonb,text,jsonb)",
+        "outbox.notify_new_messages()",
         "public.app_users",
         "public.app_orders",
     ];

@@ -44,35 +44,46 @@ impl TestRedis {
         }
     }
 
+    /// A connection that waits up to 30 s for a reply (redis-rs's default of 500 ms is too short
+    /// for reading back a large stream while the other tests load the machine).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         self.client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
     }
 
-    /// Every entry of `stream` (named without the prefix), oldest first.
+    /// Every entry of `stream` (named without the prefix), oldest first, read in pages.
     pub async fn entries(&self, stream: &str) -> Vec<StreamEntry> {
         let mut connection = self.connection().await;
-        let reply: redis::streams::StreamRangeReply = connection
-            .xrange_all(format!("{}{stream}", self.prefix))
-            .await
-            .expect("XRANGE");
-        reply
-            .ids
-            .into_iter()
-            .map(|entry| StreamEntry {
-                fields: entry
-                    .map
-                    .iter()
-                    .map(|(name, value)| {
-                        let value: String =
-                            redis::from_redis_value_ref(value).expect("string field");
-                        (name.clone(), value)
-                    })
-                    .collect(),
-            })
-            .collect()
+        let key = format!("{}{stream}", self.prefix);
+        let mut entries = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let page: redis::streams::StreamRangeReply = connection
+                .xrange_count(&key, &start, "+", 2000)
+                .await
+                .expect("XRANGE");
+            let Some(last) = page.ids.last() else {
+                return entries;
+            };
+            start = format!("({}", last.id);
+            entries.extend(page.ids.into_iter().map(|entry| {
+                StreamEntry {
+                    fields: entry
+                        .map
+                        .iter()
+                        .map(|(name, value)| {
+                            let value: String =
+                                redis::from_redis_value_ref(value).expect("string field");
+                            (name.clone(), value)
+                        })
+                        .collect(),
+                }
+            }));
+        }
     }
 
     pub async fn stream_len(&self, stream: &str) -> usize {
