@@ -2,13 +2,18 @@
 //! taken in the same run against the configured Postgres, in a scratch database that is
 //! created for the run and dropped after it.
 
+mod drain;
+mod latency;
 mod publish;
+mod relay_process;
 
 use std::fmt;
 use std::time::Duration;
 
 use sqlx::PgPool;
 
+pub use drain::{DrainBench, DrainBenchReport};
+pub use latency::{LatencyBench, LatencyBenchReport};
 pub use publish::{NotifyCost, PublishBench, PublishBenchReport};
 
 use crate::config::ConnectionUrl;

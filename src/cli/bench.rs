@@ -1,8 +1,11 @@
 //! `outbox-relay bench <scenario>`
 
+use std::time::Duration;
+
+use anyhow::Context;
 use outbox_relay::Publisher;
-use outbox_relay::bench::{PublishBench, ScratchDatabase};
-use outbox_relay::config::Config;
+use outbox_relay::bench::{DrainBench, LatencyBench, PublishBench, ScratchDatabase};
+use outbox_relay::config::{Config, Wakeup};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
@@ -11,6 +14,56 @@ pub enum Scenario {
     ///
     /// Example: outbox-relay bench publish --messages 10000 --concurrency 8 --batches 1000 --batch-size 100
     Publish(PublishArgs),
+    /// A backlog forwarded to one stream by one group (a real `outbox-relay run` process),
+    /// next to a plain SELECT of the same rows and pipelined XADD of the same entries.
+    ///
+    /// Example: outbox-relay bench drain --messages 100000
+    Drain(DrainArgs),
+    /// Commit → stream latency at a steady rate of single-message transactions.
+    ///
+    /// Example: outbox-relay bench latency --rate 2000 --seconds 30 [--wakeup notify]
+    Latency(LatencyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// Messages in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload size in bytes of JSON text.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// The relay's batch_size (and the ceilings').
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    /// Messages per second, one per transaction.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// How long to publish.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Publishing tasks sharing the rate.
+    #[arg(long, default_value_t = 8)]
+    publishers: u64,
+    /// Payload size in bytes of JSON text.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// The relay's wake-up mode (notify installs the trigger in the scratch database).
+    #[arg(long, value_enum, default_value_t = WakeupArg::Poll)]
+    wakeup: WakeupArg,
+    /// The relay's idle_poll_ms (default: its default for the wake-up mode).
+    #[arg(long)]
+    idle_poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WakeupArg {
+    Poll,
+    Notify,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +95,8 @@ pub struct PublishArgs {
 pub async fn run(config: &Config, scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
         Scenario::Publish(args) => publish(config, args).await,
+        Scenario::Drain(args) => drain(config, args).await,
+        Scenario::Latency(args) => latency(config, args).await,
     }
 }
 
@@ -89,5 +144,114 @@ async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
             bench.batches, bench.batch_size, bench.concurrency, notify.batch
         );
     }
+    Ok(())
+}
+
+/// The binary the relay child runs: this one.
+fn relay_exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("finding the outbox-relay binary to run as the relay")
+}
+
+async fn drain(config: &Config, args: DrainArgs) -> anyhow::Result<()> {
+    let redis_url = config.require_redis_url()?;
+    let bench = DrainBench {
+        messages: args.messages.max(1),
+        payload_bytes: args.payload_bytes,
+        batch_size: args.batch_size.max(1),
+        relay_exe: relay_exe()?,
+    };
+    let scratch = ScratchDatabase::create(&config.database_url, 4).await?;
+    eprintln!(
+        "bench drain: scratch database {}, {} messages of {} B, batch {}",
+        scratch.name(),
+        bench.messages,
+        bench.payload_bytes,
+        bench.batch_size
+    );
+    let report = bench
+        .run(
+            &scratch.pool,
+            &config.database_url.with_database(scratch.name()),
+            redis_url,
+        )
+        .await;
+    scratch.drop().await;
+    let report = report?;
+    let lower = report.against_lower_ceiling();
+    println!(
+        "backlog filled           {:>9.0} msg/s in {:>7.3} s (not measured against anything)",
+        report.fill.per_second(),
+        report.fill.elapsed.as_secs_f64()
+    );
+    println!(
+        "ceiling (a) plain SELECT {:>9.0} msg/s in {:>7.3} s",
+        report.read_ceiling.per_second(),
+        report.read_ceiling.elapsed.as_secs_f64()
+    );
+    println!(
+        "ceiling (b) XADD pipes   {:>9.0} msg/s in {:>7.3} s",
+        report.append_ceiling.per_second(),
+        report.append_ceiling.elapsed.as_secs_f64()
+    );
+    println!("relay vs lower ceiling   {lower}");
+    match report.relay_peak_rss {
+        Some(bytes) => println!(
+            "relay peak RSS           {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        ),
+        None => println!("relay peak RSS           unknown (no /proc)"),
+    }
+    Ok(())
+}
+
+async fn latency(config: &Config, args: LatencyArgs) -> anyhow::Result<()> {
+    let redis_url = config.require_redis_url()?;
+    let bench = LatencyBench {
+        rate: args.rate.max(1),
+        duration: Duration::from_secs(args.seconds.max(1)),
+        payload_bytes: args.payload_bytes,
+        publishers: args.publishers.max(1),
+        wakeup: match args.wakeup {
+            WakeupArg::Poll => Wakeup::Poll,
+            WakeupArg::Notify => Wakeup::Notify,
+        },
+        idle_poll_ms: args.idle_poll_ms,
+        relay_exe: relay_exe()?,
+    };
+    let connections = u32::try_from(bench.publishers)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2);
+    let scratch = ScratchDatabase::create(&config.database_url, connections).await?;
+    eprintln!(
+        "bench latency: scratch database {}, {} msg/s for {} s from {} publishers, wakeup {:?}",
+        scratch.name(),
+        bench.rate,
+        bench.duration.as_secs(),
+        bench.publishers,
+        args.wakeup
+    );
+    let report = bench
+        .run(
+            &scratch.pool,
+            &config.database_url.with_database(scratch.name()),
+            redis_url,
+        )
+        .await;
+    scratch.drop().await;
+    let report = report?;
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "published {} messages in {:.1} s ({:.0} msg/s achieved)",
+        report.published,
+        report.publish_elapsed.as_secs_f64(),
+        report.published as f64 / report.publish_elapsed.as_secs_f64()
+    );
+    println!(
+        "commit → entry: p50 {} | p95 {} | p99 {} | max {}",
+        ms(report.quantile(0.50)),
+        ms(report.quantile(0.95)),
+        ms(report.quantile(0.99)),
+        ms(report.quantile(1.0)),
+    );
     Ok(())
 }

@@ -27,6 +27,13 @@ impl ConnectionUrl {
         &self.0
     }
 
+    /// The same server and credentials, database `name` (the URL's path).
+    pub fn with_database(&self, name: &str) -> ConnectionUrl {
+        let mut url = url::Url::parse(&self.0).expect("checked when parsed");
+        url.set_path(&format!("/{name}"));
+        ConnectionUrl(url.to_string())
+    }
+
     /// The URL with the userinfo password and any `password=` query parameter replaced.
     pub fn redacted(&self) -> String {
         redact_url(&self.0)

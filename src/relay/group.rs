@@ -60,12 +60,17 @@ enum Pause {
     UntilWoken(Duration),
 }
 
+/// The pause after a read that found some messages but not a full batch.
+const TRICKLE_PAUSE: Duration = Duration::from_millis(1);
+
 /// What one step found, which decides how long to wait before the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// A full batch: go again at once.
     Busy,
-    /// Caught up: wait the idle interval.
+    /// Some messages, not a full batch: a trickle; look again after a short breath.
+    Trickle,
+    /// Caught up (the read found nothing): wait the idle interval.
     Idle,
     /// Another relay holds the lease: wait, then try to take it.
     Standby,
@@ -108,6 +113,9 @@ impl GroupWorker {
     fn pause_after(&self, step: Step) -> Pause {
         match step {
             Step::Busy => Pause::None,
+            // Under a steady trickle, more has arrived while these were forwarded: look again
+            // soon, without spinning (the idle interval only once a read finds nothing).
+            Step::Trickle => Pause::UntilWoken(self.settings.idle_poll.min(TRICKLE_PAUSE)),
             // Never idle past the lease renewal, however long the poll interval; and poll
             // briskly while a notified transaction's messages are not read yet.
             Step::Idle => Pause::UntilWoken(match self.state {
@@ -236,7 +244,7 @@ impl GroupWorker {
         Ok(if rows.len() >= self.settings.batch_size {
             Step::Busy
         } else {
-            Step::Idle
+            Step::Trickle
         })
     }
 

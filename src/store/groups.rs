@@ -40,6 +40,32 @@ pub async fn consumer_groups_ensure(
     Ok(created.is_some())
 }
 
+/// Where a group's cursor is and who holds its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCursor {
+    pub cursor: Position,
+    pub lease_owner: Option<String>,
+}
+
+/// The group's cursor and lease owner (`None`: no such group); cheap enough to poll.
+pub async fn consumer_groups_cursor(
+    pool: &PgPool,
+    group: &str,
+) -> Result<Option<GroupCursor>, sqlx::Error> {
+    let row: Option<(String, i64, Option<String>)> =
+        sqlx::query_as(include_str!("sql/consumer_groups_cursor.sql"))
+            .bind(group)
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(tx_id, seq, lease_owner)| {
+        Ok(GroupCursor {
+            cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
+            lease_owner,
+        })
+    })
+    .transpose()
+}
+
 /// Deletes the group's row; true when it existed.
 pub async fn consumer_groups_delete(pool: &PgPool, group: &str) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query(include_str!("sql/consumer_groups_delete.sql"))
@@ -64,9 +90,7 @@ pub async fn consumer_groups_lease_acquire(
             .fetch_optional(pool)
             .await?;
     row.map(|(epoch, tx_id, seq)| {
-        let tx_id = tx_id
-            .parse::<u64>()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let tx_id = super::decode_tx_id(&tx_id)?;
         Ok(AcquiredLease {
             epoch,
             cursor: Position::new(tx_id, seq),

@@ -45,9 +45,7 @@ pub async fn consumer_groups_status(
     rows.iter()
         .map(|row| {
             let tx_id: &str = row.try_get("cursor_tx_id_text")?;
-            let tx_id = tx_id
-                .parse::<u64>()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let tx_id = super::decode_tx_id(tx_id)?;
             Ok(GroupStatus {
                 name: row.try_get("name")?,
                 cursor: Position::new(tx_id, row.try_get("cursor_seq")?),

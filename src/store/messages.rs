@@ -62,12 +62,19 @@ pub async fn messages_position(
         .fetch_optional(conn)
         .await?;
     row.map(|(tx_id, seq)| {
-        let tx_id = tx_id
-            .parse::<u64>()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let tx_id = super::decode_tx_id(&tx_id)?;
         Ok(Position::new(tx_id, seq))
     })
     .transpose()
+}
+
+/// The highest position in the outbox (visible or not yet), `None` when it is empty.
+pub async fn messages_last_position(pool: &sqlx::PgPool) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(include_str!("sql/messages_last_position.sql"))
+        .fetch_optional(pool)
+        .await?;
+    row.map(|(tx_id, seq)| Ok(Position::new(super::decode_tx_id(&tx_id)?, seq)))
+        .transpose()
 }
 
 /// A row of `outbox.messages` as stored.
@@ -93,9 +100,7 @@ pub async fn messages_of_current_transaction(
     rows.iter()
         .map(|row| {
             let tx_id: String = row.try_get("tx_id_text")?;
-            let tx_id = tx_id
-                .parse::<u64>()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let tx_id = super::decode_tx_id(&tx_id)?;
             let Json(headers) = row.try_get("headers")?;
             Ok(StoredMessage {
                 position: Position::new(tx_id, row.try_get("seq")?),
@@ -141,9 +146,7 @@ pub async fn messages_fetch_visible(
     rows.iter()
         .map(|row| {
             let tx_id: &str = row.try_get("tx_id_text")?;
-            let tx_id = tx_id
-                .parse::<u64>()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let tx_id = super::decode_tx_id(tx_id)?;
             Ok(OutboxRow {
                 position: Position::new(tx_id, row.try_get("seq")?),
                 id: row.try_get("id")?,

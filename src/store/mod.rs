@@ -18,16 +18,16 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use databases::{database_create, database_drop};
 pub use groups::{
-    AcquiredLease, LeaseHolder, consumer_groups_cursor_advance, consumer_groups_delete,
-    consumer_groups_ensure, consumer_groups_lease_acquire, consumer_groups_lease_release,
-    consumer_groups_lease_renew,
+    AcquiredLease, GroupCursor, LeaseHolder, consumer_groups_cursor,
+    consumer_groups_cursor_advance, consumer_groups_delete, consumer_groups_ensure,
+    consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
 };
 pub use inspect::{
     Blockage, GroupStatus, XminHolder, consumer_groups_status, messages_held_back, xmin_holder,
 };
 pub use messages::{
-    OutboxRow, StoredMessage, messages_fetch_visible, messages_of_current_transaction,
-    messages_position,
+    OutboxRow, StoredMessage, messages_fetch_visible, messages_last_position,
+    messages_of_current_transaction, messages_position,
 };
 pub(crate) use messages::{messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
@@ -36,6 +36,13 @@ pub use notify::{
 };
 
 use crate::config::ConnectionUrl;
+
+/// A transaction id selected as `tx_id::text` (sqlx has no xid8 type).
+fn decode_tx_id(tx_id: &str) -> Result<u64, sqlx::Error> {
+    tx_id
+        .parse::<u64>()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
 
 /// The `application_name` our connections carry, so operators can tell them apart in
 /// `pg_stat_activity` (and so the xmin-holder report can skip them).

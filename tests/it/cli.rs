@@ -295,8 +295,14 @@ async fn bench_publish_runs_in_a_scratch_database_and_drops_it() {
         "10",
         "--rounds",
         "1",
+        "--notify-trigger",
     ]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("with the NOTIFY trigger"),
+        "{}",
+        out.stdout
+    );
     for line in ["publish_in_tx", "publish_batch_in_tx"] {
         let found = out
             .stdout

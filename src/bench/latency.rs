@@ -1,0 +1,245 @@
+//! `bench latency`: a steady rate of single-message transactions for a while, forwarded by a
+//! real `outbox-relay run` process; a consumer blocked on XREAD notes when each entry arrives.
+//! Latency = entry received − `COMMIT` returned to the publisher, both on this process's clock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use sqlx::PgPool;
+use tokio::time::MissedTickBehavior;
+
+use super::BenchError;
+use super::publish::payload_of_size;
+use super::relay_process::{RelayProcess, ScratchRedis, phase};
+use crate::config::{ConnectionUrl, Wakeup};
+use crate::publish::{Message, Publisher};
+use crate::store;
+
+const GROUP: &str = "bench-latency";
+const STREAM: &str = "latency";
+const TOPIC: &str = "bench.latency";
+
+#[derive(Debug, Clone)]
+pub struct LatencyBench {
+    /// Messages per second, each in its own transaction.
+    pub rate: u64,
+    pub duration: Duration,
+    pub payload_bytes: usize,
+    /// Publishing tasks sharing the rate.
+    pub publishers: u64,
+    pub wakeup: Wakeup,
+    /// `idle_poll_ms` for the relay (`None`: its default for the wake-up mode).
+    pub idle_poll_ms: Option<u64>,
+    pub relay_exe: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LatencyBenchReport {
+    pub settings: LatencyBench,
+    /// Messages published, and over how long (the achieved rate).
+    pub published: u64,
+    pub publish_elapsed: Duration,
+    /// Commit → entry latencies, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl LatencyBenchReport {
+    /// The `q` quantile (0.0..=1.0) of the latencies.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        self.latencies[index]
+    }
+}
+
+/// When each message's commit returned, and when its entry arrived, by message id.
+#[derive(Default)]
+struct Observations {
+    committed: HashMap<String, Instant>,
+    received: HashMap<String, Instant>,
+}
+
+type Shared = Arc<Mutex<Observations>>;
+
+fn lock(observations: &Shared) -> std::sync::MutexGuard<'_, Observations> {
+    observations
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LatencyBench {
+    pub async fn run(
+        &self,
+        pool: &PgPool,
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+    ) -> Result<LatencyBenchReport, BenchError> {
+        let mut redis = ScratchRedis::connect(redis_url, "latency").await?;
+        let result = self
+            .measure(pool, database_url, redis_url, &mut redis)
+            .await;
+        redis.clean().await;
+        result
+    }
+
+    async fn measure(
+        &self,
+        pool: &PgPool,
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+        redis: &mut ScratchRedis,
+    ) -> Result<LatencyBenchReport, BenchError> {
+        if self.wakeup == Wakeup::Notify {
+            store::notify_trigger_install(pool)
+                .await
+                .map_err(|e| phase("install the NOTIFY trigger", e))?;
+        }
+        let wakeup = match self.wakeup {
+            Wakeup::Poll => "poll",
+            Wakeup::Notify => "notify",
+        };
+        let idle_poll = self
+            .idle_poll_ms
+            .map(|ms| format!("idle_poll_ms = {ms}\n"))
+            .unwrap_or_default();
+        let toml = format!(
+            "[redis]\nkey_prefix = \"{}\"\n[relay]\nwakeup = \"{wakeup}\"\n{idle_poll}\
+             [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{STREAM}\"\n",
+            redis.prefix
+        );
+        let mut relay = RelayProcess::start(&self.relay_exe, database_url, redis_url, &toml)?;
+        relay
+            .wait_for_lease(pool, GROUP, Duration::from_secs(15))
+            .await?;
+
+        let observations: Shared = Arc::default();
+        let stream_key = format!("{}{STREAM}", redis.prefix);
+        let consumer = tokio::spawn(consume(
+            redis.connection.clone(),
+            stream_key,
+            observations.clone(),
+        ));
+        let (published, publish_elapsed) = self.publish(pool, &observations).await?;
+        let all_received = tokio::time::timeout(Duration::from_secs(30), async {
+            while (lock(&observations).received.len() as u64) < published {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        consumer.abort();
+        relay.stop().await?;
+        let latencies: Vec<Duration> = {
+            let observations = lock(&observations);
+            observations
+                .received
+                .iter()
+                .filter_map(|(id, received)| {
+                    let committed = observations.committed.get(id)?;
+                    Some(received.saturating_duration_since(*committed))
+                })
+                .collect()
+        };
+        if all_received.is_err() {
+            return Err(phase(
+                "check",
+                format!(
+                    "only {} of {published} entries arrived within 30 s of the last commit",
+                    latencies.len()
+                ),
+            ));
+        }
+        let mut latencies = latencies;
+        latencies.sort_unstable();
+        Ok(LatencyBenchReport {
+            settings: self.clone(),
+            published,
+            publish_elapsed,
+            latencies,
+        })
+    }
+
+    /// `rate` per second for `duration`, spread over `publishers` tasks on fixed ticks.
+    async fn publish(
+        &self,
+        pool: &PgPool,
+        observations: &Shared,
+    ) -> Result<(u64, Duration), BenchError> {
+        let payload = payload_of_size(self.payload_bytes);
+        let publishers = self.publishers.max(1);
+        let per_task_rate = (self.rate as f64 / publishers as f64).max(0.001);
+        let period = Duration::from_secs_f64(1.0 / per_task_rate);
+        let per_task = (per_task_rate * self.duration.as_secs_f64()).round() as u64;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..publishers {
+            let (pool, payload, observations) =
+                (pool.clone(), payload.clone(), observations.clone());
+            tasks.spawn(async move {
+                // Stagger the tasks across one period so the rate is even, not bursty.
+                tokio::time::sleep(period.mul_f64(task as f64 / publishers as f64)).await;
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                let publisher = Publisher::default();
+                for _ in 0..per_task {
+                    ticks.tick().await;
+                    let mut tx = pool.begin().await?;
+                    let id = publisher
+                        .publish_in_tx(&mut tx, Message::new(TOPIC, &payload))
+                        .await
+                        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                    tx.commit().await?;
+                    let committed = Instant::now();
+                    lock(&observations)
+                        .committed
+                        .insert(id.to_string(), committed);
+                }
+                Ok::<_, sqlx::Error>(per_task)
+            });
+        }
+        let mut published = 0;
+        while let Some(result) = tasks.join_next().await {
+            published += result
+                .map_err(|e| phase("publish", e))?
+                .map_err(|e| phase("publish", e))?;
+        }
+        Ok((published, started.elapsed()))
+    }
+}
+
+/// XREAD BLOCK from the start of the stream, noting when each message id arrives.
+async fn consume(
+    mut connection: redis::aio::MultiplexedConnection,
+    stream_key: String,
+    observations: Shared,
+) {
+    let mut last_id = "0-0".to_owned();
+    let options = StreamReadOptions::default().block(1000).count(1000);
+    loop {
+        let reply: Result<StreamReadReply, _> = redis::AsyncCommands::xread_options(
+            &mut connection,
+            &[&stream_key],
+            &[&last_id],
+            &options,
+        )
+        .await;
+        let received = Instant::now();
+        let Ok(reply) = reply else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut observations = lock(&observations);
+        for key in reply.keys {
+            for entry in key.ids {
+                if let Some(id) = entry.get::<String>("id") {
+                    observations.received.insert(id, received);
+                }
+                last_id = entry.id;
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The relay under measurement: a real `outbox-relay run` child process (so its peak RSS is
+//! its own), configured by a file in a temporary directory, plus the scratch Redis key prefix
+//! it writes under.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+use super::BenchError;
+use crate::config::ConnectionUrl;
+use crate::store;
+
+/// A key prefix of this run's own on the configured Redis; [`ScratchRedis::clean`] deletes
+/// everything under it.
+pub struct ScratchRedis {
+    pub prefix: String,
+    pub connection: redis::aio::MultiplexedConnection,
+}
+
+impl ScratchRedis {
+    pub async fn connect(url: &ConnectionUrl, scenario: &str) -> Result<Self, BenchError> {
+        let fail = |e: redis::RedisError| phase("connect to Redis", e);
+        let client = redis::Client::open(url.expose()).map_err(fail)?;
+        // Reading back or deleting a million entries takes longer than redis-rs's 500 ms default.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(fail)?;
+        Ok(ScratchRedis {
+            prefix: format!("outbox-bench:{}:{scenario}:", std::process::id()),
+            connection,
+        })
+    }
+
+    /// Deletes every key under the prefix; a failure is logged, not returned.
+    pub async fn clean(mut self) {
+        let pattern = format!("{}*", self.prefix);
+        let keys: Result<Vec<String>, _> = async {
+            let mut iter = self.connection.scan_match::<_, String>(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+            Ok::<_, redis::RedisError>(keys)
+        }
+        .await;
+        let result = match keys {
+            Ok(keys) if keys.is_empty() => Ok(()),
+            Ok(keys) => self.connection.unlink::<_, ()>(keys).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::warn!(prefix = %self.prefix, %error, "could not delete the bench keys");
+        }
+    }
+}
+
+/// `outbox-relay run` on a configuration written for the run.
+pub struct RelayProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts `exe --config <file> --database-url .. --redis-url .. run` with `toml` as the
+    /// file (flags, not the file, carry the URLs, so they beat any DATABASE_URL around).
+    pub fn start(
+        exe: &Path,
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+        toml: &str,
+    ) -> Result<Self, BenchError> {
+        let dir = std::env::temp_dir().join(format!("outbox-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| phase("write the relay config", e))?;
+        let config = dir.join("relay.toml");
+        std::fs::write(&config, toml).map_err(|e| phase("write the relay config", e))?;
+        let log = std::fs::File::create(dir.join("relay.log"))
+            .map_err(|e| phase("create the relay log", e))?;
+        let mut command = Command::new(exe);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OUTBOX_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg("--config")
+            .arg(&config)
+            .args(["--database-url", database_url.expose()])
+            .args(["--redis-url", redis_url.expose()])
+            .arg("run")
+            .env("RUST_LOG", "outbox_relay=info,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| phase("start outbox-relay run", e))?;
+        Ok(RelayProcess { child, dir })
+    }
+
+    /// Waits until the relay holds `group`'s lease.
+    pub async fn wait_for_lease(
+        &mut self,
+        pool: &PgPool,
+        group: &str,
+        deadline: Duration,
+    ) -> Result<(), BenchError> {
+        let until = Instant::now() + deadline;
+        loop {
+            let cursor = store::consumer_groups_cursor(pool, group)
+                .await
+                .map_err(|e| phase("read the group's cursor", e))?;
+            if cursor.is_some_and(|c| c.lease_owner.is_some()) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > until {
+                return Err(self.failed("the relay did not take the lease in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An error if the relay has exited.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(self.failed(&format!("the relay exited ({status})"))),
+            Err(e) => Err(phase("watch the relay", e)),
+        }
+    }
+
+    /// The relay's peak resident set (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// SIGTERM, and wait for the exit (SIGKILL after 10 s).
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                Ok(())
+            }
+            Ok(Ok(status)) => Err(self.failed(&format!("the relay exited with {status}"))),
+            Ok(Err(e)) => Err(phase("stop the relay", e)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(self.failed("the relay did not stop within 10 s of SIGTERM"))
+            }
+        }
+    }
+
+    fn failed(&self, what: &str) -> BenchError {
+        let log = self.dir.join("relay.log");
+        let tail: String = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        phase(
+            "relay",
+            format!("{what}; log {} ends: {tail}", log.display()),
+        )
+    }
+}
+
+pub(super) fn phase(
+    phase: &'static str,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> BenchError {
+    BenchError::Phase {
+        phase,
+        source: error.into(),
+    }
+}
