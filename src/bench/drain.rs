@@ -10,9 +10,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::publish::payload_of_size;
-use super::relay_process::{RelayProcess, ScratchRedis, phase};
+use super::relay_process::{RelayProcess, RelayScratch, ScratchRedis, phase};
 use super::{BenchError, Comparison, Measurement};
-use crate::config::ConnectionUrl;
 use crate::store;
 
 const GROUP: &str = "bench-drain";
@@ -77,28 +76,15 @@ impl DrainBenchReport {
 }
 
 impl DrainBench {
-    /// Runs in `pool`'s (scratch) database, reachable for the relay at `database_url`.
-    pub async fn run(
-        &self,
-        pool: &PgPool,
-        database_url: &ConnectionUrl,
-        redis_url: &ConnectionUrl,
-    ) -> Result<DrainBenchReport, BenchError> {
-        let mut redis = ScratchRedis::connect(redis_url, "drain").await?;
-        let result = self
-            .measure(pool, database_url, redis_url, &mut redis)
-            .await;
-        redis.clean().await;
-        result
-    }
-
-    async fn measure(
-        &self,
-        pool: &PgPool,
-        database_url: &ConnectionUrl,
-        redis_url: &ConnectionUrl,
-        redis: &mut ScratchRedis,
-    ) -> Result<DrainBenchReport, BenchError> {
+    /// Runs in `scratch`: its database, its key prefix, a relay process pointed at both.
+    pub async fn run(&self, scratch: &mut RelayScratch) -> Result<DrainBenchReport, BenchError> {
+        let RelayScratch {
+            database,
+            database_url,
+            redis_url,
+            redis,
+        } = scratch;
+        let pool = &database.pool;
         let fill = self.fill(pool).await?;
         let last = store::messages_last_position(pool)
             .await

@@ -13,8 +13,8 @@ use tokio::time::MissedTickBehavior;
 
 use super::BenchError;
 use super::publish::payload_of_size;
-use super::relay_process::{RelayProcess, ScratchRedis, phase};
-use crate::config::{ConnectionUrl, Wakeup};
+use super::relay_process::{RelayProcess, RelayScratch, phase};
+use crate::config::Wakeup;
 use crate::publish::{Message, Publisher};
 use crate::store;
 
@@ -73,27 +73,15 @@ fn lock(observations: &Shared) -> std::sync::MutexGuard<'_, Observations> {
 }
 
 impl LatencyBench {
-    pub async fn run(
-        &self,
-        pool: &PgPool,
-        database_url: &ConnectionUrl,
-        redis_url: &ConnectionUrl,
-    ) -> Result<LatencyBenchReport, BenchError> {
-        let mut redis = ScratchRedis::connect(redis_url, "latency").await?;
-        let result = self
-            .measure(pool, database_url, redis_url, &mut redis)
-            .await;
-        redis.clean().await;
-        result
-    }
-
-    async fn measure(
-        &self,
-        pool: &PgPool,
-        database_url: &ConnectionUrl,
-        redis_url: &ConnectionUrl,
-        redis: &mut ScratchRedis,
-    ) -> Result<LatencyBenchReport, BenchError> {
+    /// Runs in `scratch`: its database, its key prefix, a relay process pointed at both.
+    pub async fn run(&self, scratch: &mut RelayScratch) -> Result<LatencyBenchReport, BenchError> {
+        let RelayScratch {
+            database,
+            database_url,
+            redis_url,
+            redis,
+        } = scratch;
+        let pool = &database.pool;
         if self.wakeup == Wakeup::Notify {
             store::notify_trigger_install(pool)
                 .await

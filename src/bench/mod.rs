@@ -15,6 +15,7 @@ use sqlx::PgPool;
 pub use drain::{DrainBench, DrainBenchReport};
 pub use latency::{LatencyBench, LatencyBenchReport};
 pub use publish::{NotifyCost, PublishBench, PublishBenchReport};
+pub use relay_process::RelayScratch;
 
 use crate::config::ConnectionUrl;
 use crate::store::{self, ConnectError};

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use super::BenchError;
+use super::{BenchError, ScratchDatabase};
 use crate::config::ConnectionUrl;
+use crate::sink::delete_keys_with_prefix;
 use crate::store;
 
 /// A key prefix of this run's own on the configured Redis; [`ScratchRedis::clean`] deletes
@@ -40,24 +40,42 @@ impl ScratchRedis {
 
     /// Deletes every key under the prefix; a failure is logged, not returned.
     pub async fn clean(mut self) {
-        let pattern = format!("{}*", self.prefix);
-        let keys: Result<Vec<String>, _> = async {
-            let mut iter = self.connection.scan_match::<_, String>(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-            Ok::<_, redis::RedisError>(keys)
-        }
-        .await;
-        let result = match keys {
-            Ok(keys) if keys.is_empty() => Ok(()),
-            Ok(keys) => self.connection.unlink::<_, ()>(keys).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
+        if let Err(error) = delete_keys_with_prefix(&mut self.connection, &self.prefix).await {
             tracing::warn!(prefix = %self.prefix, %error, "could not delete the bench keys");
         }
+    }
+}
+
+/// Where a relay benchmark runs: a scratch database (and its URL, for the relay process) and
+/// a scratch key prefix. [`RelayScratch::remove`] drops both.
+pub struct RelayScratch {
+    pub database: ScratchDatabase,
+    pub database_url: ConnectionUrl,
+    pub redis_url: ConnectionUrl,
+    pub redis: ScratchRedis,
+}
+
+impl RelayScratch {
+    pub async fn create(
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+        scenario: &str,
+        max_connections: u32,
+    ) -> Result<Self, BenchError> {
+        let redis = ScratchRedis::connect(redis_url, scenario).await?;
+        let database = ScratchDatabase::create(database_url, max_connections).await?;
+        Ok(RelayScratch {
+            database_url: database_url.with_database(database.name()),
+            redis_url: redis_url.clone(),
+            database,
+            redis,
+        })
+    }
+
+    /// Deletes the keys and drops the database; failures are logged.
+    pub async fn remove(self) {
+        self.redis.clean().await;
+        self.database.drop().await;
     }
 }
 

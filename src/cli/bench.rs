@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outbox_relay::Publisher;
-use outbox_relay::bench::{DrainBench, LatencyBench, PublishBench, ScratchDatabase};
+use outbox_relay::bench::{DrainBench, LatencyBench, PublishBench, RelayScratch, ScratchDatabase};
 use outbox_relay::config::{Config, Wakeup};
 
 #[derive(Debug, clap::Subcommand)]
@@ -160,22 +160,16 @@ async fn drain(config: &Config, args: DrainArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size.max(1),
         relay_exe: relay_exe()?,
     };
-    let scratch = ScratchDatabase::create(&config.database_url, 4).await?;
+    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "drain", 4).await?;
     eprintln!(
         "bench drain: scratch database {}, {} messages of {} B, batch {}",
-        scratch.name(),
+        scratch.database.name(),
         bench.messages,
         bench.payload_bytes,
         bench.batch_size
     );
-    let report = bench
-        .run(
-            &scratch.pool,
-            &config.database_url.with_database(scratch.name()),
-            redis_url,
-        )
-        .await;
-    scratch.drop().await;
+    let report = bench.run(&mut scratch).await;
+    scratch.remove().await;
     let report = report?;
     let lower = report.against_lower_ceiling();
     println!(
@@ -221,23 +215,18 @@ async fn latency(config: &Config, args: LatencyArgs) -> anyhow::Result<()> {
     let connections = u32::try_from(bench.publishers)
         .unwrap_or(u32::MAX)
         .saturating_add(2);
-    let scratch = ScratchDatabase::create(&config.database_url, connections).await?;
+    let mut scratch =
+        RelayScratch::create(&config.database_url, redis_url, "latency", connections).await?;
     eprintln!(
         "bench latency: scratch database {}, {} msg/s for {} s from {} publishers, wakeup {:?}",
-        scratch.name(),
+        scratch.database.name(),
         bench.rate,
         bench.duration.as_secs(),
         bench.publishers,
         args.wakeup
     );
-    let report = bench
-        .run(
-            &scratch.pool,
-            &config.database_url.with_database(scratch.name()),
-            redis_url,
-        )
-        .await;
-    scratch.drop().await;
+    let report = bench.run(&mut scratch).await;
+    scratch.remove().await;
     let report = report?;
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use outbox_relay::config::{Config, GroupConfig, Overrides, RawConfig};
 use outbox_relay::relay::Relay;
 use outbox_relay::relay::route::{Handler, Route, StreamTemplate};
-use outbox_relay::sink::Sink;
+use outbox_relay::sink::{Sink, delete_keys_with_prefix};
 use outbox_relay::{Message, store};
 use rand::Rng;
 use redis::AsyncCommands;
@@ -426,23 +426,8 @@ async fn check(
 }
 
 async fn clean_up(pool: &PgPool, sink: &Sink, group: &str) -> anyhow::Result<()> {
-    let mut connection = sink.connection();
-    let pattern = format!("{}*", sink.key_prefix());
-    let keys: Vec<String> = {
-        let mut iter = connection.scan_match::<_, String>(&pattern).await?;
-        let mut keys = Vec::new();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
-        }
-        keys
-    };
-    if !keys.is_empty() {
-        let _: usize = sink.connection().del(&keys).await?;
-    }
+    let keys = delete_keys_with_prefix(&mut sink.connection(), sink.key_prefix()).await?;
     store::consumer_groups_delete(pool, group).await?;
-    println!(
-        "cleaned up: {} Redis keys and the consumer group {group} (--keep keeps them)",
-        keys.len()
-    );
+    println!("cleaned up: {keys} Redis keys and the consumer group {group} (--keep keeps them)");
     Ok(())
 }

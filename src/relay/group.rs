@@ -136,6 +136,16 @@ impl GroupWorker {
         }
     }
 
+    /// Wraps a Postgres error with this group and what it was doing (the name is copied only
+    /// when there is an error).
+    fn store_error(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> RelayError + '_ {
+        move |source| RelayError::Store {
+            group: self.name.clone(),
+            operation,
+            source,
+        }
+    }
+
     fn holder(&self, lease: &Lease) -> LeaseHolder<'_> {
         LeaseHolder {
             group: &self.name,
@@ -160,11 +170,7 @@ impl GroupWorker {
             self.settings.lease_ttl,
         )
         .await
-        .map_err(|source| RelayError::Store {
-            group: self.name.clone(),
-            operation: "acquire the lease",
-            source,
-        })?;
+        .map_err(self.store_error("acquire the lease"))?;
         let Some(acquired) = acquired else {
             return Ok(Step::Standby);
         };
@@ -182,20 +188,12 @@ impl GroupWorker {
         let rows =
             store::messages_fetch_visible(&self.pool, lease.cursor, self.settings.batch_size)
                 .await
-                .map_err(|source| RelayError::Store {
-                    group: self.name.clone(),
-                    operation: "read the outbox",
-                    source,
-                })?;
+                .map_err(self.store_error("read the outbox"))?;
         let Some(last) = rows.last().map(|row| row.position) else {
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
                 .await
-                .map_err(|source| RelayError::Store {
-                    group: self.name.clone(),
-                    operation: "check for stalls",
-                    source,
-                })?;
+                .map_err(self.store_error("check for stalls"))?;
             return self.renew_if_due(lease).await;
         };
         let batch = dispatch(&self.name, &self.routes, &rows);
@@ -224,11 +222,7 @@ impl GroupWorker {
             self.settings.lease_ttl,
         )
         .await
-        .map_err(|source| RelayError::Store {
-            group: self.name.clone(),
-            operation: "advance the cursor",
-            source,
-        })?;
+        .map_err(self.store_error("advance the cursor"))?;
         if !advanced {
             tracing::warn!(group = %self.name, epoch = lease.epoch, position = %last,
                 "lease lost (cursor update fenced); standing by");
@@ -258,11 +252,7 @@ impl GroupWorker {
             self.settings.lease_ttl,
         )
         .await
-        .map_err(|source| RelayError::Store {
-            group: self.name.clone(),
-            operation: "renew the lease",
-            source,
-        })?;
+        .map_err(self.store_error("renew the lease"))?;
         if !renewed {
             tracing::warn!(group = %self.name, epoch = lease.epoch, "lease lost (taken over or group paused); standing by");
             self.state = State::Standby;

@@ -187,6 +187,30 @@ fn classify(error: RedisError, appends: &[StreamAppend]) -> SinkError {
     }
 }
 
+/// Deletes every key that starts with `prefix` (SCAN, then UNLINK) and says how many there
+/// were: for tools that wrote under a prefix of their own (`demo`, `bench`).
+pub async fn delete_keys_with_prefix<C>(
+    connection: &mut C,
+    prefix: &str,
+) -> Result<usize, RedisError>
+where
+    C: redis::aio::ConnectionLike + Send + Sync,
+{
+    let keys: Vec<String> = {
+        let mut iter =
+            redis::AsyncCommands::scan_match::<_, String>(connection, format!("{prefix}*")).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        keys
+    };
+    if !keys.is_empty() {
+        redis::AsyncCommands::unlink::<_, ()>(connection, &keys).await?;
+    }
+    Ok(keys.len())
+}
+
 /// A position as a fixed-width string that sorts like the position (u64 and i64 maxima are
 /// 20 and 19 digits).
 pub fn dedupe_position(position: Position) -> String {

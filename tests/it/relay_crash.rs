@@ -2,7 +2,6 @@
 //! a backlog and new messages keep arriving: at the end every message is in the stream exactly
 //! once, in position order.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_relay::{Message, publish_batch_in_tx};
@@ -10,7 +9,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{RelayProcess, TempDir, forward_all, relay_toml};
+use crate::harness::relay::{RelayProcess, TempDir, assert_numbered_exactly_once};
 use crate::harness::{TestDb, eventually};
 
 async fn publish_batch(db: &TestDb, from: usize, count: usize) {
@@ -30,14 +29,10 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
-    let config = dir.write(
-        "relay.toml",
-        &relay_toml(
-            &db,
-            &redis,
-            "batch_size = 50\nidle_poll_ms = 2\nlease_ttl_ms = 300",
-            &forward_all("g", "all"),
-        ),
+    let config = dir.forward_all_config(
+        &db,
+        &redis,
+        "batch_size = 50\nidle_poll_ms = 2\nlease_ttl_ms = 300",
     );
     let mut published = 0;
     for _ in 0..20 {
@@ -89,21 +84,5 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         "SIGTERM exits 0"
     );
 
-    let entries = redis.entries("all").await;
-    let numbers: Vec<u64> = entries
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    let unique: HashSet<u64> = numbers.iter().copied().collect();
-    assert_eq!(unique.len(), numbers.len(), "duplicates after kill -9");
-    assert_eq!(numbers.len(), published, "lost messages after kill -9");
-    assert_eq!(
-        numbers,
-        (0..published as u64).collect::<Vec<_>>(),
-        "stream order is publish order"
-    );
+    assert_numbered_exactly_once(&redis, published).await;
 }

@@ -1,48 +1,18 @@
 //! Postgres restarting or Redis going down while the relay drains: it backs off, reconnects,
 //! continues from the last safe point, and loses or duplicates nothing. Private servers only.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_relay::{Message, publish_batch_in_tx};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::harness::eventually;
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{InProcessRelay, forward_all};
+use crate::harness::relay::{
+    InProcessRelay, assert_numbered_exactly_once, forward_all, publish_numbered,
+};
 use crate::harness::servers::{PrivatePostgres, PrivateRedis};
 
 const RELAY: &str = "[relay]\nidle_poll_ms = 2\nbatch_size = 50\nmax_backoff_ms = 300\n";
-
-async fn publish(pool: &PgPool, from: usize, count: usize) {
-    let messages: Vec<Message> = (from..from + count)
-        .map(|n| Message::new("t", json!({"n": n})))
-        .collect();
-    let mut tx = pool.begin().await.unwrap();
-    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn assert_exactly_once(redis: &TestRedis, published: usize) {
-    let numbers: Vec<u64> = redis
-        .entries("all")
-        .await
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    let unique: HashSet<u64> = numbers.iter().copied().collect();
-    assert_eq!(unique.len(), numbers.len(), "duplicates");
-    assert_eq!(
-        numbers,
-        (0..published as u64).collect::<Vec<_>>(),
-        "lost or reordered messages"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_a_postgres_restart_without_loss_or_duplicates() {
@@ -65,7 +35,7 @@ async fn recovers_from_a_postgres_restart_without_loss_or_duplicates() {
     );
     let mut published = 0;
     for _ in 0..10 {
-        publish(&pool, published, 300).await;
+        publish_numbered(&pool, published, 300).await;
         published += 300;
     }
     let relay = InProcessRelay::start(&toml).await;
@@ -78,7 +48,7 @@ async fn recovers_from_a_postgres_restart_without_loss_or_duplicates() {
     let during = redis.stream_len("all").await;
     eprintln!("restarted Postgres with {during}/{published} in the stream");
     let pool = PgPool::connect(&url).await.unwrap();
-    publish(&pool, published, 300).await;
+    publish_numbered(&pool, published, 300).await;
     published += 300;
 
     eventually(
@@ -88,7 +58,7 @@ async fn recovers_from_a_postgres_restart_without_loss_or_duplicates() {
     )
     .await;
     relay.stop().await;
-    assert_exactly_once(&redis, published).await;
+    assert_numbered_exactly_once(&redis, published).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +76,7 @@ async fn recovers_from_a_redis_restart_without_loss_or_duplicates() {
     );
     let mut published = 0;
     for _ in 0..10 {
-        publish(&db.pool, published, 300).await;
+        publish_numbered(&db.pool, published, 300).await;
         published += 300;
     }
     let relay = InProcessRelay::start(&toml).await;
@@ -120,7 +90,7 @@ async fn recovers_from_a_redis_restart_without_loss_or_duplicates() {
         "restarted Redis with {}/{published} in the stream",
         redis.stream_len("all").await
     );
-    publish(&db.pool, published, 300).await;
+    publish_numbered(&db.pool, published, 300).await;
     published += 300;
 
     eventually(
@@ -130,5 +100,5 @@ async fn recovers_from_a_redis_restart_without_loss_or_duplicates() {
     )
     .await;
     relay.stop().await;
-    assert_exactly_once(&redis, published).await;
+    assert_numbered_exactly_once(&redis, published).await;
 }

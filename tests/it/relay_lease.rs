@@ -1,32 +1,14 @@
 //! One active relay per group: a second one waits as a standby and takes over when the first
 //! dies; a relay that lost its lease while still running can neither append nor move the cursor.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use outbox_relay::{Message, publish_batch_in_tx};
-use serde_json::json;
-
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{RelayProcess, TempDir, forward_all, relay_toml};
+use crate::harness::relay::{
+    RelayProcess, TempDir, assert_numbered_exactly_once, lease_owner, publish_numbered,
+    wait_for_lease_owner,
+};
 use crate::harness::{TestDb, eventually};
-
-async fn publish(db: &TestDb, from: usize, count: usize) {
-    let messages: Vec<Message> = (from..from + count)
-        .map(|n| Message::new("t", json!({"n": n})))
-        .collect();
-    let mut tx = db.pool.begin().await.unwrap();
-    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn lease_owner(db: &TestDb) -> Option<String> {
-    sqlx::query_scalar("SELECT g.lease_owner FROM outbox.consumer_groups g WHERE g.name = 'g'")
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
-        .flatten()
-}
 
 fn owner_pid(owner: &str) -> u32 {
     owner
@@ -36,50 +18,20 @@ fn owner_pid(owner: &str) -> u32 {
         .expect("owner is host:pid:nonce")
 }
 
-async fn assert_exactly_once(redis: &TestRedis, published: usize) {
-    let entries = redis.entries("all").await;
-    let numbers: Vec<u64> = entries
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    let unique: HashSet<u64> = numbers.iter().copied().collect();
-    assert_eq!(unique.len(), numbers.len(), "duplicates");
-    assert_eq!(
-        numbers,
-        (0..published as u64).collect::<Vec<_>>(),
-        "lost or reordered messages"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
-    let config = dir.write(
-        "relay.toml",
-        &relay_toml(
-            &db,
-            &redis,
-            "idle_poll_ms = 2\nlease_ttl_ms = 1000",
-            &forward_all("g", "all"),
-        ),
-    );
+    let config = dir.forward_all_config(&db, &redis, "idle_poll_ms = 2\nlease_ttl_ms = 1000");
     let first = RelayProcess::start(&config, "first");
-    let owner = eventually(Duration::from_secs(10), "a lease owner", || {
-        lease_owner(&db)
-    })
-    .await;
+    let owner = wait_for_lease_owner(&db).await;
     assert_eq!(owner_pid(&owner), first.pid());
     let second = RelayProcess::start(&config, "second");
 
     let mut published = 0;
     for _ in 0..10 {
-        publish(&db, published, 20).await;
+        publish_numbered(&db.pool, published, 20).await;
         published += 20;
         tokio::time::sleep(Duration::from_millis(30)).await;
         let owner = lease_owner(&db).await.expect("held");
@@ -98,7 +50,7 @@ async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies()
 
     first.kill9();
     let killed = Instant::now();
-    publish(&db, published, 50).await;
+    publish_numbered(&db.pool, published, 50).await;
     published += 50;
     let owner = eventually(
         Duration::from_secs(10),
@@ -120,7 +72,7 @@ async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies()
     })
     .await;
     assert_eq!(second.terminate(Duration::from_secs(5)).await, Some(0));
-    assert_exactly_once(&redis, published).await;
+    assert_numbered_exactly_once(&redis, published).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,22 +80,15 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
-    let config = dir.write(
-        "relay.toml",
-        &relay_toml(
-            &db,
-            &redis,
-            "idle_poll_ms = 2\nbatch_size = 10\nlease_ttl_ms = 400",
-            &forward_all("g", "all"),
-        ),
+    let config = dir.forward_all_config(
+        &db,
+        &redis,
+        "idle_poll_ms = 2\nbatch_size = 10\nlease_ttl_ms = 400",
     );
     let stale = RelayProcess::start(&config, "stale");
-    eventually(Duration::from_secs(10), "a lease owner", || {
-        lease_owner(&db)
-    })
-    .await;
+    wait_for_lease_owner(&db).await;
     let mut published = 0;
-    publish(&db, published, 100).await;
+    publish_numbered(&db.pool, published, 100).await;
     published += 100;
     // Freeze it mid-drain (it reads 10 at a time), past its lease.
     tokio::time::sleep(Duration::from_millis(15)).await;
@@ -159,7 +104,7 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
         },
     )
     .await;
-    publish(&db, published, 100).await;
+    publish_numbered(&db.pool, published, 100).await;
     published += 100;
     eventually(
         Duration::from_secs(10),
@@ -199,5 +144,5 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
     );
     assert_eq!(stale.terminate(Duration::from_secs(5)).await, Some(0));
     assert_eq!(fresh.terminate(Duration::from_secs(5)).await, Some(0));
-    assert_exactly_once(&redis, published).await;
+    assert_numbered_exactly_once(&redis, published).await;
 }

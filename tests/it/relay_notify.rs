@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::harness::cli::{outbox_relay, run};
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{InProcessRelay, forward_all, relay_toml};
+use crate::harness::relay::{InProcessRelay, forward_all, relay_toml, wait_for_lease_owner};
 use crate::harness::{TestDb, eventually};
 
 async fn trigger_installed(db: &TestDb) -> bool {
@@ -76,22 +76,9 @@ async fn a_notification_wakes_an_idle_relay_long_before_its_fallback_poll() {
         listening.then_some(())
     })
     .await;
-    eventually(
-        Duration::from_secs(10),
-        "the relay holding the lease",
-        || async {
-            let owner: Option<String> = sqlx::query_scalar(
-                "SELECT g.lease_owner FROM outbox.consumer_groups g WHERE g.name = 'g'",
-            )
-            .fetch_optional(&db.pool)
-            .await
-            .unwrap()
-            .flatten();
-            owner
-        },
-    )
-    .await;
-    // Let the relay reach its (minute-long) idle wait.
+    wait_for_lease_owner(&db).await;
+    // Let the relay reach its (minute-long) idle wait, so only a notification can end it.
+    // A fixed wait: being idle is not observable from outside (no query, no log line).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // (Other tests' transactions on the same server can hold the xmin back for seconds; the
@@ -115,6 +102,7 @@ async fn a_notification_wakes_an_idle_relay_long_before_its_fallback_poll() {
         .await
         .unwrap();
     publish(&db, 2).await;
+    // Absence cannot be waited for with a deadline: give the relay time to (wrongly) read it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         redis.stream_len("all").await,
@@ -129,7 +117,6 @@ async fn a_notification_wakes_an_idle_relay_long_before_its_fallback_poll() {
 
     // Without the trigger nothing wakes it: the next message waits for the fallback poll.
     notify(&db, "off");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&db, 3).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

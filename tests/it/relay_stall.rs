@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::harness::cli::{outbox_relay, run};
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{RelayProcess, TempDir, forward_all, relay_toml};
+use crate::harness::relay::{RelayProcess, TempDir, wait_for_lease_owner};
 use crate::harness::{TestDb, eventually};
 
 fn status_json(config: &std::path::Path) -> Value {
@@ -22,31 +22,13 @@ async fn a_long_open_transaction_holds_delivery_back_is_reported_and_released() 
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
-    let config = dir.write(
-        "relay.toml",
-        &relay_toml(
-            &db,
-            &redis,
-            "idle_poll_ms = 2\nstall_report_interval_ms = 300",
-            &forward_all("g", "all"),
-        ),
+    let config = dir.forward_all_config(
+        &db,
+        &redis,
+        "idle_poll_ms = 2\nstall_report_interval_ms = 300",
     );
     let relay = RelayProcess::start(&config, "relay");
-    eventually(
-        Duration::from_secs(10),
-        "the relay holding the lease",
-        || async {
-            let owner: Option<String> = sqlx::query_scalar(
-                "SELECT g.lease_owner FROM outbox.consumer_groups g WHERE g.name = 'g'",
-            )
-            .fetch_optional(&db.pool)
-            .await
-            .unwrap()
-            .flatten();
-            owner
-        },
-    )
-    .await;
+    wait_for_lease_owner(&db).await;
 
     // A transaction takes an id and stays open; a later one publishes and commits.
     let mut long = db.pool.begin().await.unwrap();
@@ -115,15 +97,7 @@ async fn a_cursor_ahead_of_the_server_is_reported_with_the_fix() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
-    let config = dir.write(
-        "relay.toml",
-        &relay_toml(
-            &db,
-            &redis,
-            "stall_report_interval_ms = 300",
-            &forward_all("g", "all"),
-        ),
-    );
+    let config = dir.forward_all_config(&db, &redis, "stall_report_interval_ms = 300");
     // As after restoring a dump into a new cluster: the cursor names a far-future transaction.
     sqlx::query(
         "INSERT INTO outbox.consumer_groups (name, cursor_tx_id, cursor_seq)

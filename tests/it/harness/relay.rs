@@ -1,6 +1,7 @@
 //! Running the relay in a test: in-process (the library `Relay`) or as a real `outbox-relay run`
 //! child process that can be killed with SIGKILL, stopped with SIGSTOP, or terminated.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -8,11 +9,14 @@ use std::time::Duration;
 use outbox_relay::config::Config;
 use outbox_relay::relay::Relay;
 use outbox_relay::sink::Sink;
+use outbox_relay::{Message, publish_batch_in_tx};
+use serde_json::json;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::TestDb;
 use super::cli::outbox_relay;
 use super::redis::TestRedis;
+use super::{TestDb, eventually};
 
 /// A relay configuration for `db` and `redis`'s prefix; `relay` is the body of `[relay]`,
 /// `groups` the `[[groups]]` sections.
@@ -148,10 +152,67 @@ impl TempDir {
         std::fs::write(&path, contents).expect("write temp file");
         path
     }
+
+    /// `relay.toml`: group `g` forwarding every topic to stream `all`, `relay` as `[relay]`.
+    pub fn forward_all_config(&self, db: &TestDb, redis: &TestRedis, relay: &str) -> PathBuf {
+        self.write(
+            "relay.toml",
+            &relay_toml(db, redis, relay, &forward_all("g", "all")),
+        )
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The lease owner of group `g` (the group every `forward_all("g", ..)` test runs), if any.
+pub async fn lease_owner(db: &TestDb) -> Option<String> {
+    sqlx::query_scalar("SELECT g.lease_owner FROM outbox.consumer_groups g WHERE g.name = 'g'")
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+/// Waits (up to 10 s) until some relay holds group `g`'s lease; returns the owner.
+pub async fn wait_for_lease_owner(db: &TestDb) -> String {
+    eventually(Duration::from_secs(10), "a relay holding the lease", || {
+        lease_owner(db)
+    })
+    .await
+}
+
+/// One transaction publishing `{"n": from}` .. `{"n": from + count - 1}` on topic `t`.
+pub async fn publish_numbered(pool: &PgPool, from: usize, count: usize) {
+    let messages: Vec<Message> = (from..from + count)
+        .map(|n| Message::new("t", json!({"n": n})))
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Stream `all` holds the payloads numbered 0..published, each once, in order.
+pub async fn assert_numbered_exactly_once(redis: &TestRedis, published: usize) {
+    let numbers: Vec<u64> = redis
+        .entries("all")
+        .await
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len(), "duplicates");
+    assert_eq!(numbers.len(), published, "lost messages");
+    assert_eq!(
+        numbers,
+        (0..published as u64).collect::<Vec<_>>(),
+        "lost or reordered messages"
+    );
 }
