@@ -30,9 +30,11 @@
 
 pub mod bench;
 pub mod config;
+pub mod handler;
 pub mod position;
 pub mod publish;
 pub mod relay;
+pub mod retry;
 pub mod sink;
 pub mod store;
 pub mod testing;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use outbox_relay::config::{Config, GroupConfig, Overrides, RawConfig};
 use outbox_relay::relay::Relay;
-use outbox_relay::relay::route::{Handler, Route, StreamTemplate};
+use outbox_relay::relay::route::{Action, Route, StreamTemplate};
 use outbox_relay::sink::{Sink, delete_keys_with_prefix};
 use outbox_relay::{Message, store};
 use rand::Rng;
@@ -134,15 +134,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 fn demo_group(name: &str) -> GroupConfig {
     let forward = |pattern: &str, stream: &str| {
         let stream = StreamTemplate::parse(stream).expect("a valid stream template");
-        Route::new(vec![pattern.to_owned()], Handler::Forward { stream }).expect("a valid pattern")
+        Route::new(vec![pattern.to_owned()], Action::Forward { stream }).expect("a valid pattern")
     };
-    GroupConfig {
-        name: name.to_owned(),
-        routes: vec![
+    GroupConfig::new(
+        name,
+        vec![
             forward("demo.orders.*", "orders"),
             forward("demo.users.*", "users"),
         ],
-    }
+    )
 }
 
 /// What the writers did.

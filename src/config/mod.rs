@@ -8,10 +8,10 @@
 //! `Display` and `Debug` never show a password.
 
 mod errors;
+mod groups;
 mod raw;
 mod url;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 pub use errors::{ConfigErrors, ConfigProblem};
@@ -19,7 +19,9 @@ pub use raw::{Overrides, RawConfig, RawGroup, RawPublish, RawRedis, RawRelay, Ra
 pub use url::{ConnectionUrl, redact_url};
 
 use crate::publish::PublishLimits;
-use crate::relay::route::{Handler, Route, StreamTemplate};
+use crate::relay::ordering::OrderingMode;
+use crate::relay::route::Route;
+use groups::check_groups;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -87,11 +89,27 @@ impl Default for RelaySettings {
     }
 }
 
-/// One consumer group: its name and routes, first match wins.
+/// One consumer group: its name, routes (first match wins), ordering under failure, and
+/// where dead letters are copied.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
     pub name: String,
     pub routes: Vec<Route>,
+    pub ordering: OrderingMode,
+    /// A stream (named without the key prefix) that receives a copy of each dead letter.
+    pub dead_letter_stream: Option<String>,
+}
+
+impl GroupConfig {
+    /// A group with these routes, `key` ordering and no dead-letter stream.
+    pub fn new(name: impl Into<String>, routes: Vec<Route>) -> GroupConfig {
+        GroupConfig {
+            name: name.into(),
+            routes,
+            ordering: OrderingMode::default(),
+            dead_letter_stream: None,
+        }
+    }
 }
 
 impl Config {
@@ -255,111 +273,6 @@ fn positive_ms(value: Option<u64>, key: &str, errors: &mut ConfigErrors) -> Opti
     }
 }
 
-fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<GroupConfig> {
-    let mut seen = HashSet::new();
-    let mut groups = Vec::new();
-    for (g, group) in raw.iter().enumerate() {
-        let at = format!("groups[{g}]");
-        if !valid_group_name(&group.name) {
-            errors.push(
-                &format!("{at}.name"),
-                format!(
-                    "`{}` is not a group name: use 1-100 letters, digits, `_`, `.`, `-`, starting with a letter or digit",
-                    group.name
-                ),
-            );
-        } else if !seen.insert(group.name.as_str()) {
-            errors.push(
-                &format!("{at}.name"),
-                format!("group `{}` is configured twice", group.name),
-            );
-        }
-        if group.routes.is_empty() {
-            errors.push(
-                &format!("{at}.routes"),
-                "a group needs at least one [[groups.routes]]",
-            );
-        }
-        let routes = group
-            .routes
-            .iter()
-            .enumerate()
-            .filter_map(|(r, route)| check_route(route, &format!("{at}.routes[{r}]"), errors))
-            .collect();
-        groups.push(GroupConfig {
-            name: group.name.clone(),
-            routes,
-        });
-    }
-    groups
-}
-
-fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Route> {
-    if raw.topics.is_empty() {
-        errors.push(
-            &format!("{at}.topics"),
-            "needs at least one topic pattern, e.g. [\"orders.*\"]",
-        );
-        return None;
-    }
-    let handler = match (raw.handler.as_str(), &raw.stream) {
-        ("forward", Some(stream)) => match StreamTemplate::parse(stream) {
-            Ok(stream) => Handler::Forward { stream },
-            Err(problem) => {
-                errors.push(&format!("{at}.stream"), problem);
-                return None;
-            }
-        },
-        ("forward", None) => {
-            errors.push(
-                &format!("{at}.stream"),
-                "handler `forward` needs a stream, e.g. \"events.{topic}\"",
-            );
-            return None;
-        }
-        ("drop", None) => Handler::Drop,
-        ("drop", Some(_)) => {
-            errors.push(
-                &format!("{at}.stream"),
-                "handler `drop` writes no stream; remove `stream`",
-            );
-            return None;
-        }
-        ("", _) => {
-            errors.push(
-                &format!("{at}.handler"),
-                "missing; expected `forward` or `drop`",
-            );
-            return None;
-        }
-        (other, _) => {
-            errors.push(
-                &format!("{at}.handler"),
-                format!("unknown handler `{other}`; expected `forward` or `drop`"),
-            );
-            return None;
-        }
-    };
-    match Route::new(raw.topics.clone(), handler) {
-        Ok(route) => Some(route),
-        Err((index, problem)) => {
-            errors.push(
-                &format!("{at}.topics[{index}]"),
-                format!("not a valid glob: {problem}"),
-            );
-            None
-        }
-    }
-}
-
-/// The same rule as the `consumer_groups_name_valid` constraint.
-fn valid_group_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() <= 100
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 #[cfg(test)]
 // figment::Jail's closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
@@ -461,30 +374,36 @@ mod tests {
                             topics: vec!["orders.*".into(), "bad[".into()],
                             handler: "forward".into(),
                             stream: Some("events.{topic}".into()),
+                            ..RawRoute::default()
                         },
                         RawRoute {
                             topics: vec!["x".into()],
                             handler: "forward".into(),
                             stream: Some("events.{topc}".into()),
+                            max_attempts: Some(0),
+                            ..RawRoute::default()
                         },
                         RawRoute {
                             topics: vec!["y".into()],
                             handler: "http".into(),
-                            stream: None,
+                            ..RawRoute::default()
                         },
                     ],
+                    ordering: Some("random".into()),
+                    ..RawGroup::default()
                 },
                 RawGroup {
                     name: "no routes".into(),
-                    routes: vec![],
+                    ..RawGroup::default()
                 },
                 RawGroup {
                     name: "ok".into(),
                     routes: vec![RawRoute {
                         topics: vec!["*".into()],
                         handler: "forward".into(),
-                        stream: None,
+                        ..RawRoute::default()
                     }],
+                    ..RawGroup::default()
                 },
             ],
         };
@@ -498,9 +417,11 @@ mod tests {
                 "publish.max_payload_bytes",
                 "redis.max_len",
                 "relay.wakeup",
+                "groups[0].ordering",
                 "groups[0].routes[0].topics[1]",
+                "groups[0].routes[1].max_attempts",
                 "groups[0].routes[1].stream",
-                "groups[0].routes[2].handler",
+                "groups[0].routes[2].url",
                 "groups[1].name",
                 "groups[1].routes",
                 "groups[2].name",
@@ -527,10 +448,22 @@ mod tests {
                 idle_poll_ms = 5
                 [[groups]]
                 name = "notifications"
+                ordering = "strict"
+                dead_letter_stream = "dead-letters"
                 [[groups.routes]]
                 topics = ["orders.*", "users.signed_up"]
                 handler = "forward"
                 stream = "events.{topic}"
+                [[groups.routes]]
+                topics = ["payments.*"]
+                handler = "http"
+                url = "http://127.0.0.1:8080/hooks/payments"
+                headers = { authorization = "Bearer t0ken" }
+                timeout_ms = 2500
+                max_attempts = 4
+                backoff_initial_ms = 200
+                backoff_max_ms = 60000
+                backoff_multiplier = 3.0
                 "#,
             )?;
             jail.set_env("OUTBOX_RELAY__BATCH_SIZE", "50");
@@ -547,6 +480,24 @@ mod tests {
             assert_eq!(
                 config.groups[0].routes[0].patterns(),
                 ["orders.*", "users.signed_up"]
+            );
+            let group = &config.groups[0];
+            assert_eq!(group.ordering, OrderingMode::Strict);
+            assert_eq!(group.dead_letter_stream.as_deref(), Some("dead-letters"));
+            let http = &group.routes[1];
+            assert_eq!(
+                format!("{:?}", http.action),
+                "call http POST http://127.0.0.1:8080/hooks/payments"
+            );
+            assert_eq!(http.timeout, Duration::from_millis(2500));
+            assert_eq!(
+                http.retry,
+                crate::retry::RetryPolicy {
+                    max_attempts: 4,
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(60),
+                    multiplier: 3.0,
+                }
             );
             Ok(())
         });

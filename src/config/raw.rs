@@ -1,6 +1,7 @@
 //! [`RawConfig`]: the configuration as written, merged from its layers, before any check.
 //! Every field is optional here; unknown keys are refused by serde and named by figment.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigErrors;
 
 /// The configuration file as written, before checks.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Postgres URL, e.g. `postgres://postgres@127.0.0.1/app` (the primary, not a standby).
@@ -87,29 +88,59 @@ pub struct RawRelay {
 }
 
 /// `[[groups]]` entry.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     /// Group name: letters, digits, `_`, `.`, `-`; at most 100 characters.
     pub name: String,
+    /// Order under failure: `key` (default: a failing message holds back later messages with
+    /// its key only), `strict` (the group stops at a failing message), `none` (failures retry
+    /// independently).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<String>,
+    /// A stream that receives a copy of every message that goes dead in this group, with the
+    /// reason in its `error` field. Unset: dead letters stay in `outbox.deliveries` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_stream: Option<String>,
     /// `[[groups.routes]]`: topic patterns and what to do with them, first match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
 
 /// `[[groups.routes]]` entry.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Glob patterns matched against the whole topic, e.g. `["orders.*", "users.signed_up"]`.
     #[serde(default)]
     pub topics: Vec<String>,
-    /// `forward` (append to `stream`) or `drop`.
+    /// `forward` (append to `stream`), `drop`, or `http` (POST to `url`).
     #[serde(default)]
     pub handler: String,
     /// For `forward`: the stream name, with `{topic}` and `{key}` placeholders.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// For `http`: the URL to POST each message to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// For `http`: extra request headers, e.g. `{ authorization = "Bearer …" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// How long one handler call may take, in ms (default 10000); longer is a retryable failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Attempts in all before a message is dead, the first included (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, in ms (default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<u64>,
+    /// Longest delay between attempts, in ms (default 300000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+    /// Each retry waits this many times longer than the one before (default 2.0); ±20 % jitter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_multiplier: Option<f64>,
 }
 
 /// Values from the command line. They beat every other layer.

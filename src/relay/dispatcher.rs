@@ -1,60 +1,208 @@
-//! Turns a batch of outbox rows into stream appends for one group: route each row (first
-//! matching route), render the stream name, build the entry fields (DESIGN §6). Pure.
+//! One message through one group: decode (schema registry) → route → handler → [`Outcome`].
+//!
+//! `forward` and `drop` need no call: the stored JSON text goes to Redis untouched. Other
+//! handlers get a [`DecodedMessage`] and run under the route's timeout; a call that times out
+//! or panics is a retryable failure of that message, never of the relay.
 
-use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::route::{Handler, Route, route_for};
-use crate::sink::{Entry, StreamAppend};
+use futures_util::FutureExt;
+
+use super::ordering::OrderingMode;
+use super::route::{Action, Route, route_for};
+use crate::handler::{DecodedMessage, Handler, HandlerError};
+use crate::retry::{Decision, RetryPolicy};
+use crate::sink::{Entry, Fields};
 use crate::store::OutboxRow;
 
-/// What one batch becomes: the appends, and how many rows no route took or `drop` consumed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Dispatch {
-    pub appends: Vec<StreamAppend>,
-    pub forwarded: usize,
-    pub unrouted: usize,
-    pub dropped: usize,
+/// What a group does with its messages: routes, ordering under failure, dead-letter stream.
+pub struct Dispatcher {
+    pub group: String,
+    pub routes: Vec<Route>,
+    pub ordering: OrderingMode,
+    pub dead_letter_stream: Option<String>,
+    /// Draws jitter for retry delays from `[0, 1)`; tests pass a fixed one.
+    pub jitter: fn() -> f64,
 }
 
-/// Routes `rows` (in position order) for `group`; each stream's entries stay in position order.
-pub fn dispatch(group: &str, routes: &[Route], rows: &[OutboxRow]) -> Dispatch {
-    let mut dispatch = Dispatch::default();
-    let mut by_stream: HashMap<String, usize> = HashMap::new();
-    for row in rows {
-        let Some(route) = route_for(routes, &row.topic) else {
-            dispatch.unrouted += 1;
-            continue;
+/// Why a message produced nothing without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// No route of the group takes its topic.
+    Unrouted,
+    /// Its route drops it.
+    Dropped,
+}
+
+/// What handling one message came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Skipped(Skip),
+    /// Done: these (stream, payload JSON text) outputs go to Redis.
+    Delivered(Vec<(String, String)>),
+    /// Failed, to be tried again after `delay`; `attempts` counts the failures so far.
+    Retry {
+        error: String,
+        attempts: u32,
+        delay: Duration,
+    },
+    /// Failed for good (permanent error, or attempts exhausted).
+    Dead {
+        error: String,
+        attempts: u32,
+    },
+}
+
+impl Dispatcher {
+    /// A dispatcher drawing jitter from the thread-local RNG.
+    pub fn new(
+        group: impl Into<String>,
+        routes: Vec<Route>,
+        ordering: OrderingMode,
+        dead_letter_stream: Option<String>,
+    ) -> Dispatcher {
+        Dispatcher {
+            group: group.into(),
+            routes,
+            ordering,
+            dead_letter_stream,
+            jitter: rand::random::<f64>,
+        }
+    }
+
+    /// Checks a stored message against the schema version it names: `Err(reason)` makes it a
+    /// permanent failure. (The schema registry plugs in here.)
+    pub fn decode(&self, _row: &OutboxRow) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// True when the message's route calls a handler (which may take time and fail).
+    pub fn calls_handler(&self, row: &OutboxRow) -> bool {
+        matches!(
+            route_for(&self.routes, &row.topic).map(|r| &r.action),
+            Some(Action::Call { .. })
+        )
+    }
+
+    /// Handles `row` for its `attempt`-th time (1 = first), after `decode` said whether its
+    /// payload fits its schema (`Err(reason)`: a permanent failure).
+    pub async fn handle(
+        &self,
+        row: &OutboxRow,
+        attempt: u32,
+        decode: Result<(), String>,
+    ) -> Outcome {
+        if let Err(reason) = decode {
+            return Outcome::Dead {
+                error: reason,
+                attempts: attempt,
+            };
+        }
+        let Some(route) = route_for(&self.routes, &row.topic) else {
+            return Outcome::Skipped(Skip::Unrouted);
         };
-        match &route.handler {
-            Handler::Drop => dispatch.dropped += 1,
-            Handler::Forward { stream } => {
-                let stream = stream.render(&row.topic, row.key.as_deref());
-                let index = *by_stream.entry(stream.clone()).or_insert_with(|| {
-                    dispatch.appends.push(StreamAppend {
-                        stream,
-                        entries: Vec::new(),
-                    });
-                    dispatch.appends.len() - 1
-                });
-                dispatch.appends[index].entries.push(entry(group, row));
-                dispatch.forwarded += 1;
+        match &route.action {
+            Action::Drop => Outcome::Skipped(Skip::Dropped),
+            Action::Forward { stream } => Outcome::Delivered(vec![(
+                stream.render(&row.topic, row.key.as_deref()),
+                row.payload.clone(),
+            )]),
+            Action::Call { name, handler } => {
+                match call(handler, row, attempt, route.timeout).await {
+                    Ok(outputs) => Outcome::Delivered(
+                        outputs
+                            .into_iter()
+                            .map(|o| (o.stream, o.payload.to_string()))
+                            .collect(),
+                    ),
+                    Err(error) => self.failure(&route.retry, name, error, attempt),
+                }
             }
         }
     }
-    dispatch
+
+    fn failure(
+        &self,
+        retry: &RetryPolicy,
+        name: &str,
+        error: HandlerError,
+        attempt: u32,
+    ) -> Outcome {
+        let text = format!("{name}: {}", error.reason());
+        if !error.is_retryable() {
+            return Outcome::Dead {
+                error: text,
+                attempts: attempt,
+            };
+        }
+        match retry.decide(attempt, (self.jitter)()) {
+            Decision::RetryAfter(delay) => Outcome::Retry {
+                error: text,
+                attempts: attempt,
+                delay,
+            },
+            Decision::Dead => Outcome::Dead {
+                error: format!("{text} (gave up after {attempt} attempts)"),
+                attempts: attempt,
+            },
+        }
+    }
+
+    /// A stream entry for `row` carrying `payload`: see [`fields`].
+    pub fn entry(&self, row: &OutboxRow, payload: String, ordinal: u32) -> Entry {
+        Entry {
+            position: row.position,
+            ordinal,
+            fields: fields(&self.group, row, payload),
+        }
+    }
+}
+
+/// Calls `handler` with a timeout, turning a panic into a retryable failure.
+async fn call(
+    handler: &Arc<dyn Handler>,
+    row: &OutboxRow,
+    attempt: u32,
+    timeout: Duration,
+) -> Result<Vec<crate::handler::Output>, HandlerError> {
+    let message = DecodedMessage::from_row(row, attempt).map_err(|e| {
+        HandlerError::permanent(format!("the stored message is not valid JSON: {e}"))
+    })?;
+    let call = AssertUnwindSafe(handler.handle(&message)).catch_unwind();
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(HandlerError::retryable(format!(
+            "timed out after {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(Err(panic)) => Err(HandlerError::retryable(format!(
+            "handler panicked: {}",
+            panic_message(panic.as_ref())
+        ))),
+        Ok(Ok(result)) => result,
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// The fields of a message's stream entry: `id`, `topic`, `key` (when set), `payload` and
 /// `headers` (JSON text), `position`, `schema_version` (when set), `created_at` (RFC 3339),
 /// `group`, and `traceparent` when the headers carry one.
-pub fn entry(group: &str, row: &OutboxRow) -> Entry {
+pub fn fields(group: &str, row: &OutboxRow, payload: String) -> Fields {
     let mut fields = Vec::with_capacity(10);
     fields.push(("id", row.id.to_string()));
     fields.push(("topic", row.topic.clone()));
     if let Some(key) = &row.key {
         fields.push(("key", key.clone()));
     }
-    fields.push(("payload", row.payload.clone()));
+    fields.push(("payload", payload));
     fields.push(("headers", row.headers.clone()));
     fields.push(("position", row.position.to_string()));
     if let Some(version) = row.schema_version {
@@ -69,10 +217,7 @@ pub fn entry(group: &str, row: &OutboxRow) -> Entry {
     if let Some(traceparent) = traceparent(&row.headers) {
         fields.push(("traceparent", traceparent));
     }
-    Entry {
-        position: row.position,
-        fields,
-    }
+    fields
 }
 
 /// The `traceparent` header, if any (parsing the headers only when the name occurs).
@@ -80,13 +225,17 @@ fn traceparent(headers_json: &str) -> Option<String> {
     if !headers_json.contains("\"traceparent\"") {
         return None;
     }
-    let headers: HashMap<String, String> = serde_json::from_str(headers_json).ok()?;
+    let headers: std::collections::HashMap<String, String> =
+        serde_json::from_str(headers_json).ok()?;
     headers.get("traceparent").cloned()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::handler::Output;
     use crate::position::Position;
     use crate::relay::route::StreamTemplate;
 
@@ -103,49 +252,121 @@ mod tests {
         }
     }
 
-    fn routes() -> Vec<Route> {
-        vec![
-            Route::new(
-                vec!["orders.*".into()],
-                Handler::Forward {
-                    stream: StreamTemplate::parse("events.{topic}").unwrap(),
-                },
-            )
-            .unwrap(),
-            Route::new(vec!["noise.*".into()], Handler::Drop).unwrap(),
-        ]
+    struct Flaky;
+
+    #[async_trait::async_trait]
+    impl Handler for Flaky {
+        async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError> {
+            match message.topic.as_str() {
+                "ok" => Ok(vec![Output::new("out", message.payload.clone())]),
+                "busy" => Err(HandlerError::retryable("busy")),
+                "bad" => Err(HandlerError::permanent("bad")),
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(vec![])
+                }
+                _ => panic!("boom"),
+            }
+        }
     }
 
-    #[test]
-    fn groups_entries_by_stream_in_position_order() {
-        let rows = [
-            row(1, "orders.created", Some("a")),
-            row(2, "users.deleted", None),
-            row(3, "orders.paid", None),
-            row(4, "orders.created", Some("b")),
-            row(5, "noise.tick", None),
-        ];
-        let dispatch = dispatch("g", &routes(), &rows);
+    fn dispatcher() -> Dispatcher {
+        let call = Action::Call {
+            name: "flaky".into(),
+            handler: Arc::new(Flaky),
+        };
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        };
+        Dispatcher {
+            jitter: || 0.5,
+            ..Dispatcher::new(
+                "g",
+                vec![
+                    Route::new(
+                        vec!["orders.*".into()],
+                        Action::Forward {
+                            stream: StreamTemplate::parse("events.{topic}").unwrap(),
+                        },
+                    )
+                    .unwrap(),
+                    Route::new(vec!["noise.*".into()], Action::Drop).unwrap(),
+                    Route::new(vec!["*".into()], call)
+                        .unwrap()
+                        .with_retry(retry)
+                        .with_timeout(Duration::from_millis(50)),
+                ],
+                OrderingMode::Key,
+                None,
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn outcomes_follow_the_route_and_the_handler() {
+        let d = dispatcher();
+        let handle = |topic: &'static str, attempt| {
+            let d = &d;
+            async move { d.handle(&row(1, topic, None), attempt, Ok(())).await }
+        };
         assert_eq!(
-            (dispatch.forwarded, dispatch.unrouted, dispatch.dropped),
-            (3, 1, 1)
+            handle("orders.paid", 1).await,
+            Outcome::Delivered(vec![("events.orders.paid".into(), r#"{"n": 1}"#.into())])
         );
-        let streams: Vec<(&str, Vec<i64>)> = dispatch
-            .appends
-            .iter()
-            .map(|a| {
-                (
-                    a.stream.as_str(),
-                    a.entries.iter().map(|e| e.position.seq).collect(),
-                )
-            })
-            .collect();
+        assert_eq!(handle("noise.x", 1).await, Outcome::Skipped(Skip::Dropped));
         assert_eq!(
-            streams,
-            [
-                ("events.orders.created", vec![1, 4]),
-                ("events.orders.paid", vec![3])
-            ]
+            handle("ok", 1).await,
+            Outcome::Delivered(vec![("out".into(), r#"{"n":1}"#.into())])
+        );
+        assert_eq!(
+            handle("busy", 1).await,
+            Outcome::Retry {
+                error: "flaky: busy".into(),
+                attempts: 1,
+                delay: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            handle("busy", 3).await,
+            Outcome::Dead {
+                error: "flaky: busy (gave up after 3 attempts)".into(),
+                attempts: 3
+            }
+        );
+        assert_eq!(
+            handle("bad", 1).await,
+            Outcome::Dead {
+                error: "flaky: bad".into(),
+                attempts: 1
+            }
+        );
+        let Outcome::Retry { error, .. } = handle("slow", 1).await else {
+            panic!("a timeout is retryable")
+        };
+        assert_eq!(error, "flaky: timed out after 50 ms");
+        let Outcome::Retry { error, .. } = handle("explode", 1).await else {
+            panic!("a panic is retryable")
+        };
+        assert_eq!(error, "flaky: handler panicked: boom");
+        assert_eq!(
+            d.handle(
+                &row(1, "orders.paid", None),
+                1,
+                Err("schema says no".into())
+            )
+            .await,
+            Outcome::Dead {
+                error: "schema says no".into(),
+                attempts: 1
+            }
+        );
+        let empty = Dispatcher::new("g", vec![], OrderingMode::Key, None);
+        assert_eq!(
+            empty.handle(&row(1, "x", None), 1, Ok(())).await,
+            Outcome::Skipped(Skip::Unrouted)
         );
     }
 
@@ -154,8 +375,7 @@ mod tests {
         let mut r = row(7, "orders.created", Some("order-1"));
         r.schema_version = Some(3);
         r.headers = r#"{"traceparent": "00-abc-def-01", "x": "y"}"#.into();
-        let names: Vec<&str> = entry("notifications", &r)
-            .fields
+        let names: Vec<&str> = fields("notifications", &r, r.payload.clone())
             .iter()
             .map(|(n, _)| *n)
             .collect();
@@ -174,17 +394,20 @@ mod tests {
                 "traceparent"
             ]
         );
-        let fields: HashMap<&str, String> = entry("notifications", &r).fields.into_iter().collect();
-        assert_eq!(fields["position"], "100:7");
-        assert_eq!(fields["created_at"], "2023-11-14T22:13:20.000123Z");
-        assert_eq!(fields["traceparent"], "00-abc-def-01");
-        let plain: Vec<&str> = entry("g", &row(1, "t", None))
-            .fields
+        let values: HashMap<&str, String> = fields("notifications", &r, "{}".into())
+            .into_iter()
+            .collect();
+        assert_eq!(values["position"], "100:7");
+        assert_eq!(values["payload"], "{}");
+        assert_eq!(values["created_at"], "2023-11-14T22:13:20.000123Z");
+        assert_eq!(values["traceparent"], "00-abc-def-01");
+        let plain = row(1, "t", None);
+        let names: Vec<&str> = fields("g", &plain, plain.payload.clone())
             .iter()
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(
-            plain,
+            names,
             [
                 "id",
                 "topic",

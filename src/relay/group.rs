@@ -1,31 +1,47 @@
-//! One consumer group's worker: lease, tail, dispatch, append, advance.
+//! One consumer group's worker: lease, tail, dispatch, append, advance; and retries.
 //!
 //! ```text
 //!   standby ──lease acquired──▶ active ──shutdown──▶ released
 //!      ▲                          │
-//!      └── lease lost (renew or cursor update matched nothing, or Redis fenced the epoch)
+//!      └── lease lost (renew, cursor or delivery update matched nothing, or Redis fenced the epoch)
 //! ```
-//! The cursor moves only after the sink said OK. A crash between the append and the cursor
-//! update re-reads the batch, and the sink's watermark makes the replay add nothing.
+//! A first pass over new messages: read → handle (see `plan`) → record failures (one fenced
+//! transaction, only when there are any) → append → advance the cursor. The cursor moves only
+//! after the sink said OK. A crash between the append and the cursor update re-reads the
+//! batch: the sink's watermark makes the replay add nothing, and messages whose failure was
+//! recorded are left to the retry path.
+//!
+//! A retry pass runs when a retry is due (or every [`RETRY_SCAN_INTERVAL`], to see operators'
+//! changes), before reading new messages: handle again → append late entries → settle the rows
+//! (one fenced transaction). Everything it needs is in `outbox.deliveries`, so a restarted
+//! relay resumes every pending retry and blocked message from there.
 
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashSet;
+
 use super::RelayError;
-use super::dispatcher::dispatch;
-use super::route::Route;
+use super::dispatcher::Dispatcher;
+use super::ordering::{OrderingMode, Parked};
+use super::plan::Tally;
 use super::stall::StallWatch;
 use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
-use crate::sink::Sink;
-use crate::store::{self, LeaseHolder};
+use crate::sink::{LateAppend, Sink, StreamAppend};
+use crate::store::{self, LeaseHolder, OutboxRow};
+
+/// How often an active worker re-reads its parked keys and due retries even when none is due
+/// by its own schedule, so an operator's `retry` or `dead retry` is picked up (or every
+/// `idle_poll_ms`, when that is longer).
+pub const RETRY_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) struct GroupWorker {
     pub name: String,
-    pub routes: Vec<Route>,
+    pub dispatcher: Dispatcher,
     pub pool: PgPool,
     pub sink: Sink,
     pub settings: RelaySettings,
@@ -36,6 +52,46 @@ pub(super) struct GroupWorker {
     pub wakeup: Wakeup,
     /// The highest transaction id a notification announced (0 when polling).
     pub notified_tx_id: u64,
+    pub retries: RetryState,
+}
+
+/// What an active worker knows of its group's delivery rows (rebuilt on every takeover).
+#[derive(Debug, Clone)]
+pub(super) struct RetryState {
+    /// Keys (or, for `strict`, the group) held back by a retrying or blocked message.
+    pub parked: Parked,
+    /// The highest position with a delivery row: a re-read at or below it checks for rows.
+    pub recorded_through: Option<Position>,
+    /// When the soonest retry is due.
+    pub due_at: Option<Instant>,
+    /// When to look at the rows again regardless.
+    pub scan_at: Instant,
+}
+
+impl RetryState {
+    pub fn new() -> RetryState {
+        RetryState {
+            parked: Parked::default(),
+            recorded_through: None,
+            due_at: None,
+            scan_at: Instant::now(),
+        }
+    }
+
+    fn due_now(&self, now: Instant) -> bool {
+        now >= self.scan_at || self.due_at.is_some_and(|due| now >= due)
+    }
+
+    /// The soonest moment the worker must look at its retries.
+    fn wake_at(&self) -> Instant {
+        self.due_at
+            .map_or(self.scan_at, |due| due.min(self.scan_at))
+    }
+
+    fn retry_in(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.due_at = Some(self.due_at.map_or(at, |due| due.min(at)));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +181,8 @@ impl GroupWorker {
                     } else {
                         self.settings.idle_poll
                     };
-                    idle.min(lease.renew_at.saturating_duration_since(Instant::now()))
+                    let wake = lease.renew_at.min(self.retries.wake_at());
+                    idle.min(wake.saturating_duration_since(Instant::now()))
                 }
                 State::Standby => self.settings.idle_poll,
             }),
@@ -154,12 +211,135 @@ impl GroupWorker {
         }
     }
 
-    /// One pass: take the lease if standby; otherwise tail → dispatch → append → advance.
+    /// One pass: take the lease if standby; otherwise due retries first, then new messages
+    /// (unless a `strict` group is held by a retrying message).
     pub async fn step(&mut self) -> Result<Step, RelayError> {
-        match self.state {
-            State::Standby => self.try_acquire().await,
-            State::Active(lease) => self.forward_batch(lease).await,
+        let State::Active(lease) = self.state else {
+            return self.try_acquire().await;
+        };
+        if self.retries.due_now(Instant::now())
+            && let Some(step) = self.retry_pass(lease).await?
+        {
+            return Ok(step);
         }
+        if self.dispatcher.ordering == OrderingMode::Strict && self.retries.parked.halts_group() {
+            return self.renew_if_due(lease).await;
+        }
+        self.forward_batch(lease).await
+    }
+
+    /// Re-reads the parked keys and when the next retry is due.
+    async fn refresh_parked(&mut self) -> Result<(), RelayError> {
+        let rows = store::deliveries_parked(&self.pool, &self.name)
+            .await
+            .map_err(self.store_error("read the parked keys"))?;
+        let now = Instant::now();
+        self.retries.parked = Parked::from_rows(&rows);
+        self.retries.due_at = rows.iter().filter_map(|r| r.due_in).min().map(|d| now + d);
+        // Never more often than the idle poll: a relay told to poll rarely stays quiet.
+        self.retries.scan_at = now + RETRY_SCAN_INTERVAL.max(self.settings.idle_poll);
+        Ok(())
+    }
+
+    /// Handles due retries, if any. `Some(step)` when that decides the next step (the lease
+    /// was lost, or there are more due retries); `None` to go on to new messages.
+    async fn retry_pass(&mut self, lease: Lease) -> Result<Option<Step>, RelayError> {
+        self.refresh_parked().await?;
+        if self.retries.due_at.is_none_or(|due| Instant::now() < due) {
+            return Ok(None);
+        }
+        let due = store::deliveries_due(&self.pool, &self.name, self.settings.batch_size)
+            .await
+            .map_err(self.store_error("read the due retries"))?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let plan = self.dispatcher.retry_pass(&due).await;
+        if let Some(step) = self.append(lease, &[], &plan.late).await? {
+            return Ok(Some(step));
+        }
+        let released: Vec<&str> = plan.released_keys.iter().map(String::as_str).collect();
+        let settled = store::deliveries_settle(
+            &self.pool,
+            self.holder(&lease),
+            &plan.settlements,
+            &released,
+        )
+        .await
+        .map_err(self.store_error("record the retry results"))?;
+        let Some(released) = settled else {
+            return Ok(Some(self.lost_lease(lease, "delivery update fenced")));
+        };
+        self.log_pass("retries handled", &plan.tally, None);
+        if !released.is_empty() {
+            tracing::debug!(group = %self.name, released = released.len(), "blocked messages released");
+        }
+        self.refresh_parked().await?;
+        Ok((due.len() >= self.settings.batch_size || !released.is_empty()).then_some(Step::Busy))
+    }
+
+    /// Appends, or says the lease is lost (`Some(Standby)`).
+    async fn append(
+        &mut self,
+        lease: Lease,
+        appends: &[StreamAppend],
+        late: &[LateAppend],
+    ) -> Result<Option<Step>, RelayError> {
+        match self
+            .sink
+            .append(&self.name, lease.epoch, appends, late)
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(group = %self.name, epoch = lease.epoch, error = %error, "lease lost (fenced in Redis); standing by");
+                self.state = State::Standby;
+                Ok(Some(Step::Standby))
+            }
+            Err(source) => Err(RelayError::Sink {
+                group: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
+        tracing::warn!(group = %self.name, epoch = lease.epoch, how, "lease lost; standing by");
+        self.state = State::Standby;
+        Step::Standby
+    }
+
+    fn log_pass(&self, what: &'static str, tally: &Tally, position: Option<Position>) {
+        let position = position.map(|p| p.to_string()).unwrap_or_default();
+        tracing::debug!(group = %self.name, position, delivered = tally.delivered, unrouted = tally.unrouted,
+            dropped = tally.dropped, retrying = tally.retrying, blocked = tally.blocked, dead = tally.dead,
+            recorded = tally.recorded, "{what}");
+        if tally.dead > 0 {
+            tracing::error!(group = %self.name, dead = tally.dead,
+                "messages dead-lettered; see `outbox-relay dead list --group {}`", self.name);
+        } else if tally.retrying > 0 {
+            tracing::warn!(group = %self.name, retrying = tally.retrying, "handler failures; will retry");
+        }
+    }
+
+    /// The ids of `rows` that already have a delivery row (only asked for when a row lies at
+    /// or below the highest recorded position: a re-read after a crash).
+    async fn recorded_among(&self, rows: &[OutboxRow]) -> Result<HashSet<uuid::Uuid>, RelayError> {
+        let Some(through) = self.retries.recorded_through else {
+            return Ok(HashSet::new());
+        };
+        let ids: Vec<uuid::Uuid> = rows
+            .iter()
+            .take_while(|row| row.position <= through)
+            .map(|row| row.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let known = store::deliveries_known(&self.pool, &self.name, &ids)
+            .await
+            .map_err(self.store_error("look up recorded deliveries"))?;
+        Ok(known.into_iter().collect())
     }
 
     async fn try_acquire(&mut self) -> Result<Step, RelayError> {
@@ -176,6 +356,11 @@ impl GroupWorker {
         };
         tracing::info!(group = %self.name, epoch = acquired.epoch, position = %acquired.cursor, owner = %self.owner,
             "lease acquired; forwarding");
+        self.retries = RetryState::new();
+        self.retries.recorded_through = store::deliveries_recorded_through(&self.pool, &self.name)
+            .await
+            .map_err(self.store_error("read the recorded deliveries"))?;
+        self.refresh_parked().await?;
         self.state = State::Active(Lease {
             epoch: acquired.epoch,
             cursor: acquired.cursor,
@@ -189,57 +374,64 @@ impl GroupWorker {
             store::messages_fetch_visible(&self.pool, lease.cursor, self.settings.batch_size)
                 .await
                 .map_err(self.store_error("read the outbox"))?;
-        let Some(last) = rows.last().map(|row| row.position) else {
+        if rows.is_empty() {
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
                 .await
                 .map_err(self.store_error("check for stalls"))?;
             return self.renew_if_due(lease).await;
-        };
-        let batch = dispatch(&self.name, &self.routes, &rows);
-        let report = match self
-            .sink
-            .append(&self.name, lease.epoch, &batch.appends)
-            .await
-        {
-            Ok(report) => report,
-            Err(error) if error.is_fenced() => {
-                tracing::warn!(group = %self.name, epoch = lease.epoch, error = %error, "lease lost (fenced in Redis); standing by");
-                self.state = State::Standby;
-                return Ok(Step::Standby);
+        }
+        let recorded = self.recorded_among(&rows).await?;
+        let plan = self
+            .dispatcher
+            .first_pass(&rows, &recorded, &self.retries.parked)
+            .await;
+        if let Some(last_failure) = plan.failures.last() {
+            let recorded =
+                store::deliveries_record(&self.pool, self.holder(&lease), &plan.failures)
+                    .await
+                    .map_err(self.store_error("record failed deliveries"))?;
+            if !recorded {
+                return Ok(self.lost_lease(lease, "delivery insert fenced"));
             }
-            Err(source) => {
-                return Err(RelayError::Sink {
-                    group: self.name.clone(),
-                    source,
-                });
+            // From here a re-read of this batch must find these rows (and leave them alone).
+            self.retries.recorded_through = self
+                .retries
+                .recorded_through
+                .max(Some(last_failure.position));
+            for delay in plan.failures.iter().filter_map(|f| f.delay) {
+                self.retries.retry_in(delay);
             }
+        }
+        self.retries.parked = plan.parked.clone();
+        if let Some(step) = self.append(lease, &plan.appends, &plan.late).await? {
+            return Ok(step);
+        }
+        let Some(through) = plan.through else {
+            return self.renew_if_due(lease).await;
         };
         let advanced = store::consumer_groups_cursor_advance(
             &self.pool,
             self.holder(&lease),
-            last,
+            through,
             self.settings.lease_ttl,
         )
         .await
         .map_err(self.store_error("advance the cursor"))?;
         if !advanced {
-            tracing::warn!(group = %self.name, epoch = lease.epoch, position = %last,
-                "lease lost (cursor update fenced); standing by");
-            self.state = State::Standby;
-            return Ok(Step::Standby);
+            return Ok(self.lost_lease(lease, "cursor update fenced"));
         }
-        tracing::debug!(group = %self.name, position = %last, rows = rows.len(), forwarded = batch.forwarded,
-            appended = report.appended, duplicates = report.skipped, unrouted = batch.unrouted, dropped = batch.dropped,
-            "batch forwarded");
-        lease.cursor = last;
+        self.log_pass("batch forwarded", &plan.tally, Some(through));
+        lease.cursor = through;
         lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
         self.state = State::Active(lease);
-        Ok(if rows.len() >= self.settings.batch_size {
-            Step::Busy
-        } else {
-            Step::Trickle
-        })
+        Ok(
+            if rows.len() >= self.settings.batch_size || plan.handled < rows.len() {
+                Step::Busy
+            } else {
+                Step::Trickle
+            },
+        )
     }
 
     async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {

@@ -9,6 +9,8 @@
 
 pub mod dispatcher;
 mod group;
+pub mod ordering;
+pub mod plan;
 pub mod route;
 mod stall;
 mod wakeup;
@@ -19,7 +21,10 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use group::Step;
+pub use group::{RETRY_SCAN_INTERVAL, Step};
+pub use route::{Action, InvalidPattern, Route};
+
+use dispatcher::Dispatcher;
 
 use crate::config::{GroupConfig, RelaySettings, Wakeup as WakeupMode};
 use crate::sink::{Sink, SinkError};
@@ -50,6 +55,8 @@ pub struct Relay {
     groups: Vec<GroupConfig>,
     owner: String,
     from_now: bool,
+    /// Routes registered in code, per group, in registration order.
+    custom_routes: Vec<(String, Route)>,
 }
 
 impl Relay {
@@ -66,6 +73,7 @@ impl Relay {
             groups,
             owner: default_owner(),
             from_now: false,
+            custom_routes: Vec::new(),
         }
     }
 
@@ -73,6 +81,28 @@ impl Relay {
     pub fn from_now(mut self, from_now: bool) -> Relay {
         self.from_now = from_now;
         self
+    }
+
+    /// Adds `route` to `group`, before the group's configured routes (so code-registered
+    /// handlers win over the file); a group not in the configuration is created with `key`
+    /// ordering. Build the route with [`Route::call`] for a custom [`Handler`].
+    ///
+    /// [`Handler`]: crate::handler::Handler
+    pub fn route(mut self, group: &str, route: Route) -> Relay {
+        self.custom_routes.push((group.to_owned(), route));
+        self
+    }
+
+    /// Registers a custom handler for the topics matching `patterns` in `group`, with the
+    /// default retry policy and timeout (see [`Relay::route`] and [`Route::call`] to set them).
+    pub fn handler(
+        self,
+        group: &str,
+        patterns: &[&str],
+        handler: impl crate::handler::Handler,
+    ) -> Result<Relay, InvalidPattern> {
+        let route = Route::call(patterns, std::any::type_name_of_val(&handler), handler)?;
+        Ok(self.route(group, route))
     }
 
     /// The identity written into `consumer_groups.lease_owner` (default `host:pid:random`).
@@ -83,7 +113,8 @@ impl Relay {
 
     /// Runs every group until `shutdown` is cancelled; then each finishes its in-flight batch,
     /// releases its lease, and this returns.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        self.merge_custom_routes();
         for group in &self.groups {
             let created = store::consumer_groups_ensure(&self.pool, &group.name, self.from_now)
                 .await
@@ -107,8 +138,13 @@ impl Relay {
         let mut workers = tokio::task::JoinSet::new();
         for group in self.groups {
             let worker = group::GroupWorker {
+                dispatcher: Dispatcher::new(
+                    group.name.clone(),
+                    group.routes,
+                    group.ordering,
+                    group.dead_letter_stream,
+                ),
                 name: group.name,
-                routes: group.routes,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),
                 settings: self.settings.clone(),
@@ -118,11 +154,24 @@ impl Relay {
                 stall: stall::StallWatch::new(self.settings.stall_report_interval),
                 wakeup: wakeup.clone(),
                 notified_tx_id: 0,
+                retries: group::RetryState::new(),
             };
             workers.spawn(worker.run(shutdown.clone()));
         }
         while workers.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+impl Relay {
+    /// Puts the routes registered in code in front of each group's configured routes.
+    fn merge_custom_routes(&mut self) {
+        for (group, route) in std::mem::take(&mut self.custom_routes).into_iter().rev() {
+            match self.groups.iter_mut().find(|g| g.name == group) {
+                Some(config) => config.routes.insert(0, route),
+                None => self.groups.push(GroupConfig::new(group, vec![route])),
+            }
+        }
     }
 }
 

@@ -3,32 +3,80 @@
 //! A group's routes are tried in order; the first whose topic patterns match takes the message.
 //! A message no route matches is skipped by that group (its cursor still moves past it).
 //! Patterns are globs (`orders.*`, `users.signed_up`, `*`), matched against the whole topic;
-//! `*` matches any run of characters, dots included.
+//! `*` matches any run of characters, dots included. Each route has its own retry policy and
+//! handler timeout.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::handler::Handler;
+use crate::retry::RetryPolicy;
+
+/// How long one handler call may take unless the route says otherwise.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a route does with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handler {
-    /// Append the message to the stream named by the template.
+#[derive(Clone)]
+pub enum Action {
+    /// Append the message to the stream named by the template (no handler call: the stored
+    /// JSON goes to Redis as it is).
     Forward { stream: StreamTemplate },
     /// Consume the message without output.
     Drop,
+    /// Call a handler (`http`, or a custom [`Handler`]) and append what it returns.
+    Call {
+        /// What it is, for logs and errors: `http POST <url>` or the name given at registration.
+        name: String,
+        handler: Arc<dyn Handler>,
+    },
 }
 
-/// Topic patterns → handler.
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Forward { stream } => write!(f, "forward to {stream}"),
+            Action::Drop => f.write_str("drop"),
+            Action::Call { name, .. } => write!(f, "call {name}"),
+        }
+    }
+}
+
+impl PartialEq for Action {
+    fn eq(&self, other: &Action) -> bool {
+        match (self, other) {
+            (Action::Forward { stream: a }, Action::Forward { stream: b }) => a == b,
+            (Action::Drop, Action::Drop) => true,
+            (Action::Call { handler: a, .. }, Action::Call { handler: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// A route for a custom handler could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("topic pattern `{pattern}` is not a valid glob: {problem}")]
+pub struct InvalidPattern {
+    pub pattern: String,
+    pub problem: String,
+}
+
+/// Topic patterns → action, with the retry policy and timeout for the handler calls.
 #[derive(Debug, Clone)]
 pub struct Route {
     patterns: Vec<String>,
     matcher: GlobSet,
-    pub handler: Handler,
+    pub action: Action,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
 }
 
 impl Route {
     /// Compiles `patterns`; the error names the first pattern that is not a valid glob.
-    pub fn new(patterns: Vec<String>, handler: Handler) -> Result<Route, (usize, String)> {
+    /// The retry policy and timeout start at their defaults.
+    pub fn new(patterns: Vec<String>, action: Action) -> Result<Route, (usize, String)> {
         let mut builder = GlobSetBuilder::new();
         for (index, pattern) in patterns.iter().enumerate() {
             if pattern.is_empty() {
@@ -41,8 +89,40 @@ impl Route {
         Ok(Route {
             patterns,
             matcher,
-            handler,
+            action,
+            retry: RetryPolicy::default(),
+            timeout: DEFAULT_HANDLER_TIMEOUT,
         })
+    }
+
+    /// A route calling a custom `handler` (named `name` in logs and errors) for the topics
+    /// matching `patterns`, with the default retry policy and timeout.
+    pub fn call(
+        patterns: &[&str],
+        name: impl Into<String>,
+        handler: impl Handler,
+    ) -> Result<Route, InvalidPattern> {
+        let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+        let action = Action::Call {
+            name: name.into(),
+            handler: Arc::new(handler),
+        };
+        Route::new(patterns.clone(), action).map_err(|(index, problem)| InvalidPattern {
+            pattern: patterns.get(index).cloned().unwrap_or_default(),
+            problem,
+        })
+    }
+
+    /// The same route with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Route {
+        self.retry = retry;
+        self
+    }
+
+    /// The same route with another handler timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Route {
+        self.timeout = timeout;
+        self
     }
 
     pub fn matches(&self, topic: &str) -> bool {
@@ -149,8 +229,8 @@ impl fmt::Display for StreamTemplate {
 mod tests {
     use super::*;
 
-    fn forward(template: &str) -> Handler {
-        Handler::Forward {
+    fn forward(template: &str) -> Action {
+        Action::Forward {
             stream: StreamTemplate::parse(template).unwrap(),
         }
     }
@@ -163,7 +243,7 @@ mod tests {
                 forward("events.{topic}"),
             )
             .unwrap(),
-            Route::new(vec!["*".into()], Handler::Drop).unwrap(),
+            Route::new(vec!["*".into()], Action::Drop).unwrap(),
         ];
         assert_eq!(
             route_for(&routes, "orders.created").unwrap().patterns()[0],
@@ -178,19 +258,19 @@ mod tests {
             "orders.*"
         );
         assert_eq!(
-            route_for(&routes, "users.deleted").unwrap().handler,
-            Handler::Drop
+            route_for(&routes, "users.deleted").unwrap().action,
+            Action::Drop
         );
-        let only_orders = vec![Route::new(vec!["orders.*".into()], Handler::Drop).unwrap()];
+        let only_orders = vec![Route::new(vec!["orders.*".into()], Action::Drop).unwrap()];
         assert!(route_for(&only_orders, "users.deleted").is_none());
         assert!(route_for(&only_orders, "orders").is_none());
     }
 
     #[test]
     fn bad_globs_name_the_pattern() {
-        let error = Route::new(vec!["ok.*".into(), "bad[".into()], Handler::Drop).unwrap_err();
+        let error = Route::new(vec!["ok.*".into(), "bad[".into()], Action::Drop).unwrap_err();
         assert_eq!(error.0, 1);
-        assert!(Route::new(vec!["".into()], Handler::Drop).is_err());
+        assert!(Route::new(vec!["".into()], Action::Drop).is_err());
     }
 
     #[test]

@@ -20,11 +20,22 @@ pub fn hash_tag(key: &str) -> &str {
 /// braces that do not form a tag (`a{}b`, `a}b`): on Redis Cluster its watermark may land in
 /// another slot; a single Redis server does not care.
 pub fn watermark_key(prefix: &str, stream: &str, group: &str) -> String {
+    beside_stream(prefix, stream, &format!("outbox-watermark:{group}"))
+}
+
+/// The token key that marks one late entry (see `append_late.lua`) of `group` in `stream` as
+/// appended, in the stream's hash slot like the watermark.
+pub fn late_token_key(prefix: &str, stream: &str, group: &str, token: &str) -> String {
+    beside_stream(prefix, stream, &format!("outbox-sent:{group}:{token}"))
+}
+
+/// A bookkeeping key named `<stream key>:<suffix>`, in the stream's hash slot.
+fn beside_stream(prefix: &str, stream: &str, suffix: &str) -> String {
     let stream_key = format!("{prefix}{stream}");
     if hash_tag(&stream_key).len() < stream_key.len() {
-        format!("{stream_key}:outbox-watermark:{group}")
+        format!("{stream_key}:{suffix}")
     } else {
-        format!("{prefix}{{{stream_key}}}:outbox-watermark:{group}")
+        format!("{prefix}{{{stream_key}}}:{suffix}")
     }
 }
 
@@ -44,16 +55,17 @@ mod tests {
             ("", "a}b{c}"),
         ] {
             let stream_key = format!("{prefix}{stream}");
-            let watermark = watermark_key(prefix, stream, "notifications");
-            assert_eq!(
-                hash_tag(&watermark),
-                hash_tag(&stream_key),
-                "{stream_key:?} vs {watermark:?}"
-            );
-            assert!(
-                watermark.starts_with(prefix),
-                "{watermark:?} is under the prefix"
-            );
+            for key in [
+                watermark_key(prefix, stream, "notifications"),
+                late_token_key(prefix, stream, "notifications", "m-1:0"),
+            ] {
+                assert_eq!(
+                    hash_tag(&key),
+                    hash_tag(&stream_key),
+                    "{stream_key:?} vs {key:?}"
+                );
+                assert!(key.starts_with(prefix), "{key:?} is under the prefix");
+            }
         }
     }
 

@@ -5,6 +5,11 @@
 //! group) watermark next to the stream, in its hash slot) and refuses callers whose lease epoch
 //! is older than one that already wrote there, so replays add nothing and a relay that lost its
 //! lease cannot write.
+//!
+//! Late entries (outputs of retried messages, dead-letter copies) are older than what the
+//! watermark has passed; they go through `append_late.lua` instead, which gives each entry a
+//! token key of its own (set together with the XADD), so a retry after a crash adds nothing
+//! and a late entry is never mistaken for a replay.
 
 mod keys;
 
@@ -13,17 +18,41 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 
-pub use keys::{hash_tag, watermark_key};
+pub use keys::{hash_tag, late_token_key, watermark_key};
 
 use crate::config::{ConnectionUrl, RedisSettings};
 use crate::position::Position;
 
-/// One entry for a stream: the message's position (for deduplication) and its fields.
+/// One entry for a stream: the message's position and the output's ordinal among that
+/// message's entries in this stream (together, its identity for deduplication), and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub position: Position,
+    pub ordinal: u32,
     pub fields: Vec<(&'static str, String)>,
 }
+
+/// Entry fields: name, value.
+pub type Fields = Vec<(&'static str, String)>;
+
+/// One late entry: a token unique to it within (group, stream) — e.g. `<message id>:<ordinal>`
+/// — and its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateEntry {
+    pub token: String,
+    pub fields: Fields,
+}
+
+/// The late entries of one stream, in the order they should appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateAppend {
+    pub stream: String,
+    pub entries: Vec<LateEntry>,
+}
+
+/// How long a late entry's token key lives: far longer than any gap between an append and the
+/// Postgres commit that settles it (7 days).
+pub const LATE_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The entries of one batch for one stream (named without the key prefix), ascending by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +94,7 @@ pub struct Sink {
     key_prefix: String,
     max_len: u64,
     script: Script,
+    late_script: Script,
 }
 
 impl Sink {
@@ -88,6 +118,7 @@ impl Sink {
             key_prefix: settings.key_prefix.clone(),
             max_len: settings.max_len.unwrap_or(0),
             script: Script::new(include_str!("append.lua")),
+            late_script: Script::new(include_str!("append_late.lua")),
         })
     }
 
@@ -106,54 +137,103 @@ impl Sink {
         format!("{}{stream}", self.key_prefix)
     }
 
-    /// Appends every stream's entries, skipping those `group` already appended there.
+    /// Appends every stream's entries, skipping those `group` already appended there, and the
+    /// late entries whose tokens are new; all in one pipeline.
     pub async fn append(
         &self,
         group: &str,
         epoch: i64,
         appends: &[StreamAppend],
+        late: &[LateAppend],
     ) -> Result<AppendReport, SinkError> {
-        if appends.is_empty() {
+        if appends.is_empty() && late.is_empty() {
             return Ok(AppendReport::default());
         }
         let mut pipe = redis::pipe();
         for append in appends {
-            let stream_key = self.stream_key(&append.stream);
-            let mut invocation = self.script.key(&stream_key);
-            invocation
-                .key(watermark_key(&self.key_prefix, &append.stream, group))
-                .arg(epoch)
-                .arg(self.max_len);
-            for entry in &append.entries {
-                invocation
-                    .arg(dedupe_position(entry.position))
-                    .arg(entry.fields.len() * 2);
-                for (name, value) in &entry.fields {
-                    invocation.arg(*name).arg(value.as_str());
-                }
-            }
-            pipe.invoke_script(&invocation);
+            pipe.invoke_script(&self.watermark_invocation(group, epoch, append));
+        }
+        for append in late {
+            pipe.invoke_script(&self.late_invocation(group, epoch, append));
         }
         let mut connection = self.connection.clone();
         let result: Result<Vec<u64>, RedisError> = match pipe.query_async(&mut connection).await {
             // After a Redis restart or failover the script cache is empty: load and go again.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script
-                    .prepare_invoke()
-                    .load_async(&mut connection)
-                    .await
-                    .map_err(SinkError::Redis)?;
+                for script in [&self.script, &self.late_script] {
+                    script
+                        .prepare_invoke()
+                        .load_async(&mut connection)
+                        .await
+                        .map_err(SinkError::Redis)?;
+                }
                 pipe.query_async(&mut connection).await
             }
             other => other,
         };
-        let counts = result.map_err(|e| classify(e, appends))?;
-        let total: u64 = appends.iter().map(|a| a.entries.len() as u64).sum();
+        let streams = appends
+            .iter()
+            .map(|a| a.stream.as_str())
+            .chain(late.iter().map(|a| a.stream.as_str()));
+        let counts = result.map_err(|e| classify(e, streams))?;
+        let total: u64 = appends.iter().map(|a| a.entries.len() as u64).sum::<u64>()
+            + late.iter().map(|a| a.entries.len() as u64).sum::<u64>();
         let appended: u64 = counts.iter().sum();
         Ok(AppendReport {
             appended,
             skipped: total - appended,
         })
+    }
+
+    fn watermark_invocation<'a>(
+        &'a self,
+        group: &str,
+        epoch: i64,
+        append: &'a StreamAppend,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = self.script.key(self.stream_key(&append.stream));
+        invocation
+            .key(watermark_key(&self.key_prefix, &append.stream, group))
+            .arg(epoch)
+            .arg(self.max_len);
+        for entry in &append.entries {
+            invocation
+                .arg(dedupe_position(entry.position, entry.ordinal))
+                .arg(entry.fields.len() * 2);
+            for (name, value) in &entry.fields {
+                invocation.arg(*name).arg(value.as_str());
+            }
+        }
+        invocation
+    }
+
+    fn late_invocation<'a>(
+        &'a self,
+        group: &str,
+        epoch: i64,
+        append: &'a LateAppend,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = self.late_script.key(self.stream_key(&append.stream));
+        invocation.key(watermark_key(&self.key_prefix, &append.stream, group));
+        for entry in &append.entries {
+            invocation.key(late_token_key(
+                &self.key_prefix,
+                &append.stream,
+                group,
+                &entry.token,
+            ));
+        }
+        invocation
+            .arg(epoch)
+            .arg(self.max_len)
+            .arg(LATE_TOKEN_TTL_SECS);
+        for entry in &append.entries {
+            invocation.arg(entry.fields.len() * 2);
+            for (name, value) in &entry.fields {
+                invocation.arg(*name).arg(value.as_str());
+            }
+        }
+        invocation
     }
 
     /// A cheap round trip, for health checks.
@@ -167,14 +247,10 @@ impl Sink {
     }
 }
 
-fn classify(error: RedisError, appends: &[StreamAppend]) -> SinkError {
+fn classify<'a>(error: RedisError, streams: impl Iterator<Item = &'a str>) -> SinkError {
     let text = error.to_string();
     if text.contains("OUTBOX_FENCED") {
-        let stream = appends
-            .iter()
-            .map(|a| a.stream.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let stream = streams.collect::<Vec<_>>().join(", ");
         let detail = text
             .split("OUTBOX_FENCED")
             .nth(1)
@@ -211,10 +287,15 @@ where
     Ok(keys.len())
 }
 
-/// A position as a fixed-width string that sorts like the position (u64 and i64 maxima are
-/// 20 and 19 digits).
-pub fn dedupe_position(position: Position) -> String {
-    format!("{:020}:{:019}", position.tx_id, position.seq)
+/// A position (and an output's ordinal within its message) as a fixed-width string that sorts
+/// like the pair (u64 and i64 maxima are 20 and 19 digits). Ordinal 0 — a message's first or
+/// only entry in the stream — adds nothing, so "a:b" < "a:b:00001" < the next position.
+pub fn dedupe_position(position: Position, ordinal: u32) -> String {
+    if ordinal == 0 {
+        format!("{:020}:{:019}", position.tx_id, position.seq)
+    } else {
+        format!("{:020}:{:019}:{ordinal:010}", position.tx_id, position.seq)
+    }
 }
 
 #[cfg(test)]
@@ -231,10 +312,13 @@ mod tests {
         ];
         for pair in positions.windows(2) {
             assert!(pair[0] < pair[1]);
-            assert!(dedupe_position(pair[0]) < dedupe_position(pair[1]));
+            assert!(dedupe_position(pair[0], 0) < dedupe_position(pair[1], 0));
+            assert!(dedupe_position(pair[0], 0) < dedupe_position(pair[0], 1));
+            assert!(dedupe_position(pair[0], 1) < dedupe_position(pair[0], 2));
+            assert!(dedupe_position(pair[0], u32::MAX) < dedupe_position(pair[1], 0));
         }
         assert_eq!(
-            dedupe_position(Position::new(752, 1)),
+            dedupe_position(Position::new(752, 1), 0),
             "00000000000000000752:0000000000000000001"
         );
     }

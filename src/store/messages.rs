@@ -143,20 +143,22 @@ pub async fn messages_fetch_visible(
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            let tx_id: &str = row.try_get("tx_id_text")?;
-            let tx_id = super::decode_tx_id(tx_id)?;
-            Ok(OutboxRow {
-                position: Position::new(tx_id, row.try_get("seq")?),
-                id: row.try_get("id")?,
-                topic: row.try_get("topic")?,
-                key: row.try_get("key")?,
-                schema_version: row.try_get("schema_version")?,
-                payload: row.try_get("payload_text")?,
-                headers: row.try_get("headers_text")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(outbox_row).collect()
+}
+
+/// An [`OutboxRow`] from a statement that selects the message columns as
+/// `messages_fetch_visible.sql` does (`tx_id_text`, `payload_text`, `headers_text`, …).
+pub(super) fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<OutboxRow, sqlx::Error> {
+    let tx_id: &str = row.try_get("tx_id_text")?;
+    let tx_id = super::decode_tx_id(tx_id)?;
+    Ok(OutboxRow {
+        position: Position::new(tx_id, row.try_get("seq")?),
+        id: row.try_get("id")?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: row.try_get("payload_text")?,
+        headers: row.try_get("headers_text")?,
+        created_at: row.try_get("created_at")?,
+    })
 }

@@ -4,6 +4,7 @@
 //! Functions are named entity first, verb second (`messages_insert`, `messages_position`).
 
 mod databases;
+mod deliveries;
 mod groups;
 mod inspect;
 mod messages;
@@ -17,6 +18,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use databases::{database_create, database_drop};
+pub use deliveries::{
+    DeadLetter, DeadLetterFilter, DeliveryStatus, DueDelivery, MAX_ERROR_BYTES, NewDelivery,
+    ParkedKey, RetryNow, Settlement, deliveries_dead_discard, deliveries_dead_list,
+    deliveries_dead_retry, deliveries_due, deliveries_known, deliveries_parked, deliveries_record,
+    deliveries_recorded_through, deliveries_retry_now, deliveries_settle, truncate_error,
+};
 pub use groups::{
     AcquiredLease, GroupCursor, LeaseHolder, consumer_groups_cursor,
     consumer_groups_cursor_advance, consumer_groups_delete, consumer_groups_ensure,

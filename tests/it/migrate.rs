@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 
 use crate::harness::TestDb;
 
-const OUR_MIGRATIONS: i64 = 6;
+const OUR_MIGRATIONS: i64 = 7;
 
 async fn app_migrator() -> Migrator {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app_migrations");

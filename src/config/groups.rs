@@ -1,0 +1,225 @@
+//! Checks of `[[groups]]` and their `[[groups.routes]]`: names, ordering, handlers and their
+//! settings, retry policies. Every problem is reported with its key path.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute, positive_ms};
+use crate::handler::http::HttpHandler;
+use crate::relay::ordering::OrderingMode;
+use crate::relay::route::{Action, DEFAULT_HANDLER_TIMEOUT, Route, StreamTemplate};
+use crate::retry::RetryPolicy;
+
+pub(super) fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<GroupConfig> {
+    let mut seen = HashSet::new();
+    let mut groups = Vec::new();
+    for (g, group) in raw.iter().enumerate() {
+        let at = format!("groups[{g}]");
+        if !valid_group_name(&group.name) {
+            errors.push(
+                &format!("{at}.name"),
+                format!(
+                    "`{}` is not a group name: use 1-100 letters, digits, `_`, `.`, `-`, starting with a letter or digit",
+                    group.name
+                ),
+            );
+        } else if !seen.insert(group.name.as_str()) {
+            errors.push(
+                &format!("{at}.name"),
+                format!("group `{}` is configured twice", group.name),
+            );
+        }
+        if group.routes.is_empty() {
+            errors.push(
+                &format!("{at}.routes"),
+                "a group needs at least one [[groups.routes]]",
+            );
+        }
+        let ordering = match group.ordering.as_deref() {
+            None => OrderingMode::default(),
+            Some(text) => OrderingMode::parse(text).unwrap_or_else(|| {
+                errors.push(
+                    &format!("{at}.ordering"),
+                    format!("unknown value `{text}`; expected `key`, `strict` or `none`"),
+                );
+                OrderingMode::default()
+            }),
+        };
+        if let Some(stream) = &group.dead_letter_stream
+            && let Err(problem) = StreamTemplate::parse(stream).and_then(|t| {
+                t.is_fixed()
+                    .then_some(())
+                    .ok_or_else(|| "a fixed stream name, without placeholders".to_owned())
+            })
+        {
+            errors.push(&format!("{at}.dead_letter_stream"), problem);
+        }
+        let routes = group
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(r, route)| check_route(route, &format!("{at}.routes[{r}]"), errors))
+            .collect();
+        groups.push(GroupConfig {
+            name: group.name.clone(),
+            routes,
+            ordering,
+            dead_letter_stream: group.dead_letter_stream.clone(),
+        });
+    }
+    groups
+}
+
+const HANDLERS: &str = "expected `forward`, `drop` or `http`";
+
+fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Route> {
+    if raw.topics.is_empty() {
+        errors.push(
+            &format!("{at}.topics"),
+            "needs at least one topic pattern, e.g. [\"orders.*\"]",
+        );
+        return None;
+    }
+    let timeout = positive_ms(raw.timeout_ms, &format!("{at}.timeout_ms"), errors)
+        .unwrap_or(DEFAULT_HANDLER_TIMEOUT);
+    let retry = check_retry(raw, at, errors);
+    let action = check_action(raw, at, timeout, errors)?;
+    match Route::new(raw.topics.clone(), action) {
+        Ok(route) => Some(route.with_retry(retry?).with_timeout(timeout)),
+        Err((index, problem)) => {
+            errors.push(
+                &format!("{at}.topics[{index}]"),
+                format!("not a valid glob: {problem}"),
+            );
+            None
+        }
+    }
+}
+
+/// The keys each handler takes besides `topics`, `handler` and the retry and timeout keys.
+fn misplaced_keys(raw: &RawRoute, handler: &str) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if handler != "forward" && raw.stream.is_some() {
+        keys.push("stream");
+    }
+    if handler != "http" && raw.url.is_some() {
+        keys.push("url");
+    }
+    if handler != "http" && !raw.headers.is_empty() {
+        keys.push("headers");
+    }
+    keys
+}
+
+fn check_action(
+    raw: &RawRoute,
+    at: &str,
+    timeout: Duration,
+    errors: &mut ConfigErrors,
+) -> Option<Action> {
+    let handler = raw.handler.as_str();
+    if handler.is_empty() {
+        errors.push(&format!("{at}.handler"), format!("missing; {HANDLERS}"));
+        return None;
+    }
+    let misplaced = misplaced_keys(raw, handler);
+    for key in &misplaced {
+        errors.push(
+            &format!("{at}.{key}"),
+            format!("handler `{handler}` does not use `{key}`; remove it"),
+        );
+    }
+    if !misplaced.is_empty() {
+        return None;
+    }
+    match handler {
+        "forward" => {
+            let Some(stream) = &raw.stream else {
+                errors.push(
+                    &format!("{at}.stream"),
+                    "handler `forward` needs a stream, e.g. \"events.{topic}\"",
+                );
+                return None;
+            };
+            StreamTemplate::parse(stream)
+                .map(|stream| Action::Forward { stream })
+                .map_err(|problem| errors.push(&format!("{at}.stream"), problem))
+                .ok()
+        }
+        "drop" => Some(Action::Drop),
+        "http" => {
+            let Some(url) = &raw.url else {
+                errors.push(
+                    &format!("{at}.url"),
+                    "handler `http` needs a url, e.g. \"http://127.0.0.1:8080/hooks/orders\"",
+                );
+                return None;
+            };
+            let headers = raw.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            match HttpHandler::new(url, headers, timeout) {
+                Ok(handler) => Some(Action::Call {
+                    name: format!("http POST {}", handler.url()),
+                    handler: Arc::new(handler),
+                }),
+                Err(problem) => {
+                    errors.push(&format!("{at}.url"), problem.to_string());
+                    None
+                }
+            }
+        }
+        other => {
+            errors.push(
+                &format!("{at}.handler"),
+                format!("unknown handler `{other}`; {HANDLERS}"),
+            );
+            None
+        }
+    }
+}
+
+fn check_retry(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<RetryPolicy> {
+    let mut retry = RetryPolicy::default();
+    let before = errors.problems.len();
+    match raw.max_attempts {
+        Some(0) => errors.push(&format!("{at}.max_attempts"), "must be at least 1"),
+        Some(n) => retry.max_attempts = n,
+        None => {}
+    }
+    if let Some(initial) = positive_ms(
+        raw.backoff_initial_ms,
+        &format!("{at}.backoff_initial_ms"),
+        errors,
+    ) {
+        retry.initial = initial;
+    }
+    if let Some(max) = positive_ms(raw.backoff_max_ms, &format!("{at}.backoff_max_ms"), errors) {
+        retry.max = max;
+    }
+    if retry.max < retry.initial {
+        errors.push(
+            &format!("{at}.backoff_max_ms"),
+            format!(
+                "must be at least backoff_initial_ms ({} ms)",
+                retry.initial.as_millis()
+            ),
+        );
+    }
+    match raw.backoff_multiplier {
+        Some(m) if !(1.0..=100.0).contains(&m) => errors.push(
+            &format!("{at}.backoff_multiplier"),
+            "must be between 1.0 and 100.0",
+        ),
+        Some(m) => retry.multiplier = m,
+        None => {}
+    }
+    (errors.problems.len() == before).then_some(retry)
+}
+
+/// The same rule as the `consumer_groups_name_valid` constraint.
+fn valid_group_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 100
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

@@ -1,0 +1,147 @@
+//! Handlers: what a consumer group does with a message its route takes.
+//!
+//! Built in: `forward` (append the message to a stream), `drop` (consume it), `http` (POST it,
+//! see [`http::HttpHandler`]). In the library, any type implementing [`Handler`] can be
+//! registered on the relay for a group and topic patterns.
+//!
+//! A handler returns zero or more [`Output`]s, each of which becomes one Redis Stream entry,
+//! or an error that is either retryable (the attempt is counted and scheduled again with
+//! backoff) or permanent (the message is dead at once). A call that takes longer than the
+//! route's timeout, or panics, is a retryable failure of that message; the relay goes on.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::position::Position;
+use crate::store::OutboxRow;
+
+/// A message as a handler receives it: decoded and checked against its schema version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecodedMessage {
+    pub id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub headers: BTreeMap<String, String>,
+    pub schema_version: Option<i32>,
+    /// `"<tx_id>:<seq>"`.
+    #[serde(serialize_with = "serialize_display")]
+    pub position: Position,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// 1 for the first attempt, 2 for the first retry, …
+    pub attempt: u32,
+}
+
+fn serialize_display<S: serde::Serializer>(
+    value: &Position,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+impl DecodedMessage {
+    /// Parses a stored row's payload and headers (the relay calls this only for handlers that
+    /// need the decoded form; `forward` passes the JSON text through untouched).
+    pub fn from_row(row: &OutboxRow, attempt: u32) -> Result<DecodedMessage, serde_json::Error> {
+        Ok(DecodedMessage {
+            id: row.id,
+            topic: row.topic.clone(),
+            key: row.key.clone(),
+            payload: serde_json::from_str(&row.payload)?,
+            headers: serde_json::from_str(&row.headers)?,
+            schema_version: row.schema_version,
+            position: row.position,
+            created_at: row.created_at,
+            attempt,
+        })
+    }
+}
+
+/// One entry for Redis: the stream (named without the key prefix) and the payload that goes
+/// in the entry's `payload` field. The entry's other fields (`id`, `topic`, `key`, `position`,
+/// …) are the message's.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Output {
+    pub stream: String,
+    pub payload: serde_json::Value,
+}
+
+impl Output {
+    pub fn new(stream: impl Into<String>, payload: serde_json::Value) -> Output {
+        Output {
+            stream: stream.into(),
+            payload,
+        }
+    }
+}
+
+/// Why a handler did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// Might work later (a timeout, a 503): retried with backoff until `max_attempts`.
+    Retryable(String),
+    /// Will never work (a 400, a payload the handler cannot use): dead at once.
+    Permanent(String),
+}
+
+impl HandlerError {
+    pub fn retryable(reason: impl Into<String>) -> HandlerError {
+        HandlerError::Retryable(reason.into())
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> HandlerError {
+        HandlerError::Permanent(reason.into())
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HandlerError::Retryable(_))
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => reason,
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandlerError::Retryable(reason) => write!(f, "retryable: {reason}"),
+            HandlerError::Permanent(reason) => write!(f, "permanent: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// A custom handler, registered on the relay with [`crate::relay::Relay::handler`].
+///
+/// ```
+/// use outbox_relay::handler::{DecodedMessage, Handler, HandlerError, Output};
+///
+/// /// Sends every order to a stream per region, refusing orders without one.
+/// struct ByRegion;
+///
+/// #[async_trait::async_trait]
+/// impl Handler for ByRegion {
+///     async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError> {
+///         let region = message.payload["region"]
+///             .as_str()
+///             .ok_or_else(|| HandlerError::permanent("the order has no region"))?;
+///         Ok(vec![Output::new(format!("orders.{region}"), message.payload.clone())])
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. Called again for the same message after a retryable error, and
+    /// possibly after a crash (outputs already appended are not appended twice, but the
+    /// handler's own side effects may repeat: make them idempotent, e.g. keyed by `message.id`).
+    async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError>;
+}

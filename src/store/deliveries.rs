@@ -1,0 +1,456 @@
+//! Statements on `outbox.deliveries`: the retry state of messages that did not go through first
+//! time, per consumer group (DESIGN §4).
+//!
+//! ```text
+//!   first attempt fails ──▶ retrying ──(attempts exhausted / permanent error)──▶ dead
+//!                              │  └──(attempt succeeds)──▶ row deleted
+//!   key parked ──▶ blocked ──(earlier message of the key done or dead)──▶ retrying, due now
+//!   operator: retry (retrying|dead → due now), dead retry (dead → due now), dead discard (delete)
+//! ```
+//! The relay's writes are fenced by its lease ([`LeaseHolder`]): each runs in a transaction
+//! that first checks, with a row lock, that the lease is still the caller's.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::groups::LeaseHolder;
+use super::messages::{OutboxRow, outbox_row};
+use crate::position::Position;
+
+/// Longest `last_error` stored, in bytes; longer texts keep their head and say they were cut.
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+/// The state of a delivery row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Retrying,
+    Blocked,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Blocked => "blocked",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    fn parse(text: &str) -> Result<DeliveryStatus, sqlx::Error> {
+        match text {
+            "retrying" => Ok(DeliveryStatus::Retrying),
+            "blocked" => Ok(DeliveryStatus::Blocked),
+            "dead" => Ok(DeliveryStatus::Dead),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown delivery status `{other}`").into(),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A first-pass failure to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub message_id: Uuid,
+    pub position: Position,
+    pub key: Option<String>,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// When `status` is retrying: how long from now (database clock) the next attempt is due.
+    pub delay: Option<Duration>,
+}
+
+/// What became of a retried message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// It went through: the row is deleted.
+    Done,
+    /// It failed again and will be retried after `delay`.
+    Retry {
+        attempts: i32,
+        error: String,
+        delay: Duration,
+    },
+    /// It failed for good.
+    Dead { attempts: i32, error: String },
+}
+
+/// A retry whose time has come: the failed attempts so far and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub attempts: i32,
+    pub row: OutboxRow,
+}
+
+/// One parked key of a group (`None`: unkeyed messages) and how long until its soonest retry
+/// is due (zero when overdue; `None` when it only has blocked messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedKey {
+    pub key: Option<String>,
+    pub due_in: Option<Duration>,
+}
+
+/// A dead letter, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub group: String,
+    pub message_id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub position: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub first_failed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which dead letters an operator command applies to; `None` = any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    pub group: Option<String>,
+    pub topic: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub message_id: Option<Uuid>,
+}
+
+/// One group's delivery of a message that `retry` looked at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RetryNow {
+    pub group: String,
+    pub previous_status: DeliveryStatus,
+    pub changed: bool,
+}
+
+/// `error`, cut to [`MAX_ERROR_BYTES`] on a character boundary, saying so when cut.
+pub fn truncate_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES - 20;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … [truncated]", &error[..end])
+}
+
+fn millis(delay: Option<Duration>) -> Option<i64> {
+    delay.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Checks the lease inside `conn`'s transaction, locking the group row against a takeover
+/// until the transaction ends. False: the lease is gone, write nothing.
+async fn lease_check(
+    conn: &mut PgConnection,
+    holder: &LeaseHolder<'_>,
+) -> Result<bool, sqlx::Error> {
+    let held: Option<bool> =
+        sqlx::query_scalar(include_str!("sql/consumer_groups_lease_check.sql"))
+            .bind(holder.group)
+            .bind(holder.owner)
+            .bind(holder.epoch)
+            .fetch_optional(conn)
+            .await?;
+    Ok(held.unwrap_or(false))
+}
+
+/// Records a batch's first-pass failures, fenced by the lease. False: the lease is gone and
+/// nothing was written.
+pub async fn deliveries_record(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+    records: &[NewDelivery],
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !lease_check(&mut tx, &holder).await? {
+        return Ok(false);
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.message_id).collect();
+    let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempts).collect();
+    let errors: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.last_error.as_deref().map(truncate_error))
+        .collect();
+    let delays: Vec<Option<i64>> = records.iter().map(|r| millis(r.delay)).collect();
+    let tx_ids: Vec<String> = records
+        .iter()
+        .map(|r| r.position.tx_id.to_string())
+        .collect();
+    let seqs: Vec<i64> = records.iter().map(|r| r.position.seq).collect();
+    let keys: Vec<Option<&str>> = records.iter().map(|r| r.key.as_deref()).collect();
+    sqlx::query(include_str!("sql/deliveries_record.sql"))
+        .bind(holder.group)
+        .bind(ids)
+        .bind(statuses)
+        .bind(attempts)
+        .bind(errors)
+        .bind(delays)
+        .bind(tx_ids)
+        .bind(seqs)
+        .bind(keys)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Which of `ids` already have a delivery row in `group`.
+pub async fn deliveries_known(
+    pool: &PgPool,
+    group: &str,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(include_str!("sql/deliveries_known.sql"))
+        .bind(group)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// The highest position with a delivery row in `group`, if any.
+pub async fn deliveries_recorded_through(
+    pool: &PgPool,
+    group: &str,
+) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as(include_str!("sql/deliveries_recorded_through.sql"))
+            .bind(group)
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(tx_id, seq)| Ok(Position::new(super::decode_tx_id(&tx_id)?, seq)))
+        .transpose()
+}
+
+/// The keys of `group` with a retrying or blocked message, and each one's soonest retry.
+pub async fn deliveries_parked(pool: &PgPool, group: &str) -> Result<Vec<ParkedKey>, sqlx::Error> {
+    let rows: Vec<(Option<String>, Option<f64>)> =
+        sqlx::query_as(include_str!("sql/deliveries_parked.sql"))
+            .bind(group)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, due_in_ms)| ParkedKey {
+            key,
+            due_in: due_in_ms.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+        })
+        .collect())
+}
+
+/// Up to `limit` due retries of `group`, in position order.
+pub async fn deliveries_due(
+    pool: &PgPool,
+    group: &str,
+    limit: usize,
+) -> Result<Vec<DueDelivery>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/deliveries_due.sql"))
+        .bind(group)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(DueDelivery {
+                attempts: row.try_get("attempts")?,
+                row: outbox_row(row)?,
+            })
+        })
+        .collect()
+}
+
+/// Stores the results of retried messages and releases the next blocked message of each key
+/// in `released_keys`, in one transaction fenced by the lease. `None`: the lease is gone and
+/// nothing was written; otherwise the ids of the messages released.
+pub async fn deliveries_settle(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+    settlements: &[(Uuid, Settlement)],
+    released_keys: &[&str],
+) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !lease_check(&mut tx, &holder).await? {
+        return Ok(None);
+    }
+    let mut ids = Vec::with_capacity(settlements.len());
+    let mut statuses: Vec<Option<&str>> = Vec::with_capacity(settlements.len());
+    let mut attempts: Vec<Option<i32>> = Vec::with_capacity(settlements.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(settlements.len());
+    let mut delays: Vec<Option<i64>> = Vec::with_capacity(settlements.len());
+    for (id, settlement) in settlements {
+        ids.push(*id);
+        let (status, tries, error, delay) = match settlement {
+            Settlement::Done => (None, None, None, None),
+            Settlement::Retry {
+                attempts,
+                error,
+                delay,
+            } => (
+                Some("retrying"),
+                Some(*attempts),
+                Some(truncate_error(error)),
+                millis(Some(*delay)),
+            ),
+            Settlement::Dead { attempts, error } => (
+                Some("dead"),
+                Some(*attempts),
+                Some(truncate_error(error)),
+                None,
+            ),
+        };
+        statuses.push(status);
+        attempts.push(tries);
+        errors.push(error);
+        delays.push(delay);
+    }
+    sqlx::query(include_str!("sql/deliveries_settle.sql"))
+        .bind(holder.group)
+        .bind(ids)
+        .bind(statuses)
+        .bind(attempts)
+        .bind(errors)
+        .bind(delays)
+        .execute(&mut *tx)
+        .await?;
+    let released = if released_keys.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(include_str!("sql/deliveries_release_next.sql"))
+            .bind(holder.group)
+            .bind(released_keys)
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    tx.commit().await?;
+    Ok(Some(released))
+}
+
+/// `retry <message-id>`: the message's retrying or dead deliveries (in `group`, or every
+/// group) become due now; each group's delivery is reported, changed or not.
+pub async fn deliveries_retry_now(
+    pool: &PgPool,
+    message_id: Uuid,
+    group: Option<&str>,
+) -> Result<Vec<RetryNow>, sqlx::Error> {
+    let rows: Vec<(String, String, bool)> =
+        sqlx::query_as(include_str!("sql/deliveries_retry_now.sql"))
+            .bind(message_id)
+            .bind(group)
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(group, previous_status, changed)| {
+            Ok(RetryNow {
+                group,
+                previous_status: DeliveryStatus::parse(&previous_status)?,
+                changed,
+            })
+        })
+        .collect()
+}
+
+/// Dead letters matching `filter`, oldest failure first, at most `limit`.
+pub async fn deliveries_dead_list(
+    pool: &PgPool,
+    filter: &DeadLetterFilter,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_list.sql")),
+        filter,
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(dead_letter).collect()
+}
+
+/// Dead letters matching `filter` become due now (attempts kept); returns them.
+pub async fn deliveries_dead_retry(
+    pool: &PgPool,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_retry.sql")),
+        filter,
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(dead_letter).collect()
+}
+
+/// Deletes the dead letters matching `filter`; returns them.
+pub async fn deliveries_dead_discard(
+    pool: &PgPool,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_discard.sql")),
+        filter,
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(dead_letter).collect()
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_filter<'q>(query: PgQuery<'q>, filter: &DeadLetterFilter) -> PgQuery<'q> {
+    query
+        .bind(filter.group.clone())
+        .bind(filter.topic.clone())
+        .bind(filter.since)
+        .bind(filter.message_id)
+}
+
+fn dead_letter(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {
+    let tx_id: &str = row.try_get("tx_id_text")?;
+    let position = Position::new(super::decode_tx_id(tx_id)?, row.try_get("message_seq")?);
+    Ok(DeadLetter {
+        group: row.try_get("group_name")?,
+        message_id: row.try_get("message_id")?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        position: position.to_string(),
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        first_failed_at: row.try_get("first_failed_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate_error("short"), "short");
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let cut = truncate_error(&long);
+        assert!(cut.len() <= MAX_ERROR_BYTES);
+        assert!(cut.ends_with("[truncated]"));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in [
+            DeliveryStatus::Retrying,
+            DeliveryStatus::Blocked,
+            DeliveryStatus::Dead,
+        ] {
+            assert_eq!(DeliveryStatus::parse(status.as_str()).unwrap(), status);
+        }
+    }
+}
