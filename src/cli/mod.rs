@@ -1,10 +1,12 @@
 //! The `outbox-relay` command line: global flags, the command list, and one file per command.
 
 mod bench;
+mod dead;
 mod demo;
 mod migrate;
 mod notify;
 mod publish;
+mod retry;
 mod run;
 mod status;
 
@@ -48,6 +50,11 @@ enum Command {
     Run(run::Args),
     /// Show every consumer group: cursor, lag, lease owner, and what holds delivery back.
     Status(status::Args),
+    /// Retry a message now (its retrying or dead delivery becomes due; attempts kept).
+    Retry(retry::Args),
+    /// List, retry or discard dead letters.
+    #[command(subcommand)]
+    Dead(dead::Command),
     /// Install or drop the NOTIFY trigger used by `wakeup = "notify"`.
     Notify(notify::Args),
     /// Publish one message (in its own transaction) and print its id.
@@ -104,6 +111,8 @@ impl Cli {
             Command::Notify(args) => notify::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
             Command::Status(args) => status::run(&config, args).await,
+            Command::Retry(args) => retry::run(&config, args).await,
+            Command::Dead(command) => dead::run(&config, command).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
             Command::Demo(args) => demo::run(&config, args).await,
         };

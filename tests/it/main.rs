@@ -13,5 +13,6 @@ mod relay_forward;
 mod relay_lease;
 mod relay_notify;
 mod relay_order;
+mod relay_retry;
 mod relay_stall;
 mod sql_publish;

@@ -41,6 +41,11 @@ pub struct InProcessRelay {
 
 impl InProcessRelay {
     pub async fn start(toml: &str) -> InProcessRelay {
+        InProcessRelay::start_with(toml, |relay| relay).await
+    }
+
+    /// Starts the relay after `customize` added to it (custom handlers, say).
+    pub async fn start_with(toml: &str, customize: impl FnOnce(Relay) -> Relay) -> InProcessRelay {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
         let pool = outbox_relay::store::connect(&config.database_url, 8)
             .await
@@ -49,7 +54,12 @@ impl InProcessRelay {
             .await
             .expect("connect Redis");
         let shutdown = CancellationToken::new();
-        let relay = Relay::new(pool, sink, config.relay.clone(), config.groups.clone());
+        let relay = customize(Relay::new(
+            pool,
+            sink,
+            config.relay.clone(),
+            config.groups.clone(),
+        ));
         let task = tokio::spawn(relay.run(shutdown.clone()));
         InProcessRelay { shutdown, task }
     }

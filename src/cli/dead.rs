@@ -1,0 +1,186 @@
+//! `outbox-relay dead list|retry|discard`
+
+use chrono::{DateTime, Utc};
+use comfy_table::{Table, presets};
+use outbox_relay::config::Config;
+use outbox_relay::store::{self, DeadLetter, DeadLetterFilter};
+use uuid::Uuid;
+
+/// Dead letters: messages a group gave up on (a permanent error, attempts exhausted, or a
+/// payload its schema rejects). They stay in `outbox.deliveries` until retried or discarded.
+///
+/// Example: outbox-relay dead list --group notifications --since 1h
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List dead letters (oldest failure first).
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry the matching dead letters now (attempts kept: one more attempt each).
+    Retry {
+        #[command(flatten)]
+        filter: Filter,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the matching dead letters: the group counts them as handled from then on.
+    Discard {
+        #[command(flatten)]
+        filter: Filter,
+        /// Discard every dead letter when no filter is given.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters; filters combine with AND.
+#[derive(Debug, clap::Args)]
+pub struct Filter {
+    /// Only this consumer group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Only this topic (exact).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only those that first failed since this time: RFC 3339 (2026-11-24T03:00:00Z) or a
+    /// duration ago (90s, 15m, 2h, 1d).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<DateTime<Utc>>,
+    /// Only this message.
+    #[arg(long)]
+    message: Option<Uuid>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.group.is_none()
+            && self.topic.is_none()
+            && self.since.is_none()
+            && self.message.is_none()
+    }
+
+    fn to_store(&self) -> DeadLetterFilter {
+        DeadLetterFilter {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            since: self.since,
+            message_id: self.message,
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is neither RFC 3339 nor a duration like 15m ({e})"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(Utc::now() - ago)
+}
+
+pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database_url, 1).await?;
+    let result = match command {
+        Command::List {
+            filter,
+            limit,
+            json,
+        } => {
+            let letters = store::deliveries_dead_list(&pool, &filter.to_store(), limit).await?;
+            print(&letters, json, "dead letters", "no dead letters match");
+            Ok(())
+        }
+        Command::Retry { filter, json } => {
+            let letters = store::deliveries_dead_retry(&pool, &filter.to_store()).await?;
+            print(
+                &letters,
+                json,
+                "dead → retrying, due now",
+                "no dead letters match; nothing changed",
+            );
+            Ok(())
+        }
+        Command::Discard { filter, all, json } => {
+            if filter.is_empty() && !all {
+                Err(anyhow::anyhow!(
+                    "refusing to discard every dead letter: give --group, --topic, --since or --message, or --all"
+                ))
+            } else {
+                let letters = store::deliveries_dead_discard(&pool, &filter.to_store()).await?;
+                print(
+                    &letters,
+                    json,
+                    "discarded",
+                    "no dead letters match; nothing changed",
+                );
+                Ok(())
+            }
+        }
+    };
+    pool.close().await;
+    result
+}
+
+fn print(letters: &[DeadLetter], json: bool, what: &str, none: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(letters).expect("dead letters serialize")
+        );
+        return;
+    }
+    if letters.is_empty() {
+        println!("{none}");
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "GROUP",
+        "MESSAGE",
+        "TOPIC",
+        "KEY",
+        "POSITION",
+        "ATTEMPTS",
+        "FIRST FAILED",
+        "LAST ERROR",
+    ]);
+    for letter in letters {
+        table.add_row([
+            letter.group.clone(),
+            letter.message_id.to_string(),
+            letter.topic.clone(),
+            letter.key.clone().unwrap_or_else(|| "-".into()),
+            letter.position.clone(),
+            letter.attempts.to_string(),
+            letter
+                .first_failed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            one_line(letter.last_error.as_deref().unwrap_or("-"), 80),
+        ]);
+    }
+    println!("{table}");
+    println!("{}: {}", what, letters.len());
+}
+
+/// The first line of `text`, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= max {
+        line.to_owned()
+    } else {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    }
+}
