@@ -10,6 +10,7 @@ mod publish;
 mod relay_crash;
 mod relay_faults;
 mod relay_forward;
+mod relay_http;
 mod relay_lease;
 mod relay_notify;
 mod relay_order;
