@@ -5,6 +5,7 @@ mod harness;
 mod bench;
 mod cli;
 mod demo;
+mod examples;
 mod migrate;
 mod publish;
 mod relay_crash;

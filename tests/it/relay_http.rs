@@ -148,7 +148,11 @@ async fn http_answers_decide_done_permanent_or_retry() {
     let mut late: Vec<u64> = out[1..].iter().map(|p| p["n"].as_u64().unwrap()).collect();
     late.sort();
     assert_eq!(late, [3, 4], "the 503 and the timed-out message, retried");
-    assert_eq!(payloads(&redis, "audit").await.len(), 3, "both outputs of each message");
+    assert_eq!(
+        payloads(&redis, "audit").await.len(),
+        3,
+        "both outputs of each message"
+    );
     // 400: dead at once, with the status and body in the row.
     let (status, attempts, error): (String, i32, String) = sqlx::query_as(
         "SELECT d.status, d.attempts, d.last_error FROM outbox.deliveries d WHERE d.message_id = $1",
