@@ -284,3 +284,79 @@ async fn kill_9_while_messages_retry_and_block_loses_and_duplicates_nothing() {
     assert_eq!(left, 0, "no delivery row left behind");
     assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_late_retry_killed_between_its_append_and_its_row_update_lands_once() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new());
+    let hook = Hook::default();
+    let addr = hook.start().await;
+    let dir = TempDir::new("kill-between-append-and-settle");
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "idle_poll_ms = 5\nlease_ttl_ms = 500",
+            &http_group(addr, "backoff_initial_ms = 500"),
+        ),
+    );
+    let relay = RelayProcess::start(&config, "relay-1");
+    // Message 1 fails once (503) and is retried later; message 2 goes through first, so the
+    // stream's watermark is past message 1 when its retry appends.
+    let ids = publish(
+        &db,
+        &[
+            json!({"n": 1, "mode": "ok", "fail": 1}),
+            json!({"n": 2, "mode": "ok"}),
+        ],
+    )
+    .await;
+    eventually(Duration::from_secs(10), "message 2 delivered", || async {
+        (payloads(&redis, "out").await.len() == 1).then_some(())
+    })
+    .await;
+    // Hold message 1's delivery row: the retry appends, then waits to settle the row.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM outbox.deliveries d WHERE d.message_id = $1 FOR UPDATE")
+        .bind(ids[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the retry appended", || async {
+        (payloads(&redis, "out").await.len() == 2).then_some(())
+    })
+    .await;
+    relay.kill9();
+    holder.rollback().await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT d.status FROM outbox.deliveries d WHERE d.message_id = $1")
+            .bind(ids[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "retrying", "the row update never happened");
+
+    let relay = RelayProcess::start(&config, "relay-2");
+    eventually(Duration::from_secs(10), "the row settled", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox.deliveries d WHERE d.message_id = $1")
+                .bind(ids[0])
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(hook.calls_of(1) >= 3, "called again after the restart");
+    let numbers: Vec<u64> = payloads(&redis, "out")
+        .await
+        .iter()
+        .map(|p| p["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        [2, 1],
+        "the late retry is neither dropped nor duplicated"
+    );
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}
