@@ -6,6 +6,7 @@ mod migrate;
 mod notify;
 mod publish;
 mod run;
+mod schema;
 mod status;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     Notify(notify::Args),
     /// Publish one message (in its own transaction) and print its id.
     Publish(publish::Args),
+    /// The schema registry: register, list, show and check JSON Schemas per topic.
+    #[command(subcommand)]
+    Schema(schema::Command),
     /// Publish from concurrent transactions while a relay forwards, then check what landed.
     Demo(demo::Args),
     /// Measure the library next to the ceiling for the same work (in a scratch database).
@@ -101,6 +105,7 @@ impl Cli {
         let result = match self.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Publish(args) => publish::run(&config, args).await,
+            Command::Schema(command) => schema::run(&config, command).await,
             Command::Notify(args) => notify::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
             Command::Status(args) => status::run(&config, args).await,

@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod migrate;
 mod publish;
+mod registry;
 mod relay_crash;
 mod relay_faults;
 mod relay_forward;
