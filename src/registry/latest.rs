@@ -58,5 +58,6 @@ pub(crate) async fn reload(
 
 /// Drops the cached entry of `topic`: its next publish reads Postgres again.
 pub(crate) fn forget(topic: &str) {
+    tracing::debug!(topic, "forgetting the cached latest schema");
     LATEST.write().expect("latest schema cache").remove(topic);
 }

@@ -321,6 +321,7 @@ impl Registry {
         tx.commit().await.map_err(fail)?;
         self.forget_latest(topic);
         latest::forget(topic);
+        tracing::info!(topic, version, compatibility = %mode, "registered schema");
         Ok(Registered {
             topic: topic.to_owned(),
             version,
