@@ -195,6 +195,9 @@ impl Publisher {
     /// Writes `message` inside the transaction `conn` is in and returns its id (UUIDv7).
     /// The payload must match its topic's latest schema, if it has one; the row is stamped
     /// with that version. On rollback of that transaction the message is gone.
+    ///
+    /// The first publish of a topic in this process reads its latest schema (one query in
+    /// `conn`'s transaction); later ones use the process cache, which the insert verifies.
     pub async fn publish_in_tx(
         &self,
         conn: &mut PgConnection,
@@ -210,17 +213,18 @@ impl Publisher {
             let latest = self.latest_schema(conn, topic, fresh).await?;
             if let Some(schema) = &latest {
                 let errors = schema.schema.errors_in_text(valid.payload.get());
-                if !errors.is_empty() && !fresh {
+                match (errors.is_empty(), fresh) {
+                    (true, _) => {}
                     // The cached version may be stale (or another database's): refuse only
                     // after validating against the latest version in Postgres.
-                    continue;
-                }
-                if !errors.is_empty() {
-                    return Err(PublishError::SchemaRejected {
-                        topic: topic.to_owned(),
-                        version: schema.version,
-                        errors,
-                    });
+                    (false, false) => continue,
+                    (false, true) => {
+                        return Err(PublishError::SchemaRejected {
+                            topic: topic.to_owned(),
+                            version: schema.version,
+                            errors,
+                        });
+                    }
                 }
             }
             let inserted = store::messages_insert(conn, id, &valid, stamp_of(latest.as_deref()))
