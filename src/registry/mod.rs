@@ -13,15 +13,15 @@
 //! was the topic's latest when the row was written. Rows written by plain SQL or by
 //! `outbox.publish()` are not validated by Postgres; the relay validates them ([`Registry::check_row`]).
 
+mod cache;
 mod compat;
 pub(crate) mod latest;
 mod schema;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -33,6 +33,7 @@ pub(crate) use schema::joined as joined_errors;
 
 use crate::publish::{InvalidMessage, validate_topic};
 use crate::store::{self, NewSchema, StoredSchema};
+use cache::VersionCache;
 
 /// What publishing does with a topic that has no registered schema (`[registry] unregistered`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -239,14 +240,7 @@ pub struct Registry {
 struct Inner {
     pool: PgPool,
     unregistered: Unregistered,
-    topics: RwLock<HashMap<String, TopicCache>>,
-}
-
-#[derive(Default)]
-struct TopicCache {
-    versions: HashMap<i32, Arc<SchemaVersion>>,
-    /// When it was read, and the latest version then (`None`: no schema).
-    latest: Option<(Instant, Option<Arc<SchemaVersion>>)>,
+    cache: VersionCache,
 }
 
 impl fmt::Debug for Registry {
@@ -265,7 +259,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 pool,
                 unregistered,
-                topics: RwLock::new(HashMap::new()),
+                cache: VersionCache::default(),
             }),
         }
     }
@@ -319,7 +313,7 @@ impl Registry {
         };
         store::schemas_insert(&mut tx, new).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
-        self.forget_latest(topic);
+        self.inner.cache.forget_latest(topic);
         latest::forget(topic);
         tracing::info!(topic, version, compatibility = %mode, "registered schema");
         Ok(Registered {
@@ -348,7 +342,12 @@ impl Registry {
         payload: &str,
     ) -> Result<Result<(), Rejection>, RegistryError> {
         let schema = match schema_version {
-            Some(version) => match self.version(topic, version).await? {
+            Some(version) => match self
+                .inner
+                .cache
+                .version(&self.inner.pool, topic, version)
+                .await?
+            {
                 Some(schema) => schema,
                 None => {
                     return Ok(Err(Rejection::UnknownVersion {
@@ -357,7 +356,12 @@ impl Registry {
                     }));
                 }
             },
-            None => match self.latest_recent(topic).await? {
+            None => match self
+                .inner
+                .cache
+                .latest_recent(&self.inner.pool, topic)
+                .await?
+            {
                 Some(schema) => schema,
                 None => return Ok(self.unregistered_row(topic)),
             },
@@ -428,81 +432,6 @@ impl Registry {
                 topic: topic.to_owned(),
             }),
         }
-    }
-
-    /// Version `version` of `topic`, from the cache or Postgres; `None` if not registered.
-    async fn version(
-        &self,
-        topic: &str,
-        version: i32,
-    ) -> Result<Option<Arc<SchemaVersion>>, RegistryError> {
-        let cached = self
-            .topics()
-            .get(topic)
-            .and_then(|t| t.versions.get(&version).cloned());
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let stored = store::schemas_get(&self.inner.pool, topic, version)
-            .await
-            .map_err(|source| RegistryError::Read {
-                what: format!("version {version} of the schema of `{topic}`"),
-                source,
-            })?;
-        let Some(stored) = stored else {
-            return Ok(None);
-        };
-        let loaded = Arc::new(SchemaVersion::from_stored(&stored)?);
-        let mut topics = self.topics_mut();
-        let cache = topics.entry(topic.to_owned()).or_default();
-        cache.versions.insert(version, Arc::clone(&loaded));
-        Ok(Some(loaded))
-    }
-
-    /// The latest version of `topic` as read at most [`LATEST_TTL`] ago.
-    async fn latest_recent(
-        &self,
-        topic: &str,
-    ) -> Result<Option<Arc<SchemaVersion>>, RegistryError> {
-        if let Some(cache) = self.topics().get(topic)
-            && let Some((read_at, latest)) = &cache.latest
-            && read_at.elapsed() < LATEST_TTL
-        {
-            return Ok(latest.clone());
-        }
-        let read_at = Instant::now();
-        let stored = store::schemas_latest(&self.inner.pool, topic)
-            .await
-            .map_err(|source| RegistryError::Read {
-                what: format!("the latest schema of `{topic}`"),
-                source,
-            })?;
-        let latest = stored
-            .as_ref()
-            .map(SchemaVersion::from_stored)
-            .transpose()?
-            .map(Arc::new);
-        let mut topics = self.topics_mut();
-        let cache = topics.entry(topic.to_owned()).or_default();
-        if let Some(latest) = &latest {
-            cache.versions.insert(latest.version, Arc::clone(latest));
-        }
-        cache.latest = Some((read_at, latest.clone()));
-        Ok(latest)
-    }
-
-    fn forget_latest(&self, topic: &str) {
-        if let Some(cache) = self.topics_mut().get_mut(topic) {
-            cache.latest = None;
-        }
-    }
-
-    fn topics(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TopicCache>> {
-        self.inner.topics.read().expect("registry cache")
-    }
-
-    fn topics_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TopicCache>> {
-        self.inner.topics.write().expect("registry cache")
     }
 }
 
