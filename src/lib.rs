@@ -15,6 +15,9 @@
 //! Modules, one concept each:
 //! - [`publish`]: [`Message`], [`OutboxEvent`], [`publish_in_tx`], [`publish_batch_in_tx`] —
 //!   validation happens before any I/O, and a rejected message writes nothing.
+//! - [`registry`]: [`Registry`] — JSON Schema versions per topic, the compatibility rules a new
+//!   version must pass, validation and `schema_version` stamping when publishing, and
+//!   [`Registry::check_row`] for the relay's decode step.
 //! - [`store`]: the only code that runs SQL — connecting, [`migrate`], the statements in
 //!   `src/store/sql/`.
 //! - [`config`]: the layered configuration (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags).
@@ -25,14 +28,15 @@
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
 //!
-//! The schema registry, handlers with retries and the operator views arrive in later steps of
-//! the roadmap; the SQL objects they use already exist (see `migrations/`).
+//! Handlers with retries and the operator views arrive in later steps of the roadmap; the SQL
+//! objects they use already exist (see `migrations/`).
 
 pub mod bench;
 pub mod config;
 pub mod handler;
 pub mod position;
 pub mod publish;
+pub mod registry;
 pub mod relay;
 pub mod retry;
 pub mod sink;
@@ -44,6 +48,7 @@ pub use publish::{
     InvalidMessage, Message, OutboxEvent, PublishError, PublishLimits, Publisher,
     publish_batch_in_tx, publish_event_in_tx, publish_in_tx,
 };
+pub use registry::{Registry, RegistryError, Unregistered};
 pub use store::{MigrateError, MigrationReport, migrate};
 
 /// README.md's Rust examples, compiled as doc tests so the README cannot drift from the API.

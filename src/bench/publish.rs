@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{BenchError, Comparison, Measurement, median};
 use crate::publish::{Message, Publisher};
+use crate::registry::{Registry, SchemaFormat, Unregistered};
 use crate::store;
 
 const TOPIC: &str = "bench.published";
@@ -30,6 +31,9 @@ pub struct PublishBench {
     pub rounds: usize,
     /// Also run both library workloads with the NOTIFY trigger installed (and a listener).
     pub notify_trigger: bool,
+    /// Register a JSON Schema for the bench topic first, so the library workloads validate
+    /// every payload and stamp `schema_version` (the ceilings still insert unvalidated rows).
+    pub schema: bool,
 }
 
 impl Default for PublishBench {
@@ -42,6 +46,7 @@ impl Default for PublishBench {
             payload_bytes: 1024,
             rounds: 3,
             notify_trigger: false,
+            schema: false,
         }
     }
 }
@@ -79,6 +84,9 @@ impl PublishBench {
         publisher: Publisher,
     ) -> Result<PublishBenchReport, BenchError> {
         let payload = payload_of_size(self.payload_bytes);
+        if self.schema {
+            register_schema(pool).await?;
+        }
         let mut plan = vec![
             (Workload::SinglePlain, false),
             (Workload::SingleLibrary, false),
@@ -298,6 +306,27 @@ async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
             source: Box::new(e),
         })?;
     Ok(())
+}
+
+/// Registers, for the bench topic, a schema every [`payload_of_size`] payload matches.
+async fn register_schema(pool: &PgPool) -> Result<(), BenchError> {
+    let schema = json!({
+        "type": "object",
+        "required": ["order_id", "note"],
+        "additionalProperties": false,
+        "properties": {
+            "order_id": {"type": "integer", "minimum": 1},
+            "note": {"type": "string", "maxLength": 16_777_216}
+        }
+    });
+    Registry::new(pool.clone(), Unregistered::Allow)
+        .register(TOPIC, schema, SchemaFormat::JsonSchema, None)
+        .await
+        .map(drop)
+        .map_err(|e| BenchError::Phase {
+            phase: "schema register",
+            source: Box::new(e),
+        })
 }
 
 /// A JSON object whose compact text is `bytes` long (at least ~40 bytes).

@@ -90,6 +90,10 @@ pub struct PublishArgs {
     /// installed (and a listener), and report them next to the runs without it.
     #[arg(long)]
     notify_trigger: bool,
+    /// Register a JSON Schema for the bench topic first: the library workloads then validate
+    /// every payload and stamp schema_version (the ceilings still insert unvalidated rows).
+    #[arg(long)]
+    schema: bool,
 }
 
 pub async fn run(config: &Config, scenario: Scenario) -> anyhow::Result<()> {
@@ -109,6 +113,7 @@ async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         payload_bytes: args.payload_bytes,
         rounds: args.rounds.max(1),
         notify_trigger: args.notify_trigger,
+        schema: args.schema,
     };
     let connections = u32::try_from(bench.concurrency)
         .unwrap_or(u32::MAX)

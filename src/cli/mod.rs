@@ -8,6 +8,7 @@ mod notify;
 mod publish;
 mod retry;
 mod run;
+mod schema;
 mod status;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Command {
     Notify(notify::Args),
     /// Publish one message (in its own transaction) and print its id.
     Publish(publish::Args),
+    /// The schema registry: register, list, show and check JSON Schemas per topic.
+    #[command(subcommand)]
+    Schema(schema::Command),
     /// Publish from concurrent transactions while a relay forwards, then check what landed.
     Demo(demo::Args),
     /// Measure the library next to the ceiling for the same work (in a scratch database).
@@ -108,6 +112,7 @@ impl Cli {
         let result = match self.command {
             Command::Migrate(args) => migrate::run(&config, args).await,
             Command::Publish(args) => publish::run(&config, args).await,
+            Command::Schema(command) => schema::run(&config, command).await,
             Command::Notify(args) => notify::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
             Command::Status(args) => status::run(&config, args).await,

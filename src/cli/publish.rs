@@ -6,7 +6,9 @@ use anyhow::{Context, bail};
 use outbox_relay::config::Config;
 use outbox_relay::{Message, Publisher, store};
 
-/// Publishes one message in its own transaction and prints its id (UUIDv7).
+/// Publishes one message in its own transaction and prints its id (UUIDv7). The payload must
+/// match the topic's latest registered schema, if any (`[registry] unregistered` decides about
+/// topics without one).
 ///
 /// Example: outbox-relay publish --topic orders.created --key order-42 --header correlation_id=c-7 '{"order_id":42}'
 #[derive(Debug, clap::Args)]
@@ -66,6 +68,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
     let mut tx = pool.begin().await.context("beginning a transaction")?;
     let id = Publisher::new(config.publish)
+        .with_unregistered(config.registry.unregistered)
         .publish_in_tx(&mut tx, message)
         .await?;
     let position = store::messages_position(&mut tx, id)

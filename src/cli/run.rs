@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use outbox_relay::config::Config;
+use outbox_relay::registry::Registry;
 use outbox_relay::relay::Relay;
 use outbox_relay::sink::Sink;
 use outbox_relay::store;
@@ -46,7 +47,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
 
     tracing::info!(groups = groups.len(), "relay starting");
+    let registry = Registry::new(pool.clone(), config.registry.unregistered);
     let result = Relay::new(pool.clone(), sink, config.relay.clone(), groups)
+        .registry(registry)
         .from_now(args.from_now)
         .run(shutdown)
         .await

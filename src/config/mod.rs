@@ -15,10 +15,13 @@ mod url;
 use std::time::Duration;
 
 pub use errors::{ConfigErrors, ConfigProblem};
-pub use raw::{Overrides, RawConfig, RawGroup, RawPublish, RawRedis, RawRelay, RawRoute};
+pub use raw::{
+    Overrides, RawConfig, RawGroup, RawPublish, RawRedis, RawRegistry, RawRelay, RawRoute,
+};
 pub use url::{ConnectionUrl, redact_url};
 
 use crate::publish::PublishLimits;
+use crate::registry::Unregistered;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::Route;
 use groups::check_groups;
@@ -31,7 +34,15 @@ pub struct Config {
     pub publish: PublishLimits,
     pub redis: RedisSettings,
     pub relay: RelaySettings,
+    pub registry: RegistrySettings,
     pub groups: Vec<GroupConfig>,
+}
+
+/// `[registry]`, checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// What publishing and the relay do with topics that have no registered schema.
+    pub unregistered: Unregistered,
 }
 
 /// `[redis]`, checked.
@@ -147,6 +158,7 @@ impl Config {
         let publish = check_publish(&raw.publish, &mut errors);
         let redis = check_redis(&raw.redis, &mut errors);
         let relay = check_relay(&raw.relay, &mut errors);
+        let registry = check_registry(&raw.registry, &mut errors);
         let groups = check_groups(&raw.groups, &mut errors);
         match (database_url, errors.is_empty()) {
             (Some(database_url), true) => Ok(Config {
@@ -155,6 +167,7 @@ impl Config {
                 publish,
                 redis,
                 relay,
+                registry,
                 groups,
             }),
             _ => Err(errors),
@@ -263,6 +276,17 @@ fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySettings {
     relay
 }
 
+fn check_registry(raw: &RawRegistry, errors: &mut ConfigErrors) -> RegistrySettings {
+    let mut registry = RegistrySettings::default();
+    if let Some(text) = &raw.unregistered {
+        match text.parse() {
+            Ok(policy) => registry.unregistered = policy,
+            Err(problem) => errors.push("registry.unregistered", problem),
+        }
+    }
+    registry
+}
+
 fn positive_ms(value: Option<u64>, key: &str, errors: &mut ConfigErrors) -> Option<Duration> {
     match value {
         Some(0) => {
@@ -366,6 +390,9 @@ mod tests {
                 wakeup: Some("push".into()),
                 ..RawRelay::default()
             },
+            registry: RawRegistry {
+                unregistered: Some("deny".into()),
+            },
             groups: vec![
                 RawGroup {
                     name: "ok".into(),
@@ -417,6 +444,7 @@ mod tests {
                 "publish.max_payload_bytes",
                 "redis.max_len",
                 "relay.wakeup",
+                "registry.unregistered",
                 "groups[0].ordering",
                 "groups[0].routes[0].topics[1]",
                 "groups[0].routes[1].max_attempts",
@@ -523,6 +551,33 @@ mod tests {
             relay("notify", Some(50)).idle_poll,
             Duration::from_millis(50)
         );
+    }
+
+    #[test]
+    fn registry_unregistered_defaults_to_allow_and_reads_every_layer() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "outbox-relay.toml",
+                "database_url = \"postgres://h/db\"\n[registry]\nunregistered = \"reject\"\n",
+            )?;
+            let file = Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            };
+            assert_eq!(
+                load(&file).unwrap().registry.unregistered,
+                Unregistered::Reject
+            );
+            jail.set_env("OUTBOX_REGISTRY__UNREGISTERED", "allow");
+            assert_eq!(
+                load(&file).unwrap().registry.unregistered,
+                Unregistered::Allow
+            );
+            Ok(())
+        });
+        let config = Config::from_toml("database_url = \"postgres://h/db\"").unwrap();
+        assert_eq!(config.registry.unregistered, Unregistered::Allow);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// `[relay]`: how the relay reads the outbox.
     #[serde(default, skip_serializing_if = "is_default")]
     pub relay: RawRelay,
+    /// `[registry]`: the schema registry's policy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub registry: RawRegistry,
     /// `[[groups]]`: the consumer groups this relay runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<RawGroup>,
@@ -85,6 +88,16 @@ pub struct RawRelay {
     /// How often a stalled group (xmin held back) is reported, in ms (default 10000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_report_interval_ms: Option<u64>,
+}
+
+/// `[registry]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// Topics without a registered schema: `allow` (default; published unvalidated, relayed as
+    /// they are) or `reject` (publishing refuses them, the relay dead-letters their rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unregistered: Option<String>,
 }
 
 /// `[[groups]]` entry.

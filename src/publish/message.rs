@@ -220,7 +220,7 @@ impl fmt::Debug for Preview {
     }
 }
 
-fn validate_topic(topic: &str) -> Result<(), InvalidMessage> {
+pub(crate) fn validate_topic(topic: &str) -> Result<(), InvalidMessage> {
     if topic.is_empty() {
         return Err(InvalidMessage::EmptyTopic);
     }

@@ -2,25 +2,35 @@
 //!
 //! The message exists if and only if that transaction commits: on rollback the row is gone
 //! with the business change, so no relay ever forwards it. Every message is validated before
-//! any I/O ([`InvalidMessage`]); a refused message or batch writes nothing.
+//! any I/O ([`InvalidMessage`]), then against its topic's latest registered schema (see
+//! [`crate::registry`]); a refused message or batch writes nothing.
 //!
 //! ```text
-//!  Message ──validate (pure)──▶ ValidMessage ──store::messages_insert[_batch]──▶ row in the tx
-//!     └─ refused: PublishError::Invalid / InvalidInBatch, nothing sent to Postgres
+//!  Message ──validate (pure)──▶ ValidMessage ──payload matches the topic's latest schema?
+//!     │                                              │ yes: store::messages_insert[_batch],
+//!     │                                              │      stamped schema_version = that version
+//!     └─ refused: Invalid / InvalidInBatch           └─ no: SchemaRejected[InBatch], nothing written
 //! ```
+//!
+//! The insert checks, in the same statement, that the stamped version is still the latest; if
+//! another process registered a newer one, nothing is written, the publisher reloads the
+//! latest version, validates again and retries once.
 
 mod message;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-pub(crate) use message::ValidMessage;
 pub use message::{InvalidMessage, MAX_KEY_BYTES, MAX_TOPIC_BYTES, Message, Preview};
+pub(crate) use message::{ValidMessage, validate_topic};
 
-use crate::store;
+use crate::registry::{self, RegistryError, SchemaError, SchemaVersion, Unregistered};
+use crate::store::{self, SchemaStamp, TopicStamp};
 
 /// Limits applied to every message before it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +104,52 @@ pub enum PublishError {
          so the message commits or rolls back with the business change"
     )]
     NotInTransaction,
+    /// The payload does not match its topic's latest schema; nothing was written.
+    #[error(
+        "payload refused: it does not match schema `{topic}` version {version} (nothing was written): {}",
+        registry::joined_errors(errors)
+    )]
+    SchemaRejected {
+        topic: String,
+        version: i32,
+        errors: Vec<SchemaError>,
+    },
+    /// One payload of a batch does not match its topic's latest schema; no message of the
+    /// batch was written.
+    #[error(
+        "message #{index} of the batch refused: it does not match schema `{topic}` version {version} \
+         (nothing of the batch was written): {}",
+        registry::joined_errors(errors)
+    )]
+    SchemaRejectedInBatch {
+        index: usize,
+        topic: String,
+        version: i32,
+        errors: Vec<SchemaError>,
+    },
+    /// The topic has no registered schema and the publisher's policy is
+    /// [`Unregistered::Reject`] (`registry.unregistered = "reject"`); nothing was written.
+    #[error(
+        "topic `{topic}` has no registered schema and registry.unregistered = \"reject\" \
+         (register one: outbox-relay schema register --topic {topic} --file SCHEMA.json); \
+         nothing was written"
+    )]
+    Unregistered { topic: String },
+    /// Reading the topic's latest schema failed; if Postgres failed, the caller's transaction
+    /// is now aborted.
+    #[error("could not look up the schema of topic `{topic}`")]
+    SchemaLookup {
+        topic: String,
+        #[source]
+        source: RegistryError,
+    },
+    /// The latest schema of these topics changed again between reloading it and the retried
+    /// insert (a registration committed in between); nothing was written: publish again.
+    #[error(
+        "the schema of topic(s) {} changed while publishing; nothing was written, publish again",
+        topics.join(", ")
+    )]
+    SchemaChanged { topics: Vec<String> },
     /// Postgres refused or failed the insert; the caller's transaction is now aborted.
     #[error("could not insert {count} message(s) into outbox.messages")]
     Insert {
@@ -103,24 +159,45 @@ pub enum PublishError {
     },
 }
 
-/// Publishes with explicit [`PublishLimits`]. The free functions ([`publish_in_tx`], …) use
+/// Publishes with explicit [`PublishLimits`] and a policy for topics without a schema
+/// ([`Unregistered`], default allow). The free functions ([`publish_in_tx`], …) use
 /// `Publisher::default()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Publisher {
     limits: PublishLimits,
+    unregistered: Unregistered,
 }
 
 impl Publisher {
     pub fn new(limits: PublishLimits) -> Self {
-        Publisher { limits }
+        Publisher {
+            limits,
+            unregistered: Unregistered::default(),
+        }
+    }
+
+    /// The same publisher with `policy` for topics that have no registered schema.
+    pub fn with_unregistered(self, policy: Unregistered) -> Self {
+        Publisher {
+            unregistered: policy,
+            ..self
+        }
     }
 
     pub fn limits(&self) -> PublishLimits {
         self.limits
     }
 
+    pub fn unregistered(&self) -> Unregistered {
+        self.unregistered
+    }
+
     /// Writes `message` inside the transaction `conn` is in and returns its id (UUIDv7).
-    /// On rollback of that transaction the message is gone.
+    /// The payload must match its topic's latest schema, if it has one; the row is stamped
+    /// with that version. On rollback of that transaction the message is gone.
+    ///
+    /// The first publish of a topic in this process reads its latest schema (one query in
+    /// `conn`'s transaction); later ones use the process cache, which the insert verifies.
     pub async fn publish_in_tx(
         &self,
         conn: &mut PgConnection,
@@ -131,15 +208,42 @@ impl Publisher {
             .map_err(PublishError::Invalid)?;
         ensure_in_transaction(conn)?;
         let id = Uuid::now_v7();
-        store::messages_insert(conn, id, &valid)
-            .await
-            .map_err(|source| PublishError::Insert { count: 1, source })?;
-        Ok(id)
+        let topic = valid.topic;
+        for fresh in [false, true] {
+            let latest = self.latest_schema(conn, topic, fresh).await?;
+            if let Some(schema) = &latest {
+                let errors = schema.schema.errors_in_text(valid.payload.get());
+                match (errors.is_empty(), fresh) {
+                    (true, _) => {}
+                    // The cached version may be stale (or another database's): refuse only
+                    // after validating against the latest version in Postgres.
+                    (false, false) => continue,
+                    (false, true) => {
+                        return Err(PublishError::SchemaRejected {
+                            topic: topic.to_owned(),
+                            version: schema.version,
+                            errors,
+                        });
+                    }
+                }
+            }
+            let inserted = store::messages_insert(conn, id, &valid, stamp_of(latest.as_deref()))
+                .await
+                .map_err(|source| PublishError::Insert { count: 1, source })?;
+            if inserted {
+                return Ok(id);
+            }
+            registry::latest::forget(topic);
+        }
+        Err(PublishError::SchemaChanged {
+            topics: vec![topic.to_owned()],
+        })
     }
 
     /// Writes all `messages` with ONE statement inside the transaction `conn` is in, in slice
     /// order (their positions follow it), and returns their ids in the same order. Either every
-    /// message passes validation and all are written, or none is.
+    /// message passes validation (its own checks, then its topic's latest schema) and all are
+    /// written, or none is.
     pub async fn publish_batch_in_tx(
         &self,
         conn: &mut PgConnection,
@@ -159,13 +263,77 @@ impl Publisher {
         }
         ensure_in_transaction(conn)?;
         let ids: Vec<Uuid> = valid.iter().map(|_| Uuid::now_v7()).collect();
-        store::messages_insert_batch(conn, &ids, &valid)
-            .await
-            .map_err(|source| PublishError::Insert {
-                count: ids.len(),
-                source,
-            })?;
-        Ok(ids)
+        let topics = distinct_topics(&valid);
+        for fresh in [false, true] {
+            let mut latest = HashMap::with_capacity(topics.len());
+            for &topic in &topics {
+                latest.insert(topic, self.latest_schema(conn, topic, fresh).await?);
+            }
+            match check_batch(&valid, &latest) {
+                // The cached versions may be stale: refuse only after reloading them.
+                Err(_) if !fresh => continue,
+                checked => checked?,
+            }
+            let versions: Vec<Option<i32>> = valid
+                .iter()
+                .map(|m| latest[m.topic].as_ref().map(|s| s.version))
+                .collect();
+            let stamps: Vec<TopicStamp<'_>> = topics
+                .iter()
+                .map(|&topic| TopicStamp {
+                    topic,
+                    stamp: stamp_of(latest[topic].as_deref()),
+                })
+                .collect();
+            let inserted = store::messages_insert_batch(conn, &ids, &valid, &versions, &stamps)
+                .await
+                .map_err(|source| PublishError::Insert {
+                    count: ids.len(),
+                    source,
+                })?;
+            if inserted {
+                return Ok(ids);
+            }
+            topics
+                .iter()
+                .for_each(|topic| registry::latest::forget(topic));
+        }
+        Err(PublishError::SchemaChanged {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        })
+    }
+
+    /// The latest schema of `topic`: cached unless `fresh`. Under [`Unregistered::Reject`], a
+    /// cached "no schema" is confirmed with Postgres before the message is refused.
+    async fn latest_schema(
+        &self,
+        conn: &mut PgConnection,
+        topic: &str,
+        fresh: bool,
+    ) -> Result<Option<Arc<SchemaVersion>>, PublishError> {
+        let lookup = |source| PublishError::SchemaLookup {
+            topic: topic.to_owned(),
+            source,
+        };
+        let mut latest = if fresh {
+            registry::latest::reload(conn, topic).await
+        } else {
+            registry::latest::latest(conn, topic).await
+        }
+        .map_err(lookup)?;
+        if latest.is_none() && self.unregistered == Unregistered::Reject {
+            if !fresh {
+                latest = registry::latest::reload(conn, topic)
+                    .await
+                    .map_err(lookup)?;
+            }
+            if latest.is_none() {
+                return Err(PublishError::Unregistered {
+                    topic: topic.to_owned(),
+                });
+            }
+        }
+        Ok(latest)
     }
 
     /// Writes a typed event (see [`OutboxEvent`]) inside the transaction `conn` is in.
@@ -207,6 +375,47 @@ pub async fn publish_event_in_tx<E: OutboxEvent + ?Sized>(
     event: &E,
 ) -> Result<Uuid, PublishError> {
     Publisher::default().publish_event_in_tx(conn, event).await
+}
+
+/// The stamp for a message validated against `schema` (`None`: the topic had no schema).
+fn stamp_of(schema: Option<&SchemaVersion>) -> Option<SchemaStamp<'_>> {
+    schema.map(|s| SchemaStamp {
+        version: s.version,
+        fingerprint: &s.fingerprint,
+    })
+}
+
+/// The batch's topics, each once, in order of first appearance.
+fn distinct_topics<'a>(messages: &[ValidMessage<'a>]) -> Vec<&'a str> {
+    let mut topics: Vec<&str> = Vec::new();
+    for message in messages {
+        if !topics.contains(&message.topic) {
+            topics.push(message.topic);
+        }
+    }
+    topics
+}
+
+/// Every payload of the batch against its topic's latest schema; the first that fails is
+/// reported with its index.
+fn check_batch(
+    messages: &[ValidMessage<'_>],
+    latest: &HashMap<&str, Option<Arc<SchemaVersion>>>,
+) -> Result<(), PublishError> {
+    for (index, message) in messages.iter().enumerate() {
+        if let Some(schema) = &latest[message.topic] {
+            let errors = schema.schema.errors_in_text(message.payload.get());
+            if !errors.is_empty() {
+                return Err(PublishError::SchemaRejectedInBatch {
+                    index,
+                    topic: message.topic.to_owned(),
+                    version: schema.version,
+                    errors,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// sqlx tracks transactions it began (`pool.begin()`, `conn.begin()`); a `BEGIN` sent as plain

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use super::ordering::OrderingMode;
 use super::route::{Action, Route, route_for};
 use crate::handler::{DecodedMessage, Handler, HandlerError};
+use crate::registry::{Registry, RegistryError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sink::{Entry, Fields};
 use crate::store::OutboxRow;
@@ -23,6 +24,9 @@ pub struct Dispatcher {
     pub routes: Vec<Route>,
     pub ordering: OrderingMode,
     pub dead_letter_stream: Option<String>,
+    /// Decodes every row through the schema version it names; `None` only in unit tests
+    /// without a database.
+    pub registry: Option<Registry>,
     /// Draws jitter for retry delays from `[0, 1)`; tests pass a fixed one.
     pub jitter: fn() -> f64,
 }
@@ -68,14 +72,28 @@ impl Dispatcher {
             routes,
             ordering,
             dead_letter_stream,
+            registry: None,
             jitter: rand::random::<f64>,
         }
     }
 
-    /// Checks a stored message against the schema version it names: `Err(reason)` makes it a
-    /// permanent failure. (The schema registry plugs in here.)
-    pub fn decode(&self, _row: &OutboxRow) -> Result<(), String> {
-        Ok(())
+    /// The same dispatcher decoding rows through `registry`.
+    pub fn with_registry(mut self, registry: Registry) -> Dispatcher {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Checks a stored message against the schema version it names (see
+    /// [`Registry::check_row`]): `Ok(Err(reason))` makes it a permanent failure; `Err(_)` means
+    /// the registry could not be read (the pass fails and is retried).
+    pub async fn decode(&self, row: &OutboxRow) -> Result<Result<(), String>, RegistryError> {
+        let Some(registry) = &self.registry else {
+            return Ok(Ok(()));
+        };
+        Ok(registry
+            .check_row(&row.topic, row.schema_version, &row.payload)
+            .await?
+            .map_err(|rejection| rejection.to_string()))
     }
 
     /// True when the message's route calls a handler (which may take time and fail).

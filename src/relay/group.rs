@@ -31,6 +31,7 @@ use super::stall::StallWatch;
 use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
+use crate::registry::RegistryError;
 use crate::sink::{LateAppend, Sink, StreamAppend};
 use crate::store::{self, LeaseHolder, OutboxRow};
 
@@ -203,6 +204,14 @@ impl GroupWorker {
         }
     }
 
+    /// Wraps a schema registry failure (Postgres unreachable, an unusable stored schema).
+    fn registry_error(&self) -> impl FnOnce(RegistryError) -> RelayError + '_ {
+        move |source| RelayError::Registry {
+            group: self.name.clone(),
+            source,
+        }
+    }
+
     fn holder(&self, lease: &Lease) -> LeaseHolder<'_> {
         LeaseHolder {
             group: &self.name,
@@ -254,7 +263,11 @@ impl GroupWorker {
         if due.is_empty() {
             return Ok(None);
         }
-        let plan = self.dispatcher.retry_pass(&due).await;
+        let plan = self
+            .dispatcher
+            .retry_pass(&due)
+            .await
+            .map_err(self.registry_error())?;
         if let Some(step) = self.append(lease, &[], &plan.late).await? {
             return Ok(Some(step));
         }
@@ -385,7 +398,8 @@ impl GroupWorker {
         let plan = self
             .dispatcher
             .first_pass(&rows, &recorded, &self.retries.parked)
-            .await;
+            .await
+            .map_err(self.registry_error())?;
         if let Some(last_failure) = plan.failures.last() {
             let recorded =
                 store::deliveries_record(&self.pool, self.holder(&lease), &plan.failures)

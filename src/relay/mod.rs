@@ -27,6 +27,7 @@ pub use route::{Action, InvalidPattern, Route};
 use dispatcher::Dispatcher;
 
 use crate::config::{GroupConfig, RelaySettings, Wakeup as WakeupMode};
+use crate::registry::{Registry, RegistryError, Unregistered};
 use crate::sink::{Sink, SinkError};
 use crate::store;
 
@@ -38,6 +39,12 @@ pub enum RelayError {
         operation: &'static str,
         #[source]
         source: sqlx::Error,
+    },
+    #[error("consumer group `{group}`: could not decode a message through the schema registry")]
+    Registry {
+        group: String,
+        #[source]
+        source: RegistryError,
     },
     #[error("consumer group `{group}`: could not append to Redis")]
     Sink {
@@ -57,6 +64,7 @@ pub struct Relay {
     from_now: bool,
     /// Routes registered in code, per group, in registration order.
     custom_routes: Vec<(String, Route)>,
+    registry: Registry,
 }
 
 impl Relay {
@@ -67,6 +75,7 @@ impl Relay {
         groups: Vec<GroupConfig>,
     ) -> Relay {
         Relay {
+            registry: Registry::new(pool.clone(), Unregistered::Allow),
             pool,
             sink,
             settings,
@@ -80,6 +89,13 @@ impl Relay {
     /// Groups created by this run start at the current end of the outbox instead of its start.
     pub fn from_now(mut self, from_now: bool) -> Relay {
         self.from_now = from_now;
+        self
+    }
+
+    /// Decodes rows through `registry` (default: one on the relay's pool with
+    /// `unregistered = "allow"`; the binary passes the configured policy).
+    pub fn registry(mut self, registry: Registry) -> Relay {
+        self.registry = registry;
         self
     }
 
@@ -143,7 +159,8 @@ impl Relay {
                     group.routes,
                     group.ordering,
                     group.dead_letter_stream,
-                ),
+                )
+                .with_registry(self.registry.clone()),
                 name: group.name,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::dispatcher::{Dispatcher, Outcome, Skip, fields};
 use super::ordering::{Chain, OrderingMode, Parked};
 use crate::position::Position;
+use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry, StreamAppend};
 use crate::store::{DeliveryStatus, DueDelivery, NewDelivery, OutboxRow, Settlement};
 
@@ -70,6 +71,9 @@ pub struct RetryPlan {
     pub tally: Tally,
 }
 
+/// What a chain's messages came to, by their index in the batch.
+type ChainResult = Result<Vec<(usize, Step)>, RegistryError>;
+
 /// One message's result in a first pass.
 #[derive(Debug)]
 enum Step {
@@ -87,7 +91,7 @@ impl Dispatcher {
         rows: &[OutboxRow],
         recorded: &HashSet<Uuid>,
         parked: &Parked,
-    ) -> BatchPlan {
+    ) -> Result<BatchPlan, RegistryError> {
         let mut steps: Vec<Option<Step>> = (0..rows.len()).map(|_| None).collect();
         let mut chains: Vec<(Chain, Vec<usize>)> = Vec::new();
         let mut chain_index: HashMap<Chain, usize> = HashMap::new();
@@ -112,26 +116,30 @@ impl Dispatcher {
                 chain_index.insert(chain.clone(), chains.len());
                 chains.push((chain, vec![i]));
             } else {
-                steps[i] = Some(Step::Handled(self.handle(row, 1, self.decode(row)).await));
+                let decoded = self.decode(row).await?;
+                steps[i] = Some(Step::Handled(self.handle(row, 1, decoded).await));
             }
         }
-        let mut calls: Vec<BoxFuture<'_, Vec<(usize, Step)>>> = Vec::with_capacity(chains.len());
+        let mut calls: Vec<BoxFuture<'_, ChainResult>> = Vec::with_capacity(chains.len());
         for (_, members) in chains {
             calls.push(self.run_chain(rows, members).boxed());
         }
-        let results = run_concurrently(calls, false).await;
+        let results = run_concurrently(calls, false)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         for (i, step) in results.into_iter().flatten() {
             steps[i] = Some(step);
         }
-        self.plan_batch(
+        Ok(self.plan_batch(
             rows,
             steps.into_iter().map(|s| s.expect("every row has a step")),
             parked,
-        )
+        ))
     }
 
     /// Handles a chain's messages in order; after a retry, the rest wait.
-    async fn run_chain(&self, rows: &[OutboxRow], members: Vec<usize>) -> Vec<(usize, Step)> {
+    async fn run_chain(&self, rows: &[OutboxRow], members: Vec<usize>) -> ChainResult {
         let mut results = Vec::with_capacity(members.len());
         let mut stopped = false;
         for i in members {
@@ -143,12 +151,13 @@ impl Dispatcher {
                 results.push((i, waiting));
                 continue;
             }
-            let outcome = self.handle(&rows[i], 1, self.decode(&rows[i])).await;
+            let decoded = self.decode(&rows[i]).await?;
+            let outcome = self.handle(&rows[i], 1, decoded).await;
             stopped =
                 matches!(outcome, Outcome::Retry { .. }) && self.ordering != OrderingMode::None;
             results.push((i, Step::Handled(outcome)));
         }
-        results
+        Ok(results)
     }
 
     /// Turns the steps into writes, up to the first message not reached.
@@ -220,16 +229,25 @@ impl Dispatcher {
     }
 
     /// Plans the retry pass over `due` deliveries (position order).
-    pub async fn retry_pass(&self, due: &[DueDelivery]) -> RetryPlan {
-        let mut calls: Vec<BoxFuture<'_, Outcome>> = Vec::with_capacity(due.len());
+    pub async fn retry_pass(&self, due: &[DueDelivery]) -> Result<RetryPlan, RegistryError> {
+        let mut calls: Vec<BoxFuture<'_, Result<Outcome, RegistryError>>> =
+            Vec::with_capacity(due.len());
         for delivery in due {
             let attempt = u32::try_from(delivery.attempts)
                 .unwrap_or(0)
                 .saturating_add(1);
-            let decode = self.decode(&delivery.row);
-            calls.push(self.handle(&delivery.row, attempt, decode).boxed());
+            calls.push(
+                async move {
+                    let decoded = self.decode(&delivery.row).await?;
+                    Ok(self.handle(&delivery.row, attempt, decoded).await)
+                }
+                .boxed(),
+            );
         }
-        let outcomes = run_concurrently(calls, true).await;
+        let outcomes = run_concurrently(calls, true)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         let mut plan = RetryPlan::default();
         for (delivery, outcome) in due.iter().zip(outcomes) {
             let row = &delivery.row;
@@ -284,7 +302,7 @@ impl Dispatcher {
             }
             plan.settlements.push((row.id, settlement));
         }
-        plan
+        Ok(plan)
     }
 
     /// Adds the dead-letter copy of `row` (when the group has a dead-letter stream): the
@@ -489,7 +507,8 @@ mod tests {
         let d = dispatcher(OrderingMode::Key);
         let plan = d
             .first_pass(&batch(), &HashSet::new(), &Parked::default())
-            .await;
+            .await
+            .unwrap();
         assert_eq!(
             statuses(&plan),
             [
@@ -526,7 +545,8 @@ mod tests {
         ];
         let plan = d
             .first_pass(&rows, &HashSet::new(), &Parked::default())
-            .await;
+            .await
+            .unwrap();
         assert_eq!(statuses(&plan), [(2, DeliveryStatus::Retrying)]);
         assert_eq!(plan.through, Some(Position::new(50, 2)));
         assert_eq!(plan.handled, 2);
@@ -538,7 +558,8 @@ mod tests {
         let d = dispatcher(OrderingMode::None);
         let plan = d
             .first_pass(&batch(), &HashSet::new(), &Parked::default())
-            .await;
+            .await
+            .unwrap();
         assert_eq!(
             statuses(&plan),
             [(1, DeliveryStatus::Retrying), (5, DeliveryStatus::Dead)]
@@ -553,7 +574,7 @@ mod tests {
         let mut parked = Parked::default();
         parked.park(&Chain::Key("c".into()));
         let recorded: HashSet<Uuid> = [Uuid::from_u128(1)].into();
-        let plan = d.first_pass(&batch(), &recorded, &parked).await;
+        let plan = d.first_pass(&batch(), &recorded, &parked).await.unwrap();
         assert_eq!(plan.tally.recorded, 1);
         assert_eq!(
             statuses(&plan),
@@ -570,7 +591,8 @@ mod tests {
                 &HashSet::new(),
                 &Parked::default(),
             )
-            .await;
+            .await
+            .unwrap();
         let ordinals: Vec<u32> = plan.appends[0].entries.iter().map(|e| e.ordinal).collect();
         assert_eq!(ordinals, [0, 1]);
     }
@@ -592,7 +614,7 @@ mod tests {
                 row: row(3, "call", Some("c"), "fail"),
             },
         ];
-        let plan = d.retry_pass(&due).await;
+        let plan = d.retry_pass(&due).await.unwrap();
         assert_eq!(plan.settlements[0].1, Settlement::Done);
         assert_eq!(
             plan.settlements[1].1,

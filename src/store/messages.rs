@@ -10,41 +10,78 @@ use uuid::Uuid;
 use crate::position::Position;
 use crate::publish::ValidMessage;
 
+/// The schema version a message was validated against, with that version's fingerprint: the
+/// insert checks that it is still the topic's latest version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SchemaStamp<'a> {
+    pub version: i32,
+    pub fingerprint: &'a str,
+}
+
+/// What one topic of a batch was validated against (`None`: the topic had no schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TopicStamp<'a> {
+    pub topic: &'a str,
+    pub stamp: Option<SchemaStamp<'a>>,
+}
+
+/// Inserts one message stamped with `stamp` (`None`: the topic had no schema). Returns false,
+/// writing nothing, when the stamp is no longer the topic's latest version in this database.
 pub(crate) async fn messages_insert(
     conn: &mut PgConnection,
     id: Uuid,
     message: &ValidMessage<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(include_str!("sql/messages_insert.sql"))
+    stamp: Option<SchemaStamp<'_>>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(include_str!("sql/messages_insert.sql"))
         .bind(id)
         .bind(message.topic)
         .bind(message.key)
+        .bind(stamp.map(|s| s.version))
         .bind(Json(message.payload))
         .bind(headers_param(message))
+        .bind(stamp.map(|s| s.fingerprint))
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
+/// Inserts all `messages` in one statement; `versions[i]` is message i's schema version and
+/// `stamps` holds one entry per distinct topic. Returns false, writing nothing, when any stamp
+/// is no longer its topic's latest version in this database.
 pub(crate) async fn messages_insert_batch(
     conn: &mut PgConnection,
     ids: &[Uuid],
     messages: &[ValidMessage<'_>],
-) -> Result<(), sqlx::Error> {
+    versions: &[Option<i32>],
+    stamps: &[TopicStamp<'_>],
+) -> Result<bool, sqlx::Error> {
     debug_assert_eq!(ids.len(), messages.len());
+    debug_assert_eq!(versions.len(), messages.len());
     let topics: Vec<&str> = messages.iter().map(|m| m.topic).collect();
     let keys: Vec<Option<&str>> = messages.iter().map(|m| m.key).collect();
     let payloads: Vec<Json<&RawValue>> = messages.iter().map(|m| Json(m.payload)).collect();
     let headers: Vec<_> = messages.iter().map(headers_param).collect();
-    sqlx::query(include_str!("sql/messages_insert_batch.sql"))
+    let stamp_topics: Vec<&str> = stamps.iter().map(|s| s.topic).collect();
+    let stamp_versions: Vec<Option<i32>> =
+        stamps.iter().map(|s| s.stamp.map(|s| s.version)).collect();
+    let stamp_fingerprints: Vec<Option<&str>> = stamps
+        .iter()
+        .map(|s| s.stamp.map(|s| s.fingerprint))
+        .collect();
+    let done = sqlx::query(include_str!("sql/messages_insert_batch.sql"))
         .bind(ids)
         .bind(topics)
         .bind(keys)
+        .bind(versions)
         .bind(payloads)
         .bind(headers)
+        .bind(stamp_topics)
+        .bind(stamp_versions)
+        .bind(stamp_fingerprints)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == ids.len() as u64)
 }
 
 /// Headers as a parameter: `None` for an empty map, which the statements store as `'{}'`.

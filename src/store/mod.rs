@@ -10,6 +10,7 @@ mod inspect;
 mod messages;
 mod migrate;
 mod notify;
+mod schemas;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,10 +37,14 @@ pub use messages::{
     OutboxRow, StoredMessage, messages_fetch_visible, messages_last_position,
     messages_of_current_transaction, messages_position,
 };
-pub(crate) use messages::{messages_insert, messages_insert_batch};
+pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
 pub use notify::{
     NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
+};
+pub use schemas::{
+    NewSchema, StoredSchema, schemas_get, schemas_insert, schemas_latest, schemas_list,
+    schemas_lock_topic,
 };
 
 use crate::config::ConnectionUrl;
