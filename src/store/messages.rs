@@ -33,16 +33,23 @@ pub(crate) async fn messages_insert(
     message: &ValidMessage<'_>,
     stamp: Option<SchemaStamp<'_>>,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(include_str!("sql/messages_insert.sql"))
-        .bind(id)
-        .bind(message.topic)
-        .bind(message.key)
-        .bind(stamp.map(|s| s.version))
-        .bind(Json(message.payload))
-        .bind(headers_param(message))
-        .bind(stamp.map(|s| s.fingerprint))
-        .execute(conn)
-        .await?;
+    let query = match stamp {
+        None => sqlx::query(include_str!("sql/messages_insert.sql"))
+            .bind(id)
+            .bind(message.topic)
+            .bind(message.key)
+            .bind(Json(message.payload))
+            .bind(headers_param(message)),
+        Some(stamp) => sqlx::query(include_str!("sql/messages_insert_stamped.sql"))
+            .bind(id)
+            .bind(message.topic)
+            .bind(message.key)
+            .bind(stamp.version)
+            .bind(Json(message.payload))
+            .bind(stamp.fingerprint)
+            .bind(headers_param(message)),
+    };
+    let done = query.execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

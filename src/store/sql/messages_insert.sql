@@ -1,21 +1,15 @@
--- messages_insert: one message, inside the caller's transaction, stamped with the schema
--- version it was validated against ($4, with that version's fingerprint $7), or with NULL when
--- the topic had no schema.
+-- messages_insert: one message of a topic WITHOUT a schema (as the publisher's cache says),
+-- inside the caller's transaction; schema_version stays NULL.
 -- The id (UUIDv7) is made by the caller, so nothing needs RETURNING; tx_id, seq and created_at
 -- come from the column defaults, exactly as for outbox.publish() and the batch form. Empty
 -- header maps travel as NULL and are stored as '{}'.
--- INSERT … SELECT … WHERE instead of VALUES: the row is written only if the stamp is still the
--- topic's latest version in THIS database (or the topic still has none). Publishers cache the
--- latest version per process, and this check in the same statement makes that cache safe
--- against registrations by other processes and against other databases, at no extra round
--- trip: 0 rows affected means "stale, reload and validate again". One or two probes of the
--- primary key of outbox.schemas; the CASE evaluates only the branch it needs.
-INSERT INTO outbox.messages (id, topic, key, schema_version, payload, headers)
-SELECT $1::uuid, $2::text, $3::text, $4::integer, $5::jsonb, COALESCE($6::jsonb, '{}')
- WHERE CASE WHEN $4::integer IS NULL
-            THEN NOT EXISTS (SELECT 1 FROM outbox.schemas s WHERE s.topic = $2)
-            ELSE EXISTS (SELECT 1 FROM outbox.schemas s
-                          WHERE s.topic = $2 AND s.version = $4 AND s.fingerprint = $7)
-                 AND NOT EXISTS (SELECT 1 FROM outbox.schemas s
-                                  WHERE s.topic = $2 AND s.version > $4)
-       END
+-- INSERT … SELECT … WHERE instead of VALUES: the row is written only if the topic still has no
+-- schema in THIS database. Publishers cache "no schema" per process, and this check in the same
+-- statement makes that safe against registrations by other processes and against other
+-- databases, at no extra round trip (one probe of the primary key of outbox.schemas): 0 rows
+-- affected means "stale, reload and validate". Stamped messages use messages_insert_stamped.sql:
+-- two statements rather than one CASE on a parameter, because such a CASE makes Postgres
+-- prefer a custom plan, i.e. plan the statement again on every execution.
+INSERT INTO outbox.messages (id, topic, key, payload, headers)
+SELECT $1::uuid, $2::text, $3::text, $4::jsonb, COALESCE($5::jsonb, '{}')
+ WHERE NOT EXISTS (SELECT 1 FROM outbox.schemas s WHERE s.topic = $2)
