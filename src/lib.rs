@@ -23,13 +23,15 @@
 //! - [`config`]: the layered configuration (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags).
 //! - [`position`]: a message's position `(tx_id, seq)`, printed as `"<tx_id>:<seq>"`.
 //! - [`relay`]: [`relay::Relay`] — per consumer group, a lease-holding worker tails the outbox
-//!   from the group's cursor, routes each message, appends to Redis, then advances the cursor.
+//!   from the group's cursor, decodes and routes each message, runs its handler, appends to
+//!   Redis, then advances the cursor; failures are kept in `outbox.deliveries` and retried.
+//! - [`handler`]: the [`handler::Handler`] trait and the built-in `http` handler.
+//! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
 //! - [`sink`]: the effectively-once append to Redis Streams (one script call per stream).
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
 //!
-//! Handlers with retries and the operator views arrive in later steps of the roadmap; the SQL
-//! objects they use already exist (see `migrations/`).
+//! The operator views and metrics arrive in later steps of the roadmap.
 
 pub mod bench;
 pub mod config;
