@@ -85,7 +85,7 @@ impl PublishBench {
     ) -> Result<PublishBenchReport, BenchError> {
         let payload = payload_of_size(self.payload_bytes);
         if self.schema {
-            register_schema(pool).await?;
+            register_schema(pool, TOPIC).await?;
         }
         let mut plan = vec![
             (Workload::SinglePlain, false),
@@ -308,8 +308,9 @@ async fn truncate(pool: &PgPool) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Registers, for the bench topic, a schema every [`payload_of_size`] payload matches.
-async fn register_schema(pool: &PgPool) -> Result<(), BenchError> {
+/// Registers, for `topic`, a schema every [`payload_of_size`] payload matches (version 1 in a
+/// scratch database).
+pub(crate) async fn register_schema(pool: &PgPool, topic: &str) -> Result<(), BenchError> {
     let schema = json!({
         "type": "object",
         "required": ["order_id", "note"],
@@ -320,7 +321,7 @@ async fn register_schema(pool: &PgPool) -> Result<(), BenchError> {
         }
     });
     Registry::new(pool.clone(), Unregistered::Allow)
-        .register(TOPIC, schema, SchemaFormat::JsonSchema, None)
+        .register(topic, schema, SchemaFormat::JsonSchema, None)
         .await
         .map(drop)
         .map_err(|e| BenchError::Phase {

@@ -36,6 +36,10 @@ pub struct DrainArgs {
     /// The relay's batch_size (and the ceilings').
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// Register a JSON Schema for the backlog's topic and stamp every row with it, so the relay
+    /// validates every payload (run with and without to see what validation costs).
+    #[arg(long)]
+    schema: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,15 +167,17 @@ async fn drain(config: &Config, args: DrainArgs) -> anyhow::Result<()> {
         messages: args.messages.max(1),
         payload_bytes: args.payload_bytes,
         batch_size: args.batch_size.max(1),
+        schema: args.schema,
         relay_exe: relay_exe()?,
     };
     let mut scratch = RelayScratch::create(&config.database_url, redis_url, "drain", 4).await?;
     eprintln!(
-        "bench drain: scratch database {}, {} messages of {} B, batch {}",
+        "bench drain: scratch database {}, {} messages of {} B, batch {}, schema validation {}",
         scratch.database.name(),
         bench.messages,
         bench.payload_bytes,
-        bench.batch_size
+        bench.batch_size,
+        if bench.schema { "on" } else { "off" }
     );
     let report = bench.run(&mut scratch).await;
     scratch.remove().await;

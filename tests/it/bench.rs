@@ -64,16 +64,25 @@ fn line<'a>(out: &'a Run, prefix: &str) -> &'a str {
 async fn bench_drain_forwards_the_whole_backlog_and_cleans_up() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
-    let out = bench(
-        &db,
-        &redis,
-        &["drain", "--messages", "3000", "--batch-size", "200"],
-    );
-    assert!(line(&out, "relay vs lower ceiling").contains("ratio"));
-    assert!(line(&out, "ceiling (a) plain SELECT").contains("msg/s"));
-    assert!(line(&out, "ceiling (b) XADD pipes").contains("msg/s"));
-    assert!(line(&out, "relay peak RSS").contains("MiB"));
-    assert_cleaned_up(&db, &redis, &out).await;
+    // With --schema every row is validated by the relay; a row it refused would be missing
+    // from the stream, which the bench checks.
+    for extra in [None, Some("--schema")] {
+        let mut args = vec!["drain", "--messages", "3000", "--batch-size", "200"];
+        args.extend(extra);
+        let out = bench(&db, &redis, &args);
+        assert!(line(&out, "relay vs lower ceiling").contains("ratio"));
+        assert!(line(&out, "ceiling (a) plain SELECT").contains("msg/s"));
+        assert!(line(&out, "ceiling (b) XADD pipes").contains("msg/s"));
+        assert!(line(&out, "relay peak RSS").contains("MiB"));
+        let validation = if extra.is_some() { "on" } else { "off" };
+        assert!(
+            out.stderr
+                .contains(&format!("schema validation {validation}")),
+            "{}",
+            out.stderr
+        );
+        assert_cleaned_up(&db, &redis, &out).await;
+    }
 }
 
 #[tokio::test]
