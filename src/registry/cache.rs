@@ -74,18 +74,7 @@ impl VersionCache {
             return Ok(latest.clone());
         }
         let read_at = Instant::now();
-        let stored =
-            store::schemas_latest(pool, topic)
-                .await
-                .map_err(|source| RegistryError::Read {
-                    what: format!("the latest schema of `{topic}`"),
-                    source,
-                })?;
-        let latest = stored
-            .as_ref()
-            .map(SchemaVersion::from_stored)
-            .transpose()?
-            .map(Arc::new);
+        let latest = SchemaVersion::read_latest(pool, topic).await?;
         let mut topics = self.write();
         let cache = topics.entry(topic.to_owned()).or_default();
         if let Some(latest) = &latest {

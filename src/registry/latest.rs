@@ -14,7 +14,6 @@ use std::sync::{Arc, LazyLock, RwLock};
 use sqlx::PgConnection;
 
 use super::{RegistryError, SchemaVersion};
-use crate::store;
 
 /// topic → its latest version (`None`: the topic had no schema).
 type LatestByTopic = HashMap<String, Option<Arc<SchemaVersion>>>;
@@ -38,17 +37,7 @@ pub(crate) async fn reload(
     conn: &mut PgConnection,
     topic: &str,
 ) -> Result<Option<Arc<SchemaVersion>>, RegistryError> {
-    let stored = store::schemas_latest(&mut *conn, topic)
-        .await
-        .map_err(|source| RegistryError::Read {
-            what: format!("the latest schema of `{topic}`"),
-            source,
-        })?;
-    let latest = stored
-        .as_ref()
-        .map(SchemaVersion::from_stored)
-        .transpose()?
-        .map(Arc::new);
+    let latest = SchemaVersion::read_latest(&mut *conn, topic).await?;
     LATEST
         .write()
         .expect("latest schema cache")

@@ -225,6 +225,24 @@ impl SchemaVersion {
             schema,
         })
     }
+
+    /// The latest version of `topic` as stored now, compiled (`None`: no schema).
+    async fn read_latest(
+        executor: impl sqlx::PgExecutor<'_>,
+        topic: &str,
+    ) -> Result<Option<Arc<SchemaVersion>>, RegistryError> {
+        let stored = store::schemas_latest(executor, topic)
+            .await
+            .map_err(|source| RegistryError::Read {
+                what: format!("the latest schema of `{topic}`"),
+                source,
+            })?;
+        Ok(stored
+            .as_ref()
+            .map(SchemaVersion::from_stored)
+            .transpose()?
+            .map(Arc::new))
+    }
 }
 
 /// The registry of one database: registration, lookups, and the decoding of stored rows.

@@ -366,14 +366,14 @@ pub async fn deliveries_dead_list(
     filter: &DeadLetterFilter,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let rows = bind_filter(
-        sqlx::query(include_str!("sql/deliveries_dead_list.sql")),
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    dead_letters(
+        pool,
+        include_str!("sql/deliveries_dead_list.sql"),
         filter,
+        Some(limit),
     )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(dead_letter).collect()
+    .await
 }
 
 /// Dead letters matching `filter` become due now (attempts kept); returns them.
@@ -381,13 +381,13 @@ pub async fn deliveries_dead_retry(
     pool: &PgPool,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let rows = bind_filter(
-        sqlx::query(include_str!("sql/deliveries_dead_retry.sql")),
+    dead_letters(
+        pool,
+        include_str!("sql/deliveries_dead_retry.sql"),
         filter,
+        None,
     )
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(dead_letter).collect()
+    .await
 }
 
 /// Deletes the dead letters matching `filter`; returns them.
@@ -395,12 +395,28 @@ pub async fn deliveries_dead_discard(
     pool: &PgPool,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let rows = bind_filter(
-        sqlx::query(include_str!("sql/deliveries_dead_discard.sql")),
+    dead_letters(
+        pool,
+        include_str!("sql/deliveries_dead_discard.sql"),
         filter,
+        None,
     )
-    .fetch_all(pool)
-    .await?;
+    .await
+}
+
+/// Runs a dead-letter statement: the filter is `$1`–`$4`, a limit (if any) `$5`; the rows
+/// it returns are dead letters.
+async fn dead_letters(
+    pool: &PgPool,
+    statement: &'static str,
+    filter: &DeadLetterFilter,
+    limit: Option<i64>,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut query = bind_filter(sqlx::query(statement), filter);
+    if let Some(limit) = limit {
+        query = query.bind(limit);
+    }
+    let rows = query.fetch_all(pool).await?;
     rows.iter().map(dead_letter).collect()
 }
 

@@ -11,12 +11,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use outbox_relay::{Message, publish_in_tx};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{InProcessRelay, RelayProcess, TempDir, relay_toml};
+use crate::harness::relay::{
+    InProcessRelay, RelayProcess, TempDir, keyed_message, publish_messages, relay_toml,
+};
 use crate::harness::{TestDb, eventually};
 
 /// A webhook whose answer the payload chooses: `"mode"`: `ok` (200 with two outputs), `bad`
@@ -94,18 +95,14 @@ fn http_group(addr: SocketAddr, retry: &str) -> String {
     )
 }
 
+/// Publishes each payload on `orders.paid` (keyed by its `key`, header `trace`), one
+/// transaction each.
 async fn publish(db: &TestDb, payloads: &[Value]) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    for payload in payloads {
-        let mut message = Message::new("orders.paid", payload).header("trace", "abc");
-        if let Some(key) = payload["key"].as_str() {
-            message = message.key(key);
-        }
-        let mut tx = db.pool.begin().await.unwrap();
-        ids.push(publish_in_tx(&mut tx, message).await.unwrap());
-        tx.commit().await.unwrap();
-    }
-    ids
+    let messages = payloads
+        .iter()
+        .map(|p| keyed_message("orders.paid", p).header("trace", "abc"))
+        .collect();
+    publish_messages(&db.pool, messages, false).await
 }
 
 async fn payloads(redis: &TestRedis, stream: &str) -> Vec<Value> {

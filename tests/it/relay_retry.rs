@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use outbox_relay::handler::{DecodedMessage, Handler, HandlerError, Output};
 use outbox_relay::relay::{Relay, Route};
 use outbox_relay::retry::RetryPolicy;
-use outbox_relay::{Message, publish_in_tx};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::cli::{outbox_relay, run};
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{InProcessRelay, relay_toml};
+use crate::harness::relay::{InProcessRelay, keyed_message, publish_messages, relay_toml};
 use crate::harness::{TestDb, eventually};
 
 /// Fails each message whose payload has `"fail": n` its first n calls (retryable), refuses
@@ -98,36 +97,16 @@ async fn start(
     .await
 }
 
-/// Publishes each payload on topic `t` (key from the payload's `key`), one transaction each,
-/// in order; returns the ids.
+/// Publishes each payload on topic `t` (keyed by its `key`), one transaction each, or all in
+/// ONE transaction (so the relay reads them in one batch) when `together`.
 async fn publish(db: &TestDb, payloads: &[serde_json::Value]) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    for payload in payloads {
-        let mut message = Message::new("t", payload);
-        if let Some(key) = payload["key"].as_str() {
-            message = message.key(key);
-        }
-        let mut tx = db.pool.begin().await.unwrap();
-        ids.push(publish_in_tx(&mut tx, message).await.unwrap());
-        tx.commit().await.unwrap();
-    }
-    ids
+    let messages = payloads.iter().map(|p| keyed_message("t", p)).collect();
+    publish_messages(&db.pool, messages, false).await
 }
 
-/// Publishes the payloads like [`publish`], but all in ONE transaction (so the relay reads
-/// them in one batch).
 async fn publish_together(db: &TestDb, payloads: &[serde_json::Value]) -> Vec<Uuid> {
-    let mut tx = db.pool.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for payload in payloads {
-        let mut message = Message::new("t", payload);
-        if let Some(key) = payload["key"].as_str() {
-            message = message.key(key);
-        }
-        ids.push(publish_in_tx(&mut tx, message).await.unwrap());
-    }
-    tx.commit().await.unwrap();
-    ids
+    let messages = payloads.iter().map(|p| keyed_message("t", p)).collect();
+    publish_messages(&db.pool, messages, true).await
 }
 
 /// The `n` of each entry of `stream`, in stream order.

@@ -205,6 +205,35 @@ pub async fn publish_numbered(pool: &PgPool, from: usize, count: usize) {
     tx.commit().await.unwrap();
 }
 
+/// A message on `topic` carrying `payload`, keyed by the payload's `key` field if it has one.
+pub fn keyed_message(topic: &str, payload: &serde_json::Value) -> Message {
+    let message = Message::new(topic, payload);
+    match payload["key"].as_str() {
+        Some(key) => message.key(key),
+        None => message,
+    }
+}
+
+/// Publishes `messages` in order, each in a transaction of its own, or all in one when
+/// `together`; returns their ids.
+pub async fn publish_messages(
+    pool: &PgPool,
+    messages: Vec<Message>,
+    together: bool,
+) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    let mut tx = pool.begin().await.unwrap();
+    for message in messages {
+        ids.push(outbox_relay::publish_in_tx(&mut tx, message).await.unwrap());
+        if !together {
+            tx.commit().await.unwrap();
+            tx = pool.begin().await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
 /// Stream `all` holds the payloads numbered 0..published, each once, in order.
 pub async fn assert_numbered_exactly_once(redis: &TestRedis, published: usize) {
     let numbers: Vec<u64> = redis
