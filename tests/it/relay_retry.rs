@@ -440,3 +440,62 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
     );
     assert_eq!(numbers(&redis, "out").await, [1]);
 }
+
+#[tokio::test]
+async fn retry_makes_a_scheduled_retry_due_now_and_leaves_blocked_messages_alone() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new());
+    let handler = Scripted::default();
+    // The first retry would come after a minute.
+    let relay = start(&db, &redis, "key", &handler, policy(10, 60_000)).await;
+    let ids = publish_together(
+        &db,
+        &[
+            json!({"n": 1, "key": "a", "fail": 1}),
+            json!({"n": 2, "key": "a"}),
+        ],
+    )
+    .await;
+    eventually(Duration::from_secs(10), "1 retrying, 2 blocked", || async {
+        let first = delivery(&db, ids[0]).await?;
+        let second = delivery(&db, ids[1]).await?;
+        (first.0 == "retrying" && second.0 == "blocked").then_some(())
+    })
+    .await;
+    let cli = |args: &[&str]| {
+        let mut command = outbox_relay();
+        command.args(["--database-url", &db.url]).args(args);
+        run(&mut command)
+    };
+    let blocked = cli(&["retry", &ids[1].to_string()]);
+    assert_eq!(blocked.code, Some(1), "{}", blocked.stdout);
+    assert!(
+        blocked
+            .stdout
+            .contains("blocked behind an earlier message of its key"),
+        "{}",
+        blocked.stdout
+    );
+
+    let retried = cli(&["retry", &ids[0].to_string(), "--group", "g"]);
+    assert_eq!(retried.code, Some(0), "{}", retried.stderr);
+    assert_eq!(
+        retried.stdout,
+        format!("{} in group g: retrying, due now (attempts kept)\n", ids[0])
+    );
+    // Picked up within the relay's rescan (1 s), not the minute; then 2 is released.
+    let started = Instant::now();
+    assert_eq!(wait_for_numbers(&redis, "out", 2).await, [1, 2]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let unknown = cli(&["retry", &Uuid::now_v7().to_string()]);
+    assert_eq!(unknown.code, Some(1));
+    assert!(
+        unknown.stderr.contains("has no retrying or dead delivery"),
+        "{}",
+        unknown.stderr
+    );
+    relay.stop().await;
+}
