@@ -96,12 +96,9 @@ impl Dispatcher {
             .map_err(|rejection| rejection.to_string()))
     }
 
-    /// True when the message's route calls a handler (which may take time and fail).
-    pub fn calls_handler(&self, row: &OutboxRow) -> bool {
-        matches!(
-            route_for(&self.routes, &row.topic).map(|r| &r.action),
-            Some(Action::Call { .. })
-        )
+    /// The route that takes `row`, if any (first match).
+    pub fn route(&self, row: &OutboxRow) -> Option<&Route> {
+        route_for(&self.routes, &row.topic)
     }
 
     /// Handles `row` for its `attempt`-th time (1 = first), after `decode` said whether its
@@ -112,13 +109,25 @@ impl Dispatcher {
         attempt: u32,
         decode: Result<(), String>,
     ) -> Outcome {
+        self.handle_routed(row, self.route(row), attempt, decode)
+            .await
+    }
+
+    /// [`Dispatcher::handle`] with the route already looked up.
+    pub async fn handle_routed(
+        &self,
+        row: &OutboxRow,
+        route: Option<&Route>,
+        attempt: u32,
+        decode: Result<(), String>,
+    ) -> Outcome {
         if let Err(reason) = decode {
             return Outcome::Dead {
                 error: reason,
                 attempts: attempt,
             };
         }
-        let Some(route) = route_for(&self.routes, &row.topic) else {
+        let Some(route) = route else {
             return Outcome::Skipped(Skip::Unrouted);
         };
         match &route.action {

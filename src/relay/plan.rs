@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::dispatcher::{Dispatcher, Outcome, Skip, fields};
 use super::ordering::{Chain, OrderingMode, Parked};
+use super::route::Action;
 use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry, StreamAppend};
@@ -100,25 +101,35 @@ impl Dispatcher {
                 steps[i] = Some(Step::Recorded);
                 continue;
             }
-            let chain = self.ordering.chain(i, row);
-            if parked.holds(&chain) {
-                steps[i] = Some(match self.ordering {
-                    OrderingMode::Strict => Step::NotReached,
-                    _ => Step::Blocked,
-                });
-                continue;
+            let route = self.route(row);
+            let calls_handler = matches!(route.map(|r| &r.action), Some(Action::Call { .. }));
+            // The common case — nothing parked, no handler call pending in this batch, none
+            // needed — is handled at once, without working out the message's chain.
+            if calls_handler || !chain_index.is_empty() || parked.halts_group() {
+                let chain = self.ordering.chain(i, row);
+                if parked.holds(&chain) {
+                    steps[i] = Some(match self.ordering {
+                        OrderingMode::Strict => Step::NotReached,
+                        _ => Step::Blocked,
+                    });
+                    continue;
+                }
+                // A message waits for its chain's earlier handler calls; one that calls a
+                // handler itself starts (or joins) its chain.
+                if let Some(&c) = chain_index.get(&chain) {
+                    chains[c].1.push(i);
+                    continue;
+                }
+                if calls_handler {
+                    chain_index.insert(chain.clone(), chains.len());
+                    chains.push((chain, vec![i]));
+                    continue;
+                }
             }
-            // A message waits for its chain's earlier handler calls; one that calls a handler
-            // itself starts (or joins) its chain; the rest are handled at once.
-            if let Some(&c) = chain_index.get(&chain) {
-                chains[c].1.push(i);
-            } else if self.calls_handler(row) {
-                chain_index.insert(chain.clone(), chains.len());
-                chains.push((chain, vec![i]));
-            } else {
-                let decoded = self.decode(row).await?;
-                steps[i] = Some(Step::Handled(self.handle(row, 1, decoded).await));
-            }
+            let decoded = self.decode(row).await?;
+            steps[i] = Some(Step::Handled(
+                self.handle_routed(row, route, 1, decoded).await,
+            ));
         }
         let mut calls: Vec<BoxFuture<'_, ChainResult>> = Vec::with_capacity(chains.len());
         for (_, members) in chains {
