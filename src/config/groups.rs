@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute, positive_ms};
+use super::check::positive_ms;
+use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute};
 use crate::handler::http::HttpHandler;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::{Action, DEFAULT_HANDLER_TIMEOUT, Route, StreamTemplate};

@@ -253,7 +253,11 @@ impl GroupWorker {
     /// Handles due retries, if any. `Some(step)` when that decides the next step (the lease
     /// was lost, or there are more due retries); `None` to go on to new messages.
     async fn retry_pass(&mut self, lease: Lease) -> Result<Option<Step>, RelayError> {
-        self.refresh_parked().await?;
+        // The rows change behind our back only by operators' hands: re-read them on the scan
+        // interval; our own schedule (due_at) is kept up to date by the passes themselves.
+        if Instant::now() >= self.retries.scan_at {
+            self.refresh_parked().await?;
+        }
         if self.retries.due_at.is_none_or(|due| Instant::now() < due) {
             return Ok(None);
         }
@@ -416,8 +420,8 @@ impl GroupWorker {
             for delay in plan.failures.iter().filter_map(|f| f.delay) {
                 self.retries.retry_in(delay);
             }
+            plan.apply_parks(&mut self.retries.parked);
         }
-        self.retries.parked = plan.parked.clone();
         if let Some(step) = self.append(lease, &plan.appends, &plan.late).await? {
             return Ok(step);
         }

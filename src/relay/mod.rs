@@ -11,6 +11,7 @@ pub mod dispatcher;
 mod group;
 pub mod ordering;
 pub mod plan;
+pub mod retry_plan;
 pub mod route;
 mod stall;
 mod wakeup;

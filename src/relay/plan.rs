@@ -13,9 +13,7 @@
 //! chains concurrently; after a retry in its chain a message becomes `blocked` (`key`) or is
 //! not reached at all (`strict`: the cursor stops at the failing message).
 //!
-//! Retry pass (due deliveries): each is handled again; its outputs are late entries (their own
-//! dedupe tokens), and its row is settled: deleted, rescheduled or dead, releasing the next
-//! blocked message of its key.
+//! The retry pass over due deliveries is planned in [`super::retry_plan`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,7 +27,7 @@ use super::route::Action;
 use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry, StreamAppend};
-use crate::store::{DeliveryStatus, DueDelivery, NewDelivery, OutboxRow, Settlement};
+use crate::store::{DeliveryStatus, NewDelivery, OutboxRow};
 
 /// How many handler chains run at once.
 pub const HANDLER_CONCURRENCY: usize = 16;
@@ -58,18 +56,17 @@ pub struct BatchPlan {
     pub through: Option<Position>,
     pub handled: usize,
     pub tally: Tally,
-    /// `parked` after this batch.
-    pub parked: Parked,
+    /// The chains a message of this batch parked (retrying, with `key` or `strict` ordering).
+    pub parks: Vec<Chain>,
 }
 
-/// The writes of a retry pass.
-#[derive(Debug, Default)]
-pub struct RetryPlan {
-    pub late: Vec<LateAppend>,
-    pub settlements: Vec<(Uuid, Settlement)>,
-    /// Keys whose parked message is done or dead: their next blocked message is released.
-    pub released_keys: Vec<String>,
-    pub tally: Tally,
+impl BatchPlan {
+    /// Adds this batch's parked chains to `parked` (once its failures are recorded).
+    pub fn apply_parks(&self, parked: &mut Parked) {
+        for chain in &self.parks {
+            parked.park(chain);
+        }
+    }
 }
 
 /// What a chain's messages came to, by their index in the batch.
@@ -145,7 +142,6 @@ impl Dispatcher {
         Ok(self.plan_batch(
             rows,
             steps.into_iter().map(|s| s.expect("every row has a step")),
-            parked,
         ))
     }
 
@@ -172,16 +168,8 @@ impl Dispatcher {
     }
 
     /// Turns the steps into writes, up to the first message not reached.
-    fn plan_batch(
-        &self,
-        rows: &[OutboxRow],
-        steps: impl Iterator<Item = Step>,
-        parked: &Parked,
-    ) -> BatchPlan {
-        let mut plan = BatchPlan {
-            parked: parked.clone(),
-            ..BatchPlan::default()
-        };
+    fn plan_batch(&self, rows: &[OutboxRow], steps: impl Iterator<Item = Step>) -> BatchPlan {
+        let mut plan = BatchPlan::default();
         let mut streams = StreamIndex::default();
         for (i, (row, step)) in rows.iter().zip(steps).enumerate() {
             let failure = |status, attempts, error: Option<String>, delay| NewDelivery {
@@ -196,11 +184,11 @@ impl Dispatcher {
             match step {
                 Step::NotReached => break,
                 Step::Recorded => plan.tally.recorded += 1,
+                // Its chain is parked already: before this batch, or by the retry before it.
                 Step::Blocked => {
                     plan.tally.blocked += 1;
                     plan.failures
                         .push(failure(DeliveryStatus::Blocked, 0, None, None));
-                    plan.parked.park(&self.ordering.chain(i, row));
                 }
                 Step::Handled(Outcome::Skipped(skip)) => match skip {
                     Skip::Unrouted => plan.tally.unrouted += 1,
@@ -223,7 +211,7 @@ impl Dispatcher {
                         Some(delay),
                     ));
                     if self.ordering != OrderingMode::None {
-                        plan.parked.park(&self.ordering.chain(i, row));
+                        plan.parks.push(self.ordering.chain(i, row));
                     }
                 }
                 Step::Handled(Outcome::Dead { error, attempts }) => {
@@ -239,87 +227,10 @@ impl Dispatcher {
         plan
     }
 
-    /// Plans the retry pass over `due` deliveries (position order).
-    pub async fn retry_pass(&self, due: &[DueDelivery]) -> Result<RetryPlan, RegistryError> {
-        let mut calls: Vec<BoxFuture<'_, Result<Outcome, RegistryError>>> =
-            Vec::with_capacity(due.len());
-        for delivery in due {
-            let attempt = u32::try_from(delivery.attempts)
-                .unwrap_or(0)
-                .saturating_add(1);
-            calls.push(
-                async move {
-                    let decoded = self.decode(&delivery.row).await?;
-                    Ok(self.handle(&delivery.row, attempt, decoded).await)
-                }
-                .boxed(),
-            );
-        }
-        let outcomes = run_concurrently(calls, true)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut plan = RetryPlan::default();
-        for (delivery, outcome) in due.iter().zip(outcomes) {
-            let row = &delivery.row;
-            let settlement = match outcome {
-                Outcome::Skipped(Skip::Dropped) => {
-                    plan.tally.dropped += 1;
-                    Settlement::Done
-                }
-                Outcome::Skipped(Skip::Unrouted) => {
-                    let attempts = delivery.attempts + 1;
-                    let error = format!(
-                        "no route of group `{}` takes topic `{}` any more",
-                        self.group, row.topic
-                    );
-                    plan.tally.dead += 1;
-                    self.dead_letter_copy(&mut plan.late, row, &error, attempts as u32);
-                    Settlement::Dead { attempts, error }
-                }
-                Outcome::Delivered(outputs) => {
-                    plan.tally.delivered += 1;
-                    add_late(&mut plan.late, row, outputs, |payload| {
-                        fields(&self.group, row, payload)
-                    });
-                    Settlement::Done
-                }
-                Outcome::Retry {
-                    error,
-                    attempts,
-                    delay,
-                } => {
-                    plan.tally.retrying += 1;
-                    Settlement::Retry {
-                        attempts: attempts as i32,
-                        error,
-                        delay,
-                    }
-                }
-                Outcome::Dead { error, attempts } => {
-                    plan.tally.dead += 1;
-                    self.dead_letter_copy(&mut plan.late, row, &error, attempts);
-                    Settlement::Dead {
-                        attempts: attempts as i32,
-                        error,
-                    }
-                }
-            };
-            if !matches!(settlement, Settlement::Retry { .. })
-                && self.ordering == OrderingMode::Key
-                && let Some(key) = &row.key
-            {
-                plan.released_keys.push(key.clone());
-            }
-            plan.settlements.push((row.id, settlement));
-        }
-        Ok(plan)
-    }
-
     /// Adds the dead-letter copy of `row` (when the group has a dead-letter stream): the
     /// message's fields plus `error` and `attempts`, identified by (message, attempts) so a
     /// message that dies again after an operator's retry is copied again.
-    fn dead_letter_copy(
+    pub(super) fn dead_letter_copy(
         &self,
         late: &mut Vec<LateAppend>,
         row: &OutboxRow,
@@ -336,20 +247,14 @@ impl Dispatcher {
             token: format!("dead:{}:{attempts}", row.id),
             fields: entry_fields,
         };
-        match late.iter_mut().find(|a| &a.stream == stream) {
-            Some(append) => append.entries.push(entry),
-            None => late.push(LateAppend {
-                stream: stream.clone(),
-                entries: vec![entry],
-            }),
-        }
+        push_late(late, stream, entry);
     }
 }
 
 /// Runs `calls`, at most [`HANDLER_CONCURRENCY`] at a time; results in call order when
 /// `ordered`, else as they finish. (The futures are boxed before they get here: built inside a
 /// stream combinator's closure, their Send-ness cannot be proven, rust-lang/rust#102211.)
-async fn run_concurrently<T>(calls: Vec<BoxFuture<'_, T>>, ordered: bool) -> Vec<T> {
+pub(super) async fn run_concurrently<T>(calls: Vec<BoxFuture<'_, T>>, ordered: bool) -> Vec<T> {
     let calls = futures_util::stream::iter(calls);
     if ordered {
         calls.buffered(HANDLER_CONCURRENCY).collect().await
@@ -358,29 +263,14 @@ async fn run_concurrently<T>(calls: Vec<BoxFuture<'_, T>>, ordered: bool) -> Vec
     }
 }
 
-/// Adds a retried message's outputs as late entries, identified by (message, ordinal in the
-/// stream).
-fn add_late(
-    late: &mut Vec<LateAppend>,
-    row: &OutboxRow,
-    outputs: Vec<(String, String)>,
-    make_fields: impl Fn(String) -> crate::sink::Fields,
-) {
-    let mut ordinals: HashMap<String, u32> = HashMap::new();
-    for (stream, payload) in outputs {
-        let ordinal = ordinals.entry(stream.clone()).or_insert(0);
-        let entry = LateEntry {
-            token: format!("{}:{ordinal}", row.id),
-            fields: make_fields(payload),
-        };
-        *ordinal += 1;
-        match late.iter_mut().find(|a| a.stream == stream) {
-            Some(append) => append.entries.push(entry),
-            None => late.push(LateAppend {
-                stream,
-                entries: vec![entry],
-            }),
-        }
+/// Appends `entry` to the late entries of `stream`, keeping the order they were added in.
+pub(super) fn push_late(late: &mut Vec<LateAppend>, stream: &str, entry: LateEntry) {
+    match late.iter_mut().find(|a| a.stream == stream) {
+        Some(append) => append.entries.push(entry),
+        None => late.push(LateAppend {
+            stream: stream.to_owned(),
+            entries: vec![entry],
+        }),
     }
 }
 
@@ -423,7 +313,7 @@ impl StreamIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -450,7 +340,9 @@ mod tests {
         }
     }
 
-    fn dispatcher(ordering: OrderingMode) -> Dispatcher {
+    /// Routes `fwd` to stream `fwd-out` and `call` to a handler scripted by the payload's `do`;
+    /// dead letters go to `dead`.
+    pub(in crate::relay) fn dispatcher(ordering: OrderingMode) -> Dispatcher {
         let call = Action::Call {
             name: "h".into(),
             handler: Arc::new(ByPayload),
@@ -482,7 +374,12 @@ mod tests {
         }
     }
 
-    fn row(seq: i64, topic: &str, key: Option<&str>, action: &str) -> OutboxRow {
+    pub(in crate::relay) fn row(
+        seq: i64,
+        topic: &str,
+        key: Option<&str>,
+        action: &str,
+    ) -> OutboxRow {
         OutboxRow {
             position: Position::new(50, seq),
             id: Uuid::from_u128(seq as u128),
@@ -493,6 +390,12 @@ mod tests {
             headers: "{}".into(),
             created_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
         }
+    }
+
+    fn parked_after(plan: &BatchPlan) -> Parked {
+        let mut parked = Parked::default();
+        plan.apply_parks(&mut parked);
+        parked
     }
 
     fn statuses(plan: &BatchPlan) -> Vec<(i64, DeliveryStatus)> {
@@ -530,8 +433,9 @@ mod tests {
             ]
         );
         assert_eq!(plan.through, Some(Position::new(50, 6)));
-        assert!(plan.parked.holds(&Chain::Key("a".into())));
-        assert!(!plan.parked.holds(&Chain::Key("b".into())));
+        let parked = parked_after(&plan);
+        assert!(parked.holds(&Chain::Key("a".into())));
+        assert!(!parked.holds(&Chain::Key("b".into())));
         let appended: Vec<(&str, i64)> = plan
             .appends
             .iter()
@@ -561,7 +465,7 @@ mod tests {
         assert_eq!(statuses(&plan), [(2, DeliveryStatus::Retrying)]);
         assert_eq!(plan.through, Some(Position::new(50, 2)));
         assert_eq!(plan.handled, 2);
-        assert!(plan.parked.halts_group());
+        assert!(parked_after(&plan).halts_group());
     }
 
     #[tokio::test]
@@ -575,7 +479,7 @@ mod tests {
             statuses(&plan),
             [(1, DeliveryStatus::Retrying), (5, DeliveryStatus::Dead)]
         );
-        assert!(!plan.parked.halts_group());
+        assert!(!parked_after(&plan).halts_group());
         assert_eq!(plan.tally.delivered, 4);
     }
 
@@ -606,56 +510,5 @@ mod tests {
             .unwrap();
         let ordinals: Vec<u32> = plan.appends[0].entries.iter().map(|e| e.ordinal).collect();
         assert_eq!(ordinals, [0, 1]);
-    }
-
-    #[tokio::test]
-    async fn retries_settle_and_release_their_key() {
-        let d = dispatcher(OrderingMode::Key);
-        let due = [
-            DueDelivery {
-                attempts: 1,
-                row: row(1, "call", Some("a"), "ok"),
-            },
-            DueDelivery {
-                attempts: 2,
-                row: row(2, "call", Some("b"), "fail"),
-            },
-            DueDelivery {
-                attempts: 4,
-                row: row(3, "call", Some("c"), "fail"),
-            },
-        ];
-        let plan = d.retry_pass(&due).await.unwrap();
-        assert_eq!(plan.settlements[0].1, Settlement::Done);
-        assert_eq!(
-            plan.settlements[1].1,
-            Settlement::Retry {
-                attempts: 3,
-                error: "h: not now".into(),
-                delay: Duration::from_secs(4)
-            }
-        );
-        assert!(matches!(
-            plan.settlements[2].1,
-            Settlement::Dead { attempts: 5, .. }
-        ));
-        assert_eq!(plan.released_keys, ["a", "c"]);
-        let late: Vec<(&str, Vec<&str>)> = plan
-            .late
-            .iter()
-            .map(|a| {
-                (
-                    a.stream.as_str(),
-                    a.entries.iter().map(|e| e.token.as_str()).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            late,
-            [
-                ("out", vec!["00000000-0000-0000-0000-000000000001:0"]),
-                ("dead", vec!["dead:00000000-0000-0000-0000-000000000003:5"])
-            ]
-        );
     }
 }

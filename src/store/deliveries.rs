@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::groups::LeaseHolder;
@@ -149,20 +149,22 @@ fn millis(delay: Option<Duration>) -> Option<i64> {
     delay.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Checks the lease inside `conn`'s transaction, locking the group row against a takeover
-/// until the transaction ends. False: the lease is gone, write nothing.
-async fn lease_check(
-    conn: &mut PgConnection,
+/// Begins a transaction that writes delivery state for `holder`: it first checks the lease,
+/// locking the group row against a takeover until the transaction ends. `None`: the lease is
+/// gone, write nothing (the transaction is rolled back on drop).
+async fn begin_fenced(
+    pool: &PgPool,
     holder: &LeaseHolder<'_>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<Transaction<'static, Postgres>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let held: Option<bool> =
         sqlx::query_scalar(include_str!("sql/consumer_groups_lease_check.sql"))
             .bind(holder.group)
             .bind(holder.owner)
             .bind(holder.epoch)
-            .fetch_optional(conn)
+            .fetch_optional(&mut *tx)
             .await?;
-    Ok(held.unwrap_or(false))
+    Ok(held.unwrap_or(false).then_some(tx))
 }
 
 /// Records a batch's first-pass failures, fenced by the lease. False: the lease is gone and
@@ -172,10 +174,9 @@ pub async fn deliveries_record(
     holder: LeaseHolder<'_>,
     records: &[NewDelivery],
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !lease_check(&mut tx, &holder).await? {
+    let Some(mut tx) = begin_fenced(pool, &holder).await? else {
         return Ok(false);
-    }
+    };
     let ids: Vec<Uuid> = records.iter().map(|r| r.message_id).collect();
     let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
     let attempts: Vec<i32> = records.iter().map(|r| r.attempts).collect();
@@ -279,10 +280,9 @@ pub async fn deliveries_settle(
     settlements: &[(Uuid, Settlement)],
     released_keys: &[&str],
 ) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !lease_check(&mut tx, &holder).await? {
+    let Some(mut tx) = begin_fenced(pool, &holder).await? else {
         return Ok(None);
-    }
+    };
     let mut ids = Vec::with_capacity(settlements.len());
     let mut statuses: Vec<Option<&str>> = Vec::with_capacity(settlements.len());
     let mut attempts: Vec<Option<i32>> = Vec::with_capacity(settlements.len());

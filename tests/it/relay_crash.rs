@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use outbox_relay::{Message, publish_batch_in_tx};
+use outbox_relay::Message;
 use rand::Rng;
 use serde_json::json;
 
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{RelayProcess, TempDir, assert_numbered_exactly_once};
+use crate::harness::relay::{
+    RelayProcess, TempDir, assert_numbered_exactly_once, publish_messages,
+};
 use crate::harness::{TestDb, eventually};
 
 async fn publish_batch(db: &TestDb, from: usize, count: usize) {
@@ -19,9 +21,7 @@ async fn publish_batch(db: &TestDb, from: usize, count: usize) {
                 .key(format!("k{}", n % 7))
         })
         .collect();
-    let mut tx = db.pool.begin().await.unwrap();
-    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
-    tx.commit().await.unwrap();
+    publish_messages(&db.pool, messages, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

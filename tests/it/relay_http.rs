@@ -105,15 +105,6 @@ async fn publish(db: &TestDb, payloads: &[Value]) -> Vec<Uuid> {
     publish_messages(&db.pool, messages, false).await
 }
 
-async fn payloads(redis: &TestRedis, stream: &str) -> Vec<Value> {
-    redis
-        .entries(stream)
-        .await
-        .iter()
-        .map(|e| serde_json::from_str(&e.fields["payload"]).unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn http_answers_decide_done_permanent_or_retry() {
     let (db, redis) = (TestDb::new().await, TestRedis::new());
@@ -137,7 +128,7 @@ async fn http_answers_decide_done_permanent_or_retry() {
     )
     .await;
     let out = eventually(Duration::from_secs(20), "three outputs", || async {
-        let out = payloads(&redis, "out").await;
+        let out = redis.payloads("out").await;
         (out.len() == 3).then_some(out)
     })
     .await;
@@ -146,7 +137,7 @@ async fn http_answers_decide_done_permanent_or_retry() {
     late.sort();
     assert_eq!(late, [3, 4], "the 503 and the timed-out message, retried");
     assert_eq!(
-        payloads(&redis, "audit").await.len(),
+        redis.payloads("audit").await.len(),
         3,
         "both outputs of each message"
     );
@@ -246,13 +237,13 @@ async fn kill_9_while_messages_retry_and_block_loses_and_duplicates_nothing() {
         Duration::from_secs(60),
         "every message delivered",
         || async {
-            let out = payloads(&redis, "out").await;
+            let out = redis.payloads("out").await;
             (out.len() >= published).then_some(out)
         },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let out_now = payloads(&redis, "out").await;
+    let out_now = redis.payloads("out").await;
     assert_eq!(out_now.len(), out.len(), "nothing more arrives later");
     let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
     for payload in &out_now {
@@ -309,7 +300,7 @@ async fn a_late_retry_killed_between_its_append_and_its_row_update_lands_once() 
     )
     .await;
     eventually(Duration::from_secs(10), "message 2 delivered", || async {
-        (payloads(&redis, "out").await.len() == 1).then_some(())
+        (redis.payloads("out").await.len() == 1).then_some(())
     })
     .await;
     // Hold message 1's delivery row: the retry appends, then waits to settle the row.
@@ -320,7 +311,7 @@ async fn a_late_retry_killed_between_its_append_and_its_row_update_lands_once() 
         .await
         .unwrap();
     eventually(Duration::from_secs(10), "the retry appended", || async {
-        (payloads(&redis, "out").await.len() == 2).then_some(())
+        (redis.payloads("out").await.len() == 2).then_some(())
     })
     .await;
     relay.kill9();
@@ -345,7 +336,8 @@ async fn a_late_retry_killed_between_its_append_and_its_row_update_lands_once() 
     })
     .await;
     assert!(hook.calls_of(1) >= 3, "called again after the restart");
-    let numbers: Vec<u64> = payloads(&redis, "out")
+    let numbers: Vec<u64> = redis
+        .payloads("out")
         .await
         .iter()
         .map(|p| p["n"].as_u64().unwrap())

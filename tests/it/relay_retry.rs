@@ -109,23 +109,9 @@ async fn publish_together(db: &TestDb, payloads: &[serde_json::Value]) -> Vec<Uu
     publish_messages(&db.pool, messages, true).await
 }
 
-/// The `n` of each entry of `stream`, in stream order.
-async fn numbers(redis: &TestRedis, stream: &str) -> Vec<u64> {
-    redis
-        .entries(stream)
-        .await
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
 async fn wait_for_numbers(redis: &TestRedis, stream: &str, count: usize) -> Vec<u64> {
     eventually(Duration::from_secs(20), "entries in the stream", || async {
-        let numbers = numbers(redis, stream).await;
+        let numbers = redis.numbers(stream).await;
         (numbers.len() >= count).then_some(numbers)
     })
     .await
@@ -189,7 +175,7 @@ async fn a_failing_handler_is_retried_with_backoff_from_its_row_and_lands_once()
         );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(numbers(&redis, "out").await, [1], "landed exactly once");
+    assert_eq!(redis.numbers("out").await, [1], "landed exactly once");
     relay.stop().await;
 }
 
@@ -334,7 +320,7 @@ async fn key_ordering_parks_only_the_failing_key_and_releases_it_in_order() {
     let all = wait_for_numbers(&redis, "out", 6).await;
     assert_eq!(all, [2, 4, 6, 1, 3, 5]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(numbers(&redis, "out").await.len(), 6, "nothing twice");
+    assert_eq!(redis.numbers("out").await.len(), 6, "nothing twice");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.deliveries")
         .fetch_one(&db.pool)
         .await
@@ -361,7 +347,7 @@ async fn strict_ordering_stops_the_group_at_the_failing_message() {
     assert_eq!(wait_for_numbers(&redis, "out", 1).await, [1]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        numbers(&redis, "out").await,
+        redis.numbers("out").await,
         [1],
         "nothing passes the failing message"
     );
@@ -396,7 +382,7 @@ async fn no_ordering_lets_later_messages_pass_and_the_late_retry_still_lands() {
     assert_eq!(sorted, [1, 2, 3]);
     assert_eq!(handler.calls_of(3).len(), 2, "the panic was retried");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(numbers(&redis, "out").await.len(), 3);
+    assert_eq!(redis.numbers("out").await.len(), 3);
     relay.stop().await;
 }
 
@@ -422,7 +408,7 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
     let first = sink.append("g", 1, &[], &late).await.unwrap();
     let again = sink.append("g", 1, &[], &late).await.unwrap();
     assert_eq!((first.appended, again.appended, again.skipped), (1, 0, 1));
-    assert_eq!(numbers(&redis, "out").await, [1]);
+    assert_eq!(redis.numbers("out").await, [1]);
     // A relay that lost its lease cannot append late entries either.
     let fenced_late = [LateAppend {
         stream: "out".into(),
@@ -438,7 +424,7 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
             .unwrap_err()
             .is_fenced()
     );
-    assert_eq!(numbers(&redis, "out").await, [1]);
+    assert_eq!(redis.numbers("out").await, [1]);
 }
 
 #[tokio::test]

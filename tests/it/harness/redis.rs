@@ -55,6 +55,24 @@ impl TestRedis {
             .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
     }
 
+    /// The `payload` field of every entry of `stream`, parsed, oldest first.
+    pub async fn payloads(&self, stream: &str) -> Vec<serde_json::Value> {
+        self.entries(stream)
+            .await
+            .iter()
+            .map(|e| serde_json::from_str(&e.fields["payload"]).expect("payload is JSON"))
+            .collect()
+    }
+
+    /// The payloads' `n` of every entry of `stream`, oldest first.
+    pub async fn numbers(&self, stream: &str) -> Vec<u64> {
+        self.payloads(stream)
+            .await
+            .iter()
+            .map(|p| p["n"].as_u64().expect("payload has a number n"))
+            .collect()
+    }
+
     /// Every entry of `stream` (named without the prefix), oldest first, read in pages.
     pub async fn entries(&self, stream: &str) -> Vec<StreamEntry> {
         let mut connection = self.connection().await;

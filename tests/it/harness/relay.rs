@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use outbox_relay::Message;
 use outbox_relay::config::Config;
 use outbox_relay::relay::Relay;
 use outbox_relay::sink::Sink;
-use outbox_relay::{Message, publish_batch_in_tx};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -197,12 +197,10 @@ pub async fn wait_for_lease_owner(db: &TestDb) -> String {
 
 /// One transaction publishing `{"n": from}` .. `{"n": from + count - 1}` on topic `t`.
 pub async fn publish_numbered(pool: &PgPool, from: usize, count: usize) {
-    let messages: Vec<Message> = (from..from + count)
+    let messages = (from..from + count)
         .map(|n| Message::new("t", json!({"n": n})))
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    publish_batch_in_tx(&mut tx, &messages).await.unwrap();
-    tx.commit().await.unwrap();
+    publish_messages(pool, messages, true).await;
 }
 
 /// A message on `topic` carrying `payload`, keyed by the payload's `key` field if it has one.
@@ -236,16 +234,7 @@ pub async fn publish_messages(
 
 /// Stream `all` holds the payloads numbered 0..published, each once, in order.
 pub async fn assert_numbered_exactly_once(redis: &TestRedis, published: usize) {
-    let numbers: Vec<u64> = redis
-        .entries("all")
-        .await
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.fields["payload"]).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let numbers = redis.numbers("all").await;
     let unique: HashSet<u64> = numbers.iter().copied().collect();
     assert_eq!(unique.len(), numbers.len(), "duplicates");
     assert_eq!(numbers.len(), published, "lost messages");

@@ -1,0 +1,115 @@
+//! Checks of the single sections (`[publish]`, `[redis]`, `[relay]`, `[registry]`): each turns
+//! its raw section into settings, pushing every problem with its key path and keeping the
+//! default where a value is wrong, so all problems are reported at once.
+
+use std::time::Duration;
+
+use super::{
+    ConfigErrors, NOTIFY_FALLBACK_POLL, RawPublish, RawRedis, RawRegistry, RawRelay, RedisSettings,
+    RegistrySettings, RelaySettings, Wakeup,
+};
+use crate::publish::PublishLimits;
+
+pub(super) fn check_publish(raw: &RawPublish, errors: &mut ConfigErrors) -> PublishLimits {
+    let mut publish = PublishLimits::default();
+    match raw.max_payload_bytes {
+        Some(0) => errors.push("publish.max_payload_bytes", "must be at least 1"),
+        Some(bytes) => match usize::try_from(bytes) {
+            Ok(bytes) => publish.max_payload_bytes = bytes,
+            Err(_) => errors.push("publish.max_payload_bytes", "too large for this platform"),
+        },
+        None => {}
+    }
+    publish
+}
+
+pub(super) fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSettings {
+    let mut redis = RedisSettings::default();
+    if let Some(prefix) = &raw.key_prefix {
+        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(
+                "redis.key_prefix",
+                "must not contain whitespace or control characters",
+            );
+        }
+        redis.key_prefix = prefix.clone();
+    }
+    match raw.max_len {
+        Some(0) => errors.push(
+            "redis.max_len",
+            "must be at least 1 (leave it out for uncapped streams)",
+        ),
+        other => redis.max_len = other,
+    }
+    if let Some(ms) = positive_ms(raw.response_timeout_ms, "redis.response_timeout_ms", errors) {
+        redis.response_timeout = ms;
+    }
+    redis
+}
+
+pub(super) fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySettings {
+    let mut relay = RelaySettings::default();
+    match raw.batch_size {
+        Some(0) => errors.push("relay.batch_size", "must be at least 1"),
+        Some(n) if n > 100_000 => errors.push("relay.batch_size", "must be at most 100000"),
+        Some(n) => relay.batch_size = n as usize,
+        None => {}
+    }
+    match raw.wakeup.as_deref() {
+        None | Some("poll") => {}
+        Some("notify") => relay.wakeup = Wakeup::Notify,
+        Some(other) => errors.push(
+            "relay.wakeup",
+            format!("unknown value `{other}`; expected `poll` or `notify`"),
+        ),
+    }
+    match raw.idle_poll_ms {
+        Some(0) => errors.push("relay.idle_poll_ms", "must be at least 1"),
+        Some(ms) => relay.idle_poll = Duration::from_millis(ms),
+        // With notifications the poll is only the fallback for a lost one.
+        None if relay.wakeup == Wakeup::Notify => relay.idle_poll = NOTIFY_FALLBACK_POLL,
+        None => {}
+    }
+    if let Some(ttl) = positive_ms(raw.lease_ttl_ms, "relay.lease_ttl_ms", errors) {
+        if ttl < Duration::from_millis(100) {
+            errors.push("relay.lease_ttl_ms", "must be at least 100");
+        }
+        relay.lease_ttl = ttl;
+    }
+    if let Some(ms) = positive_ms(raw.max_backoff_ms, "relay.max_backoff_ms", errors) {
+        relay.max_backoff = ms;
+    }
+    if let Some(ms) = positive_ms(
+        raw.stall_report_interval_ms,
+        "relay.stall_report_interval_ms",
+        errors,
+    ) {
+        relay.stall_report_interval = ms;
+    }
+    relay
+}
+
+pub(super) fn check_registry(raw: &RawRegistry, errors: &mut ConfigErrors) -> RegistrySettings {
+    let mut registry = RegistrySettings::default();
+    if let Some(text) = &raw.unregistered {
+        match text.parse() {
+            Ok(policy) => registry.unregistered = policy,
+            Err(problem) => errors.push("registry.unregistered", problem),
+        }
+    }
+    registry
+}
+
+pub(super) fn positive_ms(
+    value: Option<u64>,
+    key: &str,
+    errors: &mut ConfigErrors,
+) -> Option<Duration> {
+    match value {
+        Some(0) => {
+            errors.push(key, "must be at least 1");
+            None
+        }
+        other => other.map(Duration::from_millis),
+    }
+}

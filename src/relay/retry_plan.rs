@@ -1,0 +1,182 @@
+//! What a retry pass will write: each due delivery is handled again; its outputs become late
+//! entries (each with a dedupe token of its own, see `sink`), and its row is settled —
+//! deleted, rescheduled or dead — releasing the next blocked message of its key.
+
+use std::collections::HashMap;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::dispatcher::{Dispatcher, Outcome, Skip, fields};
+use super::ordering::OrderingMode;
+use super::plan::{Tally, push_late, run_concurrently};
+use crate::registry::RegistryError;
+use crate::sink::{LateAppend, LateEntry};
+use crate::store::{DueDelivery, OutboxRow, Settlement};
+
+/// The writes of a retry pass.
+#[derive(Debug, Default)]
+pub struct RetryPlan {
+    pub late: Vec<LateAppend>,
+    pub settlements: Vec<(Uuid, Settlement)>,
+    /// Keys whose parked message is done or dead: their next blocked message is released.
+    pub released_keys: Vec<String>,
+    pub tally: Tally,
+}
+
+impl Dispatcher {
+    /// Plans the retry pass over `due` deliveries (position order).
+    pub async fn retry_pass(&self, due: &[DueDelivery]) -> Result<RetryPlan, RegistryError> {
+        let mut calls: Vec<BoxFuture<'_, Result<Outcome, RegistryError>>> =
+            Vec::with_capacity(due.len());
+        for delivery in due {
+            let attempt = u32::try_from(delivery.attempts)
+                .unwrap_or(0)
+                .saturating_add(1);
+            calls.push(
+                async move {
+                    let decoded = self.decode(&delivery.row).await?;
+                    Ok(self.handle(&delivery.row, attempt, decoded).await)
+                }
+                .boxed(),
+            );
+        }
+        let outcomes = run_concurrently(calls, true)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut plan = RetryPlan::default();
+        for (delivery, outcome) in due.iter().zip(outcomes) {
+            let row = &delivery.row;
+            let settlement = match outcome {
+                Outcome::Skipped(Skip::Dropped) => {
+                    plan.tally.dropped += 1;
+                    Settlement::Done
+                }
+                Outcome::Skipped(Skip::Unrouted) => {
+                    let attempts = delivery.attempts + 1;
+                    let error = format!(
+                        "no route of group `{}` takes topic `{}` any more",
+                        self.group, row.topic
+                    );
+                    plan.tally.dead += 1;
+                    self.dead_letter_copy(&mut plan.late, row, &error, attempts as u32);
+                    Settlement::Dead { attempts, error }
+                }
+                Outcome::Delivered(outputs) => {
+                    plan.tally.delivered += 1;
+                    self.add_late(&mut plan.late, row, outputs);
+                    Settlement::Done
+                }
+                Outcome::Retry {
+                    error,
+                    attempts,
+                    delay,
+                } => {
+                    plan.tally.retrying += 1;
+                    Settlement::Retry {
+                        attempts: attempts as i32,
+                        error,
+                        delay,
+                    }
+                }
+                Outcome::Dead { error, attempts } => {
+                    plan.tally.dead += 1;
+                    self.dead_letter_copy(&mut plan.late, row, &error, attempts);
+                    Settlement::Dead {
+                        attempts: attempts as i32,
+                        error,
+                    }
+                }
+            };
+            if !matches!(settlement, Settlement::Retry { .. })
+                && self.ordering == OrderingMode::Key
+                && let Some(key) = &row.key
+            {
+                plan.released_keys.push(key.clone());
+            }
+            plan.settlements.push((row.id, settlement));
+        }
+        Ok(plan)
+    }
+
+    /// Adds a retried message's outputs as late entries, identified by (message, ordinal in
+    /// the stream).
+    fn add_late(
+        &self,
+        late: &mut Vec<LateAppend>,
+        row: &OutboxRow,
+        outputs: Vec<(String, String)>,
+    ) {
+        let mut ordinals: HashMap<String, u32> = HashMap::new();
+        for (stream, payload) in outputs {
+            let ordinal = ordinals.entry(stream.clone()).or_insert(0);
+            let entry = LateEntry {
+                token: format!("{}:{ordinal}", row.id),
+                fields: fields(&self.group, row, payload),
+            };
+            *ordinal += 1;
+            push_late(late, &stream, entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::relay::plan::tests::{dispatcher, row};
+
+    #[tokio::test]
+    async fn retries_settle_and_release_their_key() {
+        let d = dispatcher(OrderingMode::Key);
+        let due = [
+            DueDelivery {
+                attempts: 1,
+                row: row(1, "call", Some("a"), "ok"),
+            },
+            DueDelivery {
+                attempts: 2,
+                row: row(2, "call", Some("b"), "fail"),
+            },
+            DueDelivery {
+                attempts: 4,
+                row: row(3, "call", Some("c"), "fail"),
+            },
+        ];
+        let plan = d.retry_pass(&due).await.unwrap();
+        assert_eq!(plan.settlements[0].1, Settlement::Done);
+        assert_eq!(
+            plan.settlements[1].1,
+            Settlement::Retry {
+                attempts: 3,
+                error: "h: not now".into(),
+                delay: Duration::from_secs(4)
+            }
+        );
+        assert!(matches!(
+            plan.settlements[2].1,
+            Settlement::Dead { attempts: 5, .. }
+        ));
+        assert_eq!(plan.released_keys, ["a", "c"]);
+        let late: Vec<(&str, Vec<&str>)> = plan
+            .late
+            .iter()
+            .map(|a| {
+                (
+                    a.stream.as_str(),
+                    a.entries.iter().map(|e| e.token.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            late,
+            [
+                ("out", vec!["00000000-0000-0000-0000-000000000001:0"]),
+                ("dead", vec!["dead:00000000-0000-0000-0000-000000000003:5"])
+            ]
+        );
+    }
+}
