@@ -2,11 +2,12 @@
 //! its raw section into settings, pushing every problem with its key path and keeping the
 //! default where a value is wrong, so all problems are reported at once.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    ConfigErrors, NOTIFY_FALLBACK_POLL, RawPublish, RawRedis, RawRegistry, RawRelay, RedisSettings,
-    RegistrySettings, RelaySettings, Wakeup,
+    ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, RawPublish, RawRedis, RawRegistry, RawRelay,
+    RedisClientCert, RedisSettings, RegistrySettings, RelaySettings, Wakeup,
 };
 use crate::publish::PublishLimits;
 
@@ -44,7 +45,86 @@ pub(super) fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSet
     if let Some(ms) = positive_ms(raw.response_timeout_ms, "redis.response_timeout_ms", errors) {
         redis.response_timeout = ms;
     }
+    if let Some(path) = &raw.tls_ca_file {
+        check_pem_file(path, Pem::Certificate, "redis.tls_ca_file", errors);
+        redis.tls.ca_file = Some(path.clone());
+    }
+    match (&raw.tls_client_cert_file, &raw.tls_client_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            check_pem_file(
+                cert_file,
+                Pem::Certificate,
+                "redis.tls_client_cert_file",
+                errors,
+            );
+            check_pem_file(
+                key_file,
+                Pem::PrivateKey,
+                "redis.tls_client_key_file",
+                errors,
+            );
+            redis.tls.client = Some(RedisClientCert {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            });
+        }
+        (Some(_), None) => errors.push(
+            "redis.tls_client_key_file",
+            "not set, but tls_client_cert_file is: mutual TLS needs both",
+        ),
+        (None, Some(_)) => errors.push(
+            "redis.tls_client_cert_file",
+            "not set, but tls_client_key_file is: mutual TLS needs both",
+        ),
+        (None, None) => {}
+    }
     redis
+}
+
+/// The certificate files a Postgres URL names (`sslrootcert`, `sslcert`, `sslkey`) must be
+/// readable PEM, so a typo is reported at load rather than as a TLS failure at connect.
+pub(super) fn check_postgres_tls_files(url: &ConnectionUrl, errors: &mut ConfigErrors) {
+    for (param, kind) in [
+        ("sslrootcert", Pem::Certificate),
+        ("sslcert", Pem::Certificate),
+        ("sslkey", Pem::PrivateKey),
+    ] {
+        // `sslrootcert=system` is libpq's name for the system trust store, not a file.
+        if let Some(path) = url.query_value(param).filter(|p| p != "system") {
+            check_pem_file(
+                Path::new(&path),
+                kind,
+                &format!("database_url ({param})"),
+                errors,
+            );
+        }
+    }
+}
+
+/// What a PEM file must hold.
+#[derive(Debug, Clone, Copy)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+/// Pushes a problem under `key` unless `path` is a readable file holding PEM of `kind`. The
+/// problem names the file, never its contents (a key file is a secret).
+fn check_pem_file(path: &Path, kind: Pem, key: &str, errors: &mut ConfigErrors) {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            errors.push(key, format!("cannot read {}: {e}", path.display()));
+            return;
+        }
+    };
+    let (marker, what) = match kind {
+        Pem::Certificate => ("-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+        Pem::PrivateKey => ("PRIVATE KEY-----", "a PEM private key"),
+    };
+    if !text.contains(marker) {
+        errors.push(key, format!("{} does not hold {what}", path.display()));
+    }
 }
 
 pub(super) fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySettings {

@@ -13,6 +13,7 @@ mod groups;
 mod raw;
 mod url;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use errors::{ConfigErrors, ConfigProblem};
@@ -25,7 +26,7 @@ use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::Route;
-use check::{check_publish, check_redis, check_registry, check_relay};
+use check::{check_postgres_tls_files, check_publish, check_redis, check_registry, check_relay};
 use groups::check_groups;
 
 /// The checked configuration.
@@ -53,6 +54,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub max_len: Option<u64>,
     pub response_timeout: Duration,
+    /// Certificates for a `rediss://` URL; all unset means the default trust roots.
+    pub tls: RedisTls,
 }
 
 impl Default for RedisSettings {
@@ -61,7 +64,33 @@ impl Default for RedisSettings {
             key_prefix: String::new(),
             max_len: None,
             response_timeout: Duration::from_secs(5),
+            tls: RedisTls::default(),
         }
+    }
+}
+
+/// `[redis] tls_*`, checked: files that existed and held PEM when the configuration was
+/// loaded. They are read again when the relay connects, so a rotated certificate is picked up
+/// by a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA certificate(s) the server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS (both or neither).
+    pub client: Option<RedisClientCert>,
+}
+
+/// A client certificate and its private key, for Redis servers that require mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisClientCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl RedisTls {
+    /// True when any certificate is configured (so the URL must be `rediss://`).
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client.is_some()
     }
 }
 
@@ -157,8 +186,17 @@ impl Config {
                 .map_err(|problem| errors.push("redis_url", problem))
                 .ok()
         });
+        if let Some(url) = &database_url {
+            check_postgres_tls_files(url, &mut errors);
+        }
         let publish = check_publish(&raw.publish, &mut errors);
         let redis = check_redis(&raw.redis, &mut errors);
+        if redis.tls.is_set() && redis_url.as_ref().is_some_and(|url| !url.is_tls()) {
+            errors.push(
+                "redis_url",
+                "[redis] tls_* certificates are set, so the URL must start with rediss:// (TLS)",
+            );
+        }
         let relay = check_relay(&raw.relay, &mut errors);
         let registry = check_registry(&raw.registry, &mut errors);
         let groups = check_groups(&raw.groups, &mut errors);
@@ -480,6 +518,96 @@ mod tests {
         });
         let config = Config::from_toml("database_url = \"postgres://h/db\"").unwrap();
         assert_eq!(config.registry.unregistered, Unregistered::Allow);
+    }
+
+    const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn redis_tls_files_read_every_layer_and_must_hold_pem() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("ca.pem", PEM_CERT)?;
+            jail.create_file("other-ca.pem", PEM_CERT)?;
+            jail.create_file("client.pem", PEM_CERT)?;
+            jail.create_file("client.key", PEM_KEY)?;
+            jail.create_file(
+                "outbox-relay.toml",
+                "database_url = \"postgres://h/db\"\nredis_url = \"rediss://:pw@h:6380\"\n\
+                 [redis]\ntls_ca_file = \"ca.pem\"\n",
+            )?;
+            let file = Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            };
+            let tls = load(&file).unwrap().redis.tls;
+            assert_eq!(tls.ca_file, Some(PathBuf::from("ca.pem")));
+            assert_eq!(tls.client, None);
+
+            jail.set_env("OUTBOX_REDIS__TLS_CA_FILE", "other-ca.pem");
+            jail.set_env("OUTBOX_REDIS__TLS_CLIENT_CERT_FILE", "client.pem");
+            jail.set_env("OUTBOX_REDIS__TLS_CLIENT_KEY_FILE", "client.key");
+            let tls = load(&file).unwrap().redis.tls;
+            assert_eq!(tls.ca_file, Some(PathBuf::from("other-ca.pem")));
+            assert_eq!(
+                tls.client,
+                Some(RedisClientCert {
+                    cert_file: "client.pem".into(),
+                    key_file: "client.key".into(),
+                })
+            );
+
+            // A key where a certificate belongs, a missing file, half a client pair.
+            jail.set_env("OUTBOX_REDIS__TLS_CA_FILE", "client.key");
+            jail.set_env("OUTBOX_REDIS__TLS_CLIENT_CERT_FILE", "missing.pem");
+            jail.set_env("OUTBOX_REDIS__TLS_CLIENT_KEY_FILE", "");
+            let errors = load(&file).unwrap_err();
+            let keys: Vec<&str> = errors.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "redis.tls_ca_file",
+                    "redis.tls_client_cert_file",
+                    "redis.tls_client_key_file"
+                ],
+                "{errors}"
+            );
+            assert!(
+                errors
+                    .to_string()
+                    .contains("does not hold a PEM certificate")
+            );
+            assert!(errors.to_string().contains("missing.pem"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_certificates_need_a_rediss_url_and_postgres_cert_files_must_exist() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("ca.pem", PEM_CERT)?;
+            let text = Config::from_toml(
+                "database_url = \"postgres://h/db?sslmode=verify-full&sslrootcert=missing.pem\"\n\
+                 redis_url = \"redis://h:6379\"\n[redis]\ntls_ca_file = \"ca.pem\"\n",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                text.contains("database_url (sslrootcert): cannot read missing.pem"),
+                "{text}"
+            );
+            assert!(
+                text.contains("redis_url: [redis] tls_* certificates are set"),
+                "{text}"
+            );
+            let config = Config::from_toml(
+                "database_url = \"postgres://h/db?sslmode=verify-full&sslrootcert=ca.pem\"\n\
+                 redis_url = \"rediss://h:6379\"\n[redis]\ntls_ca_file = \"ca.pem\"\n",
+            );
+            assert!(config.is_ok(), "{config:?}");
+            Ok(())
+        });
     }
 
     #[test]

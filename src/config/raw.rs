@@ -63,6 +63,18 @@ pub struct RawRedis {
     /// How long one Redis call may take before it is retried (default 5000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_timeout_ms: Option<u64>,
+    /// With a `rediss://` URL: the CA certificate(s), PEM, that signed the server's certificate,
+    /// e.g. `/etc/outbox-relay/redis-ca.pem`. Unset: the public web roots (webpki-roots) and the
+    /// system's trust store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With a `rediss://` URL and a server that asks for client certificates (mutual TLS): this
+    /// client's certificate chain, PEM. Needs `tls_client_key_file` too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The private key, PEM, of `tls_client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// `[relay]` section.

@@ -34,6 +34,19 @@ impl ConnectionUrl {
         ConnectionUrl(url.to_string())
     }
 
+    /// True for `rediss://` (Redis over TLS).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+
+    /// The value of query parameter `name` (e.g. `sslrootcert`), if present.
+    pub fn query_value(&self, name: &str) -> Option<String> {
+        let url = url::Url::parse(&self.0).ok()?;
+        url.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
     /// The URL with the userinfo password and any `password=` query parameter replaced.
     pub fn redacted(&self) -> String {
         redact_url(&self.0)

@@ -13,14 +13,15 @@
 
 mod keys;
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{ClientTlsConfig, ErrorKind, RedisError, Script, ServerErrorKind, TlsCertificates};
 
 pub use keys::{hash_tag, late_token_key, watermark_key};
 
-use crate::config::{ConnectionUrl, RedisSettings};
+use crate::config::{ConnectionUrl, RedisSettings, RedisTls};
 use crate::position::Position;
 
 /// One entry for a stream: the message's position and the output's ordinal among that
@@ -65,6 +66,14 @@ pub struct StreamAppend {
 pub enum SinkError {
     #[error("could not connect to Redis at {url}: {cause}")]
     Connect { url: String, cause: String },
+    /// A `[redis] tls_*` file could not be read when connecting.
+    #[error("could not read `redis.{key}` ({path}): {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A newer lease epoch has written to the stream: this relay lost its lease.
     #[error("append to stream `{stream}` refused: {detail} (another relay holds the lease)")]
     Fenced { stream: String, detail: String },
@@ -78,6 +87,50 @@ impl SinkError {
     /// True when the relay should go back to standby rather than retry.
     pub fn is_fenced(&self) -> bool {
         matches!(self, SinkError::Fenced { .. })
+    }
+}
+
+/// The certificates of `[redis] tls_*`, read now (so a renewed file is used after a restart),
+/// or `None` when none is configured and the default trust roots apply.
+fn tls_certificates(tls: &RedisTls) -> Result<Option<TlsCertificates>, SinkError> {
+    if !tls.is_set() {
+        return Ok(None);
+    }
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| SinkError::TlsFile {
+            key,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read("tls_ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match &tls.client {
+        Some(client) => Some(ClientTlsConfig {
+            client_cert: read("tls_client_cert_file", &client.cert_file)?,
+            client_key: read("tls_client_key_file", &client.key_file)?,
+        }),
+        None => None,
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// A connect failure in one line, with a hint when it is the server's certificate that was
+/// refused. redis-rs's texts name neither the URL nor the password.
+fn describe_connect_error(error: &RedisError) -> String {
+    let text = error.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        format!(
+            "TLS handshake failed: {text} (check that [redis] tls_ca_file is the CA that signed the server's certificate and that the URL's host is in it)"
+        )
+    } else {
+        text
     }
 }
 
@@ -102,9 +155,13 @@ impl Sink {
     pub async fn connect(url: &ConnectionUrl, settings: &RedisSettings) -> Result<Sink, SinkError> {
         let fail = |e: RedisError| SinkError::Connect {
             url: url.to_string(),
-            cause: e.to_string(),
+            cause: describe_connect_error(&e),
         };
-        let client = redis::Client::open(url.expose()).map_err(fail)?;
+        let client = match tls_certificates(&settings.tls)? {
+            Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
+            None => redis::Client::open(url.expose()),
+        }
+        .map_err(fail)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.response_timeout))
             .set_connection_timeout(Some(settings.response_timeout))

@@ -125,6 +125,15 @@ pub fn describe(error: &sqlx::Error) -> String {
             None => db.message().to_owned(),
         },
         sqlx::Error::PoolTimedOut => format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
-        other => other.to_string(),
+        other => {
+            let text = other.to_string();
+            if matches!(other, sqlx::Error::Tls(_)) || text.contains("certificate") {
+                format!(
+                    "TLS handshake failed: {text} (check that the URL's sslrootcert= names the CA that signed the server's certificate and that the URL's host is in it)"
+                )
+            } else {
+                text
+            }
+        }
     }
 }
