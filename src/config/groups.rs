@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::check::positive_ms;
-use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute};
+use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute, redact_url};
 use crate::handler::http::HttpHandler;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::{Action, DEFAULT_HANDLER_TIMEOUT, Route, StreamTemplate};
@@ -160,7 +160,8 @@ fn check_action(
             let headers = raw.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             match HttpHandler::new(url, headers, timeout) {
                 Ok(handler) => Some(Action::Call {
-                    name: format!("http POST {}", handler.url()),
+                    // The name shows up in logs and errors: never with a password.
+                    name: format!("http POST {}", redact_url(handler.url())),
                     handler: Arc::new(handler),
                 }),
                 Err(problem) => {

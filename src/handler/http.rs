@@ -54,7 +54,7 @@ impl HttpHandler {
         let url = reqwest::Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| HttpHandlerError::Url(url.to_owned()))?;
+            .ok_or_else(|| HttpHandlerError::Url(shown_url(url)))?;
         let mut header_map = HeaderMap::new();
         for (name, value) in headers {
             let header_name = HeaderName::try_from(name)
@@ -128,6 +128,15 @@ fn parse_outputs(body: &[u8]) -> Result<Vec<Output>, String> {
     Ok(reply.outputs)
 }
 
+/// `url` as an error may show it: as written unless it may hold a password.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.password().is_none() => url.to_owned(),
+        Err(_) if !url.contains('@') => url.to_owned(),
+        _ => crate::config::redact_url(url),
+    }
+}
+
 fn describe_send_error(error: &reqwest::Error) -> String {
     let what = if error.is_timeout() {
         "timed out"
@@ -137,6 +146,10 @@ fn describe_send_error(error: &reqwest::Error) -> String {
         "request failed"
     };
     let mut text = format!("{what}: {error}");
+    // reqwest quotes the URL, password included; the text goes to logs and last_error.
+    if let Some(url) = error.url().filter(|url| url.password().is_some()) {
+        text = text.replace(url.as_str(), &crate::config::redact_url(url.as_str()));
+    }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
@@ -185,6 +198,10 @@ mod tests {
         assert_eq!(
             HttpHandler::new("ftp://x", [], timeout).unwrap_err(),
             HttpHandlerError::Url("ftp://x".into())
+        );
+        assert_eq!(
+            HttpHandler::new("ftp://u:s3cret@x", [], timeout).unwrap_err(),
+            HttpHandlerError::Url("ftp://u:REDACTED@x/".into())
         );
         assert_eq!(
             HttpHandler::new("http://x", [("bad name", "v")], timeout).unwrap_err(),
