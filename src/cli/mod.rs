@@ -1,6 +1,7 @@
 //! The `outbox-relay` command line: global flags, the command list, and one file per command.
 
 mod bench;
+mod config;
 mod dead;
 mod demo;
 mod migrate;
@@ -68,6 +69,9 @@ enum Command {
     /// Measure the library next to the ceiling for the same work (in a scratch database).
     #[command(subcommand)]
     Bench(bench::Scenario),
+    /// Check the configuration and print it with secrets redacted.
+    #[command(subcommand)]
+    Config(config::Command),
 }
 
 /// A failure with the exit code it maps to.
@@ -106,6 +110,8 @@ impl Cli {
         let config = match self.command {
             // The demo falls back to the services of docker-compose.yml.
             Command::Demo(_) => demo::load_config(&overrides),
+            // Reports configuration problems itself (--json), so it loads the layers itself.
+            Command::Config(command) => return Ok(config::run(&overrides, command).await?),
             _ => Config::load(&overrides),
         }
         .map_err(anyhow::Error::from)?;
@@ -120,6 +126,8 @@ impl Cli {
             Command::Dead(command) => dead::run(&config, command).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
             Command::Demo(args) => demo::run(&config, args).await,
+            // Returned above already; kept so the match stays exhaustive without a panic.
+            Command::Config(command) => config::run(&overrides, command).await,
         };
         result.map_err(Failure::from)
     }

@@ -4,6 +4,7 @@ mod harness;
 
 mod bench;
 mod cli;
+mod config_check;
 mod demo;
 mod examples;
 mod migrate;

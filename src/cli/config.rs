@@ -1,0 +1,300 @@
+//! `outbox-relay config check`: loads the configuration exactly as every other command does
+//! (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags), and prints the effective result
+//! with every default filled in and every secret redacted: URL passwords (as
+//! [`ConnectionUrl`] prints them) and the values of http headers that carry credentials.
+//!
+//! Exit 0 when valid; 2 with every problem named by its key when not; with `--connect`, 1 when
+//! Postgres or Redis cannot be reached.
+
+use std::collections::BTreeMap;
+
+use outbox_relay::config::{
+    Config, ConfigErrors, Overrides, RawConfig, RawRoute, Wakeup, redact_url,
+};
+use outbox_relay::registry::Unregistered;
+use outbox_relay::relay::route::Route;
+use outbox_relay::sink::Sink;
+use outbox_relay::store;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// What replaces a secret in the output.
+const REDACTED: &str = "REDACTED";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print it, defaults filled in, secrets redacted.
+    ///
+    /// Exit codes: 0 valid, 2 invalid (every problem named by its key), 1 with --connect when
+    /// Postgres or Redis cannot be reached.
+    ///
+    /// Example: outbox-relay --config outbox-relay.toml config check --json
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Print JSON instead of `key = value` lines.
+    #[arg(long)]
+    json: bool,
+    /// Also connect to Postgres and Redis (when redis_url is set) and report whether they answer.
+    #[arg(long)]
+    connect: bool,
+}
+
+pub async fn run(overrides: &Overrides, command: Command) -> anyhow::Result<()> {
+    let Command::Check(args) = command;
+    let checked = RawConfig::load(overrides).and_then(|raw| {
+        let config = Config::from_raw(raw.clone())?;
+        Ok((raw, config))
+    });
+    let (raw, config) = match checked {
+        Ok(checked) => checked,
+        Err(errors) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&invalid(&errors))?);
+            }
+            return Err(errors.into());
+        }
+    };
+    let mut report = json!({ "valid": true, "config": effective(&raw, &config) });
+    if args.connect {
+        report["connect"] = connect(&config).await;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    let unreachable: Vec<&str> = report["connect"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, result)| result["ok"] == false)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        anyhow::bail!("could not connect to {}", unreachable.join(" and "));
+    }
+    Ok(())
+}
+
+fn invalid(errors: &ConfigErrors) -> Value {
+    let problems: Vec<Value> = errors
+        .problems
+        .iter()
+        .map(|p| json!({ "key": p.key, "message": p.message }))
+        .collect();
+    json!({ "valid": false, "errors": problems })
+}
+
+/// Tries each server once; the result per server is `{ok, error}` (errors carry no password).
+async fn connect(config: &Config) -> Value {
+    let mut results = serde_json::Map::new();
+    let postgres = match store::connect(&config.database_url, 1).await {
+        Ok(pool) => {
+            pool.close().await;
+            json!({ "ok": true })
+        }
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    };
+    results.insert("postgres".into(), postgres);
+    if let Some(url) = &config.redis_url {
+        let redis = match Sink::connect(url, &config.redis).await {
+            Ok(_) => json!({ "ok": true }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        };
+        results.insert("redis".into(), redis);
+    }
+    Value::Object(results)
+}
+
+/// The checked configuration with defaults filled in, in the shape of the config file.
+fn effective(raw: &RawConfig, config: &Config) -> Value {
+    let tls = &config.redis.tls;
+    let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
+    json!({
+        "database_url": config.database_url.redacted(),
+        "redis_url": config.redis_url.as_ref().map(|u| u.redacted()),
+        "publish": { "max_payload_bytes": config.publish.max_payload_bytes },
+        "redis": {
+            "key_prefix": config.redis.key_prefix,
+            "max_len": config.redis.max_len,
+            "response_timeout_ms": config.redis.response_timeout.as_millis() as u64,
+            "tls_ca_file": path(tls.ca_file.as_ref()),
+            "tls_client_cert_file": path(tls.client.as_ref().map(|c| &c.cert_file)),
+            "tls_client_key_file": path(tls.client.as_ref().map(|c| &c.key_file)),
+        },
+        "relay": {
+            "batch_size": config.relay.batch_size,
+            "wakeup": match config.relay.wakeup { Wakeup::Poll => "poll", Wakeup::Notify => "notify" },
+            "idle_poll_ms": config.relay.idle_poll.as_millis() as u64,
+            "lease_ttl_ms": config.relay.lease_ttl.as_millis() as u64,
+            "max_backoff_ms": config.relay.max_backoff.as_millis() as u64,
+            "stall_report_interval_ms": config.relay.stall_report_interval.as_millis() as u64,
+        },
+        "registry": {
+            "unregistered": match config.registry.unregistered {
+                Unregistered::Allow => "allow",
+                Unregistered::Reject => "reject",
+            },
+        },
+        "groups": raw.groups.iter().zip(&config.groups).map(|(raw_group, group)| json!({
+            "name": group.name,
+            "ordering": group.ordering.as_str(),
+            "dead_letter_stream": group.dead_letter_stream,
+            "routes": raw_group.routes.iter().zip(&group.routes)
+                .map(|(raw_route, route)| effective_route(raw_route, route))
+                .collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One route as configured (handler, stream, url, headers) with the checked timeout and retry
+/// policy; the URL's password and credential-like header values redacted.
+fn effective_route(raw: &RawRoute, route: &Route) -> Value {
+    #[derive(Serialize)]
+    struct EffectiveRoute<'a> {
+        topics: &'a [String],
+        handler: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<&'a str, &'a str>,
+        timeout_ms: u64,
+        max_attempts: u32,
+        backoff_initial_ms: u64,
+        backoff_max_ms: u64,
+        backoff_multiplier: f64,
+    }
+    let headers = raw
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = if is_secret_header(name) {
+                REDACTED
+            } else {
+                value.as_str()
+            };
+            (name.as_str(), shown)
+        })
+        .collect();
+    serde_json::to_value(EffectiveRoute {
+        topics: route.patterns(),
+        handler: &raw.handler,
+        stream: raw.stream.as_deref(),
+        url: raw.url.as_deref().map(redact_url),
+        headers,
+        timeout_ms: route.timeout.as_millis() as u64,
+        max_attempts: route.retry.max_attempts,
+        backoff_initial_ms: route.retry.initial.as_millis() as u64,
+        backoff_max_ms: route.retry.max.as_millis() as u64,
+        backoff_multiplier: route.retry.multiplier,
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// Header names that carry credentials: `Authorization`, `Cookie`, `X-Api-Key`, anything
+/// with token, secret, password, key, auth, signature or credential in its name.
+fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "cookie"
+        || [
+            "auth",
+            "token",
+            "secret",
+            "password",
+            "key",
+            "signature",
+            "credential",
+        ]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// `key = value` lines, keys as in error messages (`groups[0].routes[1].url`); unset keys omitted.
+fn print_text(report: &Value) {
+    println!("configuration is valid");
+    let mut lines = Vec::new();
+    flatten("", &report["config"], &mut lines);
+    if let Some(results) = report["connect"].as_object() {
+        for (name, result) in results {
+            let status = match result["error"].as_str() {
+                Some(error) => format!("unreachable: {error}"),
+                None => "ok".to_owned(),
+            };
+            lines.push((format!("connect.{name}"), status));
+        }
+    }
+    let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
+    for (key, value) in lines {
+        println!("{key:width$} = {value}");
+    }
+}
+
+fn flatten(prefix: &str, value: &Value, lines: &mut Vec<(String, String)>) {
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (key, value) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, value, lines);
+            }
+        }
+        Value::Array(items) if items.iter().all(|v| !v.is_object()) => {
+            lines.push((prefix.to_owned(), value.to_string()));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), item, lines);
+            }
+        }
+        other => lines.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_headers_are_secret_and_others_are_not() {
+        for name in [
+            "Authorization",
+            "proxy-authorization",
+            "Cookie",
+            "X-Api-Key",
+            "x-auth-token",
+            "X-Hub-Signature",
+        ] {
+            assert!(is_secret_header(name), "{name}");
+        }
+        for name in ["content-type", "x-tenant", "accept"] {
+            assert!(!is_secret_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn flattened_keys_are_the_error_key_paths() {
+        let mut lines = Vec::new();
+        flatten(
+            "",
+            &json!({"a": {"b": 1, "c": null}, "groups": [{"topics": ["x"], "n": "s"}]}),
+            &mut lines,
+        );
+        assert_eq!(
+            lines,
+            [
+                ("a.b".to_owned(), "1".to_owned()),
+                ("groups[0].n".to_owned(), "\"s\"".to_owned()),
+                ("groups[0].topics".to_owned(), "[\"x\"]".to_owned()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! `outbox-relay config check`: the effective configuration of every layer (file < env <
+//! flags) with secrets redacted, every problem named with exit 2, `--connect` with exit 1.
+
+use serde_json::Value;
+
+use crate::harness::cli::{outbox_relay, run};
+use crate::harness::database_url;
+use crate::harness::redis::redis_url;
+use crate::harness::relay::TempDir;
+
+const CONFIG: &str = r#"
+database_url = "postgres://app:Db-s3cret@db.example:5432/app?sslmode=require"
+redis_url = "redis://:Rd-s3cret@file-redis:6379"
+[relay]
+batch_size = 100
+[[groups]]
+name = "notifications"
+[[groups.routes]]
+topics = ["orders.*"]
+handler = "forward"
+stream = "events.{topic}"
+[[groups.routes]]
+topics = ["payments.*"]
+handler = "http"
+url = "https://hooks:Url-s3cret@hooks.example/payments"
+headers = { Authorization = "Bearer Tk-s3cret", x-tenant = "acme" }
+max_attempts = 4
+"#;
+
+const SECRETS: [&str; 4] = ["Db-s3cret", "Rd-s3cret", "Url-s3cret", "Tk-s3cret"];
+
+#[test]
+fn prints_the_effective_config_of_every_layer_with_secrets_redacted() {
+    let dir = TempDir::new("config-check");
+    let file = dir.write("outbox-relay.toml", CONFIG);
+    let mut command = outbox_relay();
+    command
+        .env("OUTBOX_RELAY__BATCH_SIZE", "7")
+        .args(["--config", file.to_str().unwrap()])
+        .args(["--redis-url", "rediss://:Rd-s3cret@flag-redis:6380"])
+        .args(["config", "check"]);
+    let text = run(&mut command);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert!(
+        text.stdout.starts_with("configuration is valid\n"),
+        "{}",
+        text.stdout
+    );
+    for line in [
+        "database_url",
+        "= \"postgres://app:REDACTED@db.example:5432/app?sslmode=require\"",
+        "relay.batch_size",
+        "= 7",
+        "groups[0].routes[1].headers.Authorization",
+        "= \"REDACTED\"",
+        "= \"acme\"",
+        "relay.idle_poll_ms",
+    ] {
+        assert!(text.stdout.contains(line), "{line}: {}", text.stdout);
+    }
+
+    let json = run(command.arg("--json"));
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    let report: Value = serde_json::from_str(&json.stdout).unwrap();
+    let config = &report["config"];
+    assert_eq!(report["valid"], true);
+    assert_eq!(config["relay"]["batch_size"], 7, "env beats the file");
+    assert_eq!(
+        config["redis_url"], "rediss://:REDACTED@flag-redis:6380",
+        "flags beat all"
+    );
+    assert_eq!(config["relay"]["idle_poll_ms"], 5, "defaults filled in");
+    let http = &config["groups"][0]["routes"][1];
+    assert_eq!(http["url"], "https://hooks:REDACTED@hooks.example/payments");
+    assert_eq!(http["headers"]["Authorization"], "REDACTED");
+    assert_eq!(http["headers"]["x-tenant"], "acme");
+    assert_eq!(http["max_attempts"], 4);
+    for secret in SECRETS {
+        for out in [&text, &json] {
+            assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+        }
+    }
+}
+
+#[test]
+fn names_every_problem_and_exits_2() {
+    let dir = TempDir::new("config-check-invalid");
+    let file = dir.write(
+        "outbox-relay.toml",
+        &format!(
+            "{}\n[redis]\ntls_client_cert_file = \"/nonexistent/client.pem\"\n",
+            CONFIG.replace("batch_size = 100", "batch_size = 0")
+        ),
+    );
+    let mut command = outbox_relay();
+    command
+        .env("OUTBOX_REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")
+        .args(["--config", file.to_str().unwrap(), "config", "check"]);
+    let out = run(&mut command);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for key in [
+        "relay.batch_size",
+        "redis.tls_ca_file",
+        "redis.tls_client_key_file",
+        "redis_url",
+    ] {
+        assert!(out.stderr.contains(key), "{key}: {}", out.stderr);
+    }
+    assert!(out.stderr.contains("/nonexistent/ca.pem"), "{}", out.stderr);
+
+    let json = run(command.arg("--json"));
+    assert_eq!(json.code, Some(2), "{}", json.stderr);
+    let report: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let keys: Vec<&str> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "redis.tls_ca_file",
+            "redis.tls_client_key_file",
+            "redis_url",
+            "relay.batch_size",
+        ]
+    );
+    for secret in SECRETS {
+        assert!(!json.stdout.contains(secret) && !json.stderr.contains(secret));
+        assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    }
+
+    let unknown = dir.write(
+        "unknown.toml",
+        "database_url = \"postgres://h/db\"\n[redis]\ntls_ca = \"x\"\n",
+    );
+    let out = run(outbox_relay().args(["--config", unknown.to_str().unwrap(), "config", "check"]));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("redis.tls_ca"), "{}", out.stderr);
+}
+
+#[test]
+fn connect_says_whether_postgres_and_redis_answer() {
+    let out = run(outbox_relay().args([
+        "--database-url",
+        &database_url("postgres"),
+        "--redis-url",
+        &redis_url(),
+        "config",
+        "check",
+        "--connect",
+    ]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("connect.postgres"), "{}", out.stdout);
+    assert!(out.stdout.contains("connect.redis"), "{}", out.stdout);
+    assert!(!out.stdout.contains("unreachable"), "{}", out.stdout);
+
+    let out = run(outbox_relay().args([
+        "--database-url",
+        "postgres://postgres:Db-s3cret@127.0.0.1:1/app",
+        "config",
+        "check",
+        "--connect",
+        "--json",
+    ]));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["connect"]["postgres"]["ok"], false);
+    assert!(
+        out.stderr.contains("could not connect to postgres"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("Db-s3cret") && !out.stderr.contains("Db-s3cret"));
+}
