@@ -4,6 +4,7 @@ mod bench;
 mod config;
 mod dead;
 mod demo;
+mod grant;
 mod migrate;
 mod notify;
 mod publish;
@@ -72,6 +73,8 @@ enum Command {
     /// Check the configuration and print it with secrets redacted.
     #[command(subcommand)]
     Config(config::Command),
+    /// Grant a role what a publisher or the relay needs, and nothing more.
+    Grant(grant::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -126,6 +129,7 @@ impl Cli {
             Command::Dead(command) => dead::run(&config, command).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
             Command::Demo(args) => demo::run(&config, args).await,
+            Command::Grant(args) => grant::run(&config, args).await,
             // Returned above already; kept so the match stays exhaustive without a panic.
             Command::Config(command) => config::run(&overrides, command).await,
         };

@@ -10,6 +10,7 @@ mod inspect;
 mod messages;
 mod migrate;
 mod notify;
+mod roles;
 mod schemas;
 
 use std::str::FromStr;
@@ -42,6 +43,7 @@ pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
 pub use notify::{
     NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
 };
+pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
 pub use schemas::{
     NewSchema, StoredSchema, schemas_get, schemas_insert, schemas_latest, schemas_list,
     schemas_lock_topic,

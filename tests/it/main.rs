@@ -8,6 +8,7 @@ mod config_check;
 mod demo;
 mod examples;
 mod migrate;
+mod privileges;
 mod publish;
 mod registry;
 mod relay_crash;

@@ -1,0 +1,19 @@
+-- roles_grant_relay: what `outbox-relay run` needs, and nothing more.
+-- Run by `outbox-relay grant relay ROLE` (which puts the quoted role name where :"role"
+-- stands) or by a DBA with `psql -v role=outbox_relay -f roles_grant_relay.sql`.
+-- Idempotent; the role itself is created by the DBA.
+--
+-- outbox.messages: SELECT only (the relay tails it; it never writes or deletes a message).
+-- outbox.consumer_groups: INSERT (a group's row on its first run), UPDATE (cursor, lease),
+--   no DELETE (removing a group is an operator's act).
+-- outbox.deliveries: the retry state; a settled delivery's row is deleted.
+-- outbox.schemas: SELECT, to decode every row through the version it names.
+-- Nothing here creates or drops objects: `migrate`, `notify on|off`, `schema register` and
+-- pruning old messages run as the owner of the outbox schema (the role that ran `migrate`).
+-- The stall report reads pg_stat_activity; to see other roles' sessions there (pid, state,
+-- age of the transaction holding xmin back), a DBA may add: GRANT pg_read_all_stats TO <role>.
+GRANT USAGE ON SCHEMA outbox TO :"role";
+GRANT SELECT ON outbox.messages TO :"role";
+GRANT SELECT, INSERT, UPDATE ON outbox.consumer_groups TO :"role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.deliveries TO :"role";
+GRANT SELECT ON outbox.schemas TO :"role";
