@@ -35,7 +35,9 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-fn is_root() -> bool {
+/// Root runs the PostgreSQL tools as user `postgres` (they refuse root); files a private server
+/// must own (a TLS key) are given to that user then.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -48,10 +50,17 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra `-c name=value` server settings (TLS, hba_file).
+    settings: Vec<(String, String)>,
 }
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(&[])
+    }
+
+    /// Started with extra server settings, e.g. `("ssl", "on")`, `("hba_file", "/…/pg_hba.conf")`.
+    pub fn start_with(settings: &[(&str, &str)]) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -59,7 +68,16 @@ impl PrivatePostgres {
             .expect("initdb");
         let dir = temp_dir("postgres");
         let port = free_port();
-        let server = PrivatePostgres { port, dir, bin };
+        let settings = settings
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let server = PrivatePostgres {
+            port,
+            dir,
+            bin,
+            settings,
+        };
         if is_root() {
             // initdb and postgres refuse to run as root.
             let status = Command::new("chown")
@@ -118,11 +136,14 @@ impl PrivatePostgres {
     }
 
     fn pg_ctl(&self, action: &[&str]) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=50",
             self.port,
             self.dir.display()
         );
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
         let log = self.dir.join("server.log").display().to_string();
         let data = self.data();
         let mut args = vec!["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60"];
@@ -160,14 +181,29 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra server arguments; with `tls`, `port` is the TLS port and plain TCP is off.
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(false, &[])
+    }
+
+    /// TLS only (`--port 0 --tls-port <port>`), with `extra` arguments such as
+    /// `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`, `--requirepass`.
+    pub fn start_tls(extra: &[&str]) -> PrivateRedis {
+        PrivateRedis::start_with(true, extra)
+    }
+
+    fn start_with(tls: bool, extra: &[&str]) -> PrivateRedis {
         let mut redis = PrivateRedis {
             port: free_port(),
             dir: temp_dir("redis"),
             child: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            tls,
         };
         redis.spawn();
         redis
@@ -178,15 +214,16 @@ impl PrivateRedis {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(&self.extra)
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
