@@ -125,7 +125,12 @@ fn tls_certificates(tls: &RedisTls) -> Result<Option<TlsCertificates>, SinkError
 fn describe_connect_error(error: &RedisError) -> String {
     let text = error.to_string();
     let lower = text.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    if lower.contains("certificaterequired") || lower.contains("certificate required") {
+        format!(
+            "TLS handshake failed: {text} (the server wants a client certificate: set [redis] tls_client_cert_file and tls_client_key_file)"
+        )
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
         format!(
             "TLS handshake failed: {text} (check that [redis] tls_ca_file is the CA that signed the server's certificate and that the URL's host is in it)"
         )

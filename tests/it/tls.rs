@@ -93,6 +93,26 @@ fn make_server_cert(dir: &Path, ca: &str) {
     }
 }
 
+/// client.pem / client.key, a client certificate signed by `ca`.
+fn make_client_cert(dir: &Path, ca: &str) {
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &format!("req {P256} -keyout client.key -out client.csr -subj /CN=outbox-relay"),
+    );
+    openssl(
+        dir,
+        &format!(
+            "x509 -req -in client.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+             -out client.pem -days 2 -extfile client.ext"
+        ),
+    );
+}
+
 /// A private Postgres and Redis, both TLS only with a certificate of the CA `ca.pem`, both
 /// requiring a password; `other-ca.pem` is a CA that signed nothing of theirs.
 struct TlsServers {
@@ -103,10 +123,17 @@ struct TlsServers {
 
 impl TlsServers {
     async fn start(name: &str) -> TlsServers {
+        TlsServers::start_with(name, false).await
+    }
+
+    /// With `client_auth`, Redis accepts only clients with a certificate of `ca.pem`
+    /// (`client.pem` / `client.key`).
+    async fn start_with(name: &str, client_auth: bool) -> TlsServers {
         let dir = TempDir::new(&format!("tls-{name}"));
         make_ca(&dir.0, "ca");
         make_ca(&dir.0, "other-ca");
         make_server_cert(&dir.0, "ca");
+        make_client_cert(&dir.0, "ca");
         // The superuser over TLS without a password (the test's admin); everyone else over
         // TLS with a SCRAM password; nothing without TLS.
         let hba = dir.write(
@@ -129,7 +156,7 @@ impl TlsServers {
             "--tls-ca-cert-file",
             &file("ca.pem"),
             "--tls-auth-clients",
-            "no",
+            if client_auth { "yes" } else { "no" },
             "--requirepass",
             REDIS_PASSWORD,
         ]);
@@ -332,6 +359,36 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_error() {
             servers.redis.port
         ),
     );
+}
+
+#[tokio::test]
+async fn redis_mutual_tls_presents_the_configured_client_certificate() {
+    let servers = TlsServers::start_with("mtls", true).await;
+    let without = servers.good_config();
+    let out = run(with_config(&without).args(["config", "check", "--connect"]));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("connect.redis") && out.stdout.contains("tls_client_cert_file"),
+        "says to configure a client certificate: {}",
+        out.stdout
+    );
+
+    let with = servers.dir.write(
+        "mtls.toml",
+        &std::fs::read_to_string(&without).unwrap().replace(
+            "[redis]\n",
+            &format!(
+                "[redis]\ntls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+                servers.path("client.pem").display(),
+                servers.path("client.key").display()
+            ),
+        ),
+    );
+    let out = run(with_config(&with).args(["config", "check", "--connect", "--json"]));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["connect"]["redis"]["ok"], true, "{report}");
+    assert_eq!(report["connect"]["postgres"]["ok"], true, "{report}");
 }
 
 /// Exit 1 with one `error:` line naming the server (password redacted) and the certificate.
