@@ -2,7 +2,7 @@
 //! relay. Grants (idempotently) what a publisher or a relay needs on the `outbox` schema to a
 //! role a DBA created; `--print` shows the SQL instead, to run with psql.
 
-use outbox_relay::config::Config;
+use outbox_relay::config::{Config, Overrides};
 use outbox_relay::store::{self, RoleKind};
 
 /// Grants a role what it needs to publish, or to run the relay, and nothing more.
@@ -18,7 +18,8 @@ pub struct Args {
     kind: Kind,
     /// The role (created beforehand by a DBA; roles are cluster-wide).
     role: String,
-    /// Print the SQL instead of running it (for a DBA to review or run with psql).
+    /// Print the SQL instead of running it (for a DBA to review or run with psql); needs no
+    /// configuration.
     #[arg(long)]
     print: bool,
 }
@@ -42,12 +43,13 @@ impl From<Kind> for RoleKind {
     }
 }
 
-pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+pub async fn run(overrides: &Overrides, args: Args) -> anyhow::Result<()> {
     let kind = RoleKind::from(args.kind);
     if args.print {
         print!("{}", store::roles_grant_sql(kind, &args.role));
         return Ok(());
     }
+    let config = Config::load(overrides)?;
     let pool = store::connect(&config.database_url, 1).await?;
     let granted = store::roles_grant(&pool, kind, &args.role).await;
     pool.close().await;

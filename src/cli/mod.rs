@@ -115,6 +115,8 @@ impl Cli {
             Command::Demo(_) => demo::load_config(&overrides),
             // Reports configuration problems itself (--json), so it loads the layers itself.
             Command::Config(command) => return Ok(config::run(&overrides, command).await?),
+            // `--print` needs no configuration.
+            Command::Grant(args) => return Ok(grant::run(&overrides, args).await?),
             _ => Config::load(&overrides),
         }
         .map_err(anyhow::Error::from)?;
@@ -129,9 +131,9 @@ impl Cli {
             Command::Dead(command) => dead::run(&config, command).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
             Command::Demo(args) => demo::run(&config, args).await,
-            Command::Grant(args) => grant::run(&config, args).await,
             // Returned above already; kept so the match stays exhaustive without a panic.
             Command::Config(command) => config::run(&overrides, command).await,
+            Command::Grant(args) => grant::run(&overrides, args).await,
         };
         result.map_err(Failure::from)
     }

@@ -1,6 +1,6 @@
 -- roles_grant_publisher: what an application role needs to publish, and nothing more.
--- Run by `outbox-relay grant publisher ROLE` (which puts the quoted role name where :"role"
--- stands) or by a DBA with `psql -v role=app_publisher -f roles_grant_publisher.sql`.
+-- Run by `outbox-relay grant publisher ROLE` (which puts the quoted role name in place of the
+-- psql variable below) or by a DBA with `psql -v role=app_publisher -f roles_grant_publisher.sql`.
 -- Idempotent: granting a privilege a role already has changes nothing. The role itself is
 -- created by the DBA (roles are cluster-wide; this file never creates or drops one).
 --

@@ -1,6 +1,6 @@
 -- roles_grant_relay: what `outbox-relay run` needs, and nothing more.
--- Run by `outbox-relay grant relay ROLE` (which puts the quoted role name where :"role"
--- stands) or by a DBA with `psql -v role=outbox_relay -f roles_grant_relay.sql`.
+-- Run by `outbox-relay grant relay ROLE` (which puts the quoted role name in place of the
+-- psql variable below) or by a DBA with `psql -v role=outbox_relay -f roles_grant_relay.sql`.
 -- Idempotent; the role itself is created by the DBA.
 --
 -- outbox.messages: SELECT only (the relay tails it; it never writes or deletes a message).
