@@ -71,9 +71,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .with_unregistered(config.registry.unregistered)
         .publish_in_tx(&mut tx, message)
         .await?;
-    let position = store::messages_position(&mut tx, id)
-        .await
-        .context("reading the new message's position")?;
+    // Only --json shows the position: reading it back needs SELECT on outbox.messages, which
+    // a publisher role (`outbox-relay grant publisher`) does not have.
+    let position = if args.json {
+        store::messages_position(&mut tx, id)
+            .await
+            .context("reading the new message's position")?
+    } else {
+        None
+    };
     tx.commit()
         .await
         .context("committing the publish transaction")?;

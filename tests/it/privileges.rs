@@ -142,13 +142,22 @@ async fn publisher_role_publishes_but_cannot_move_cursors_or_read_deliveries() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    let out = run(outbox_relay().args([
+        "publish",
+        "--topic",
+        "users.signed_up",
+        "--database-url",
+        &role.url(),
+        r#"{"user": 4}"#,
+    ]));
+    assert_eq!(out.code, Some(0), "outbox-relay publish: {}", out.stderr);
     let stamped: Vec<Option<i32>> = sqlx::query_scalar(
         "SELECT m.schema_version FROM outbox.messages m ORDER BY m.tx_id, m.seq",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(stamped, [Some(1), Some(1), None]);
+    assert_eq!(stamped, [Some(1), Some(1), None, None]);
 
     for (what, statement) in [
         (
