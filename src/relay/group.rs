@@ -32,7 +32,7 @@ use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::registry::RegistryError;
-use crate::sink::{LateAppend, Sink, StreamAppend};
+use crate::sink::{LateAppend, Sink, StreamAppend, Writer};
 use crate::store::{self, LeaseHolder, OutboxRow};
 
 /// How often an active worker re-reads its parked keys and due retries even when none is due
@@ -104,6 +104,9 @@ pub(super) enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Lease {
     pub epoch: i64,
+    /// The group's replay generation when the lease was taken (a replay takes the lease away,
+    /// so it cannot change while the lease is held).
+    pub replay_generation: i64,
     pub cursor: Position,
     pub renew_at: Instant,
 }
@@ -261,7 +264,7 @@ impl GroupWorker {
         if self.retries.due_at.is_none_or(|due| Instant::now() < due) {
             return Ok(None);
         }
-        let due = store::deliveries_due(&self.pool, &self.name, self.settings.batch_size)
+        let due = store::deliveries_due(&self.pool, self.holder(&lease), self.settings.batch_size)
             .await
             .map_err(self.store_error("read the due retries"))?;
         if due.is_empty() {
@@ -304,7 +307,15 @@ impl GroupWorker {
     ) -> Result<Option<Step>, RelayError> {
         match self
             .sink
-            .append(&self.name, lease.epoch, appends, late)
+            .append(
+                Writer {
+                    group: &self.name,
+                    epoch: lease.epoch,
+                    replay_generation: lease.replay_generation,
+                },
+                appends,
+                late,
+            )
             .await
         {
             Ok(_) => Ok(None),
@@ -380,6 +391,7 @@ impl GroupWorker {
         self.refresh_parked().await?;
         self.state = State::Active(Lease {
             epoch: acquired.epoch,
+            replay_generation: acquired.replay_generation,
             cursor: acquired.cursor,
             renew_at: Instant::now() + self.settings.lease_ttl / 3,
         });
@@ -387,10 +399,14 @@ impl GroupWorker {
     }
 
     async fn forward_batch(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
-        let rows =
-            store::messages_fetch_visible(&self.pool, lease.cursor, self.settings.batch_size)
-                .await
-                .map_err(self.store_error("read the outbox"))?;
+        let rows = store::messages_fetch_visible(
+            &self.pool,
+            self.holder(&lease),
+            lease.cursor,
+            self.settings.batch_size,
+        )
+        .await
+        .map_err(self.store_error("read the outbox"))?;
         if rows.is_empty() {
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
