@@ -9,7 +9,8 @@ use uuid::Uuid;
 use crate::harness::cli::{Run, outbox_relay, run};
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{
-    InProcessRelay, forward_all, keyed_message, publish_messages, relay_toml,
+    InProcessRelay, RelayProcess, TempDir, forward_all, keyed_message, publish_messages,
+    publish_numbered, relay_toml,
 };
 use crate::harness::{TestDb, eventually};
 
@@ -379,4 +380,59 @@ async fn reset_skips_the_backlog_or_delivers_everything_again() {
     assert_eq!(done.code, Some(0), "{}", done.stderr);
     wait_for_numbers(&redis, &[0, 1, 5, 0, 1, 2, 3, 4, 5]).await;
     relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_replay_duplicates_nothing_within_it() {
+    const MESSAGES: usize = 10_000;
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let config = dir.forward_all_config(
+        &db,
+        &redis,
+        "batch_size = 20\nidle_poll_ms = 2\nlease_ttl_ms = 300",
+    );
+    for from in (0..MESSAGES).step_by(1000) {
+        publish_numbered(&db.pool, from, 1000).await;
+    }
+    let mut relay = RelayProcess::start(&config, "relay");
+    eventually(Duration::from_secs(60), "the first delivery", || async {
+        (redis.stream_len("all").await >= MESSAGES).then_some(())
+    })
+    .await;
+
+    let replay = cli(
+        &db,
+        &["replay", "--group", "g", "--from-position", "0:0", "--yes"],
+    );
+    assert_eq!(replay.code, Some(0), "{}", replay.stderr);
+    // Kill the relay each time the replay has sent some more, and start another.
+    let mut killed_mid_replay = 0;
+    for round in 1..=4 {
+        let mark = MESSAGES + round * MESSAGES / 6;
+        eventually(Duration::from_secs(60), "the replay going on", || async {
+            (redis.stream_len("all").await >= mark).then_some(())
+        })
+        .await;
+        relay.kill9();
+        let at_kill = redis.stream_len("all").await;
+        eprintln!("round {round}: killed with {at_kill} entries in the stream");
+        if at_kill < 2 * MESSAGES {
+            killed_mid_replay += 1;
+        }
+        relay = RelayProcess::start(&config, "relay");
+    }
+    assert!(
+        killed_mid_replay > 0,
+        "every kill came after the replay ended"
+    );
+    eventually(Duration::from_secs(60), "the replay to finish", || async {
+        (redis.stream_len("all").await >= 2 * MESSAGES).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected: Vec<u64> = (0..MESSAGES as u64).chain(0..MESSAGES as u64).collect();
+    assert_eq!(redis.numbers("all").await, expected);
+    relay.kill9();
 }
