@@ -20,3 +20,4 @@ mod relay_retry;
 mod relay_schema;
 mod relay_stall;
 mod sql_publish;
+mod telemetry;
