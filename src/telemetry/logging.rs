@@ -113,6 +113,9 @@ mod otlp {
         if !configured {
             return Ok(None);
         }
+        // reqwest is built without a default TLS crypto provider; use ring, as the rest of
+        // the binary does (a no-op when one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
