@@ -5,6 +5,7 @@ mod cursor_move;
 mod dead;
 mod demo;
 mod groups;
+mod http;
 mod migrate;
 mod notify;
 mod prune;
@@ -43,6 +44,11 @@ pub struct Cli {
     /// OUTBOX_REDIS_URL, REDIS_URL or `redis_url` in the config file.
     #[arg(long, global = true, value_name = "URL")]
     redis_url: Option<String>,
+
+    /// Log lines on stderr: `text` (human-readable) or `json` (one object a line, the event's
+    /// fields at the top level). The level comes from RUST_LOG (default: INFO for the relay).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -149,6 +155,13 @@ pub fn first_line(text: &str, max: usize) -> String {
     }
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// A failure with the exit code it maps to.
 pub struct Failure {
     pub code: u8,
@@ -182,6 +195,14 @@ impl Cli {
         match self.command {
             Command::Demo(_) => "warn",
             _ => "outbox_relay=info,warn",
+        }
+    }
+
+    /// How log events are written (`--log-format`).
+    pub fn log_format(&self) -> outbox_relay::telemetry::logging::Format {
+        match self.log_format {
+            LogFormat::Text => outbox_relay::telemetry::logging::Format::Text,
+            LogFormat::Json => outbox_relay::telemetry::logging::Format::Json,
         }
     }
 

@@ -22,3 +22,4 @@ mod relay_retry;
 mod relay_schema;
 mod relay_stall;
 mod sql_publish;
+mod telemetry;
