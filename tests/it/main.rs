@@ -21,5 +21,6 @@ mod relay_order;
 mod relay_retry;
 mod relay_schema;
 mod relay_stall;
+mod runbook;
 mod sql_publish;
 mod telemetry;
