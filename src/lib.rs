@@ -29,9 +29,9 @@
 //! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
 //! - [`sink`]: the effectively-once append to Redis Streams (one script call per stream).
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
+//! - [`telemetry`]: metric names and events, the relay's [`telemetry::Health`] for readiness,
+//!   W3C `traceparent` propagation, and the logging setup.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
-//!
-//! The operator views and metrics arrive in later steps of the roadmap.
 
 pub mod bench;
 pub mod config;
@@ -43,6 +43,7 @@ pub mod relay;
 pub mod retry;
 pub mod sink;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 
 pub use position::Position;

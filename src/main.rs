@@ -7,19 +7,20 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use outbox_relay::telemetry::logging;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter())),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let ansi = std::io::stderr().is_terminal();
+    // Kept to the end of main: dropping it flushes the spans not exported yet (`otlp`).
+    let _logging = match logging::init(cli.log_format(), cli.default_log_filter(), ansi) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

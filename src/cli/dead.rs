@@ -1,7 +1,6 @@
 //! `outbox-relay dead list|retry|discard`
 
 use chrono::{DateTime, Utc};
-use comfy_table::{Table, presets};
 use outbox_relay::config::Config;
 use outbox_relay::store::{self, DeadLetter, DeadLetterFilter};
 use uuid::Uuid;
@@ -55,7 +54,7 @@ pub struct Filter {
     topic: Option<String>,
     /// Only those that first failed since this time: RFC 3339 (2026-11-24T03:00:00Z) or a
     /// duration ago (90s, 15m, 2h, 1d).
-    #[arg(long, value_parser = parse_since)]
+    #[arg(long, value_parser = super::parse_time_or_ago)]
     since: Option<DateTime<Utc>>,
     /// Only this message.
     #[arg(long)]
@@ -78,16 +77,6 @@ impl Filter {
             message_id: self.message,
         }
     }
-}
-
-fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    let ago = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is neither RFC 3339 nor a duration like 15m ({e})"))?;
-    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
-    Ok(Utc::now() - ago)
 }
 
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
@@ -114,11 +103,12 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
         }
         Command::Discard { filter, all, json } => {
             if filter.is_empty() && !all {
-                Err(anyhow::anyhow!(
-                    "refusing to discard every dead letter: give --group, --topic, --since or --message, or --all"
+                Err(super::usage(
+                    "refusing to discard every dead letter: give --group, --topic, --since or --message, or --all",
                 ))
             } else {
-                let letters = store::deliveries_dead_discard(&pool, &filter.to_store()).await?;
+                let letters =
+                    store::deliveries_dead_discard(&pool, &filter.to_store(), all).await?;
                 print(
                     &letters,
                     json,
@@ -145,9 +135,7 @@ fn print(letters: &[DeadLetter], json: bool, what: &str, none: &str) {
         println!("{none}");
         return;
     }
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING);
-    table.set_header([
+    let mut table = super::table([
         "GROUP",
         "MESSAGE",
         "TOPIC",
@@ -168,19 +156,9 @@ fn print(letters: &[DeadLetter], json: bool, what: &str, none: &str) {
             letter
                 .first_failed_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            one_line(letter.last_error.as_deref().unwrap_or("-"), 80),
+            super::first_line(letter.last_error.as_deref().unwrap_or("-"), 80),
         ]);
     }
     println!("{table}");
     println!("{}: {}", what, letters.len());
-}
-
-/// The first line of `text`, cut to `max` characters.
-fn one_line(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() <= max {
-        line.to_owned()
-    } else {
-        format!("{}…", line.chars().take(max - 1).collect::<String>())
-    }
 }

@@ -2,16 +2,22 @@
 
 mod bench;
 mod config;
+mod cursor_move;
 mod dead;
 mod demo;
 mod grant;
+mod groups;
+mod http;
 mod migrate;
 mod notify;
+mod prune;
 mod publish;
+mod replay;
 mod retry;
 mod run;
 mod schema;
 mod status;
+mod stuck;
 
 use std::path::PathBuf;
 
@@ -41,6 +47,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     redis_url: Option<String>,
 
+    /// Log lines on stderr: `text` (human-readable) or `json` (one object a line, the event's
+    /// fields at the top level). The level comes from RUST_LOG (default: INFO for the relay).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,11 +64,20 @@ enum Command {
     Run(run::Args),
     /// Show every consumer group: cursor, lag, lease owner, and what holds delivery back.
     Status(status::Args),
+    /// List what is stuck: every retrying, blocked and dead delivery, with the last error.
+    Stuck(stuck::Args),
     /// Retry a message now (its retrying or dead delivery becomes due; attempts kept).
     Retry(retry::Args),
     /// List, retry or discard dead letters.
     #[command(subcommand)]
     Dead(dead::Command),
+    /// Move a group's cursor back so messages are delivered again.
+    Replay(replay::Args),
+    /// Delete old messages every group has passed and no delivery row references.
+    Prune(prune::Args),
+    /// List, pause, resume or reset consumer groups.
+    #[command(subcommand)]
+    Groups(groups::Command),
     /// Install or drop the NOTIFY trigger used by `wakeup = "notify"`.
     Notify(notify::Args),
     /// Publish one message (in its own transaction) and print its id.
@@ -77,19 +97,100 @@ enum Command {
     Grant(grant::Args),
 }
 
+/// A time on the command line: RFC 3339 (2026-11-24T03:00:00Z) or a duration ago (90s, 15m,
+/// 2h, 1d).
+pub fn parse_time_or_ago(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is neither RFC 3339 nor a duration like 15m ({e})"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
+}
+
+/// `--yes` / `--dry-run` for commands that change what gets delivered (replay, groups reset).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Confirm {
+    /// Do it (without this the command refuses, unless --dry-run).
+    #[arg(long, conflicts_with = "dry_run")]
+    yes: bool,
+    /// Only say what would happen; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Confirm {
+    /// True for a dry run; a usage error (exit 2) when neither flag was given.
+    pub fn dry_run(self, what: &str) -> anyhow::Result<bool> {
+        if !self.yes && !self.dry_run {
+            return Err(usage(format!(
+                "{what}: add --yes to do it, or --dry-run to see what it would do"
+            )));
+        }
+        Ok(self.dry_run)
+    }
+}
+
+/// A spinner on stderr for long work, drawn only when stderr is a terminal (never into pipes
+/// or logs).
+pub fn spinner(message: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// An aligned table with no borders and this header, for human output.
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(header);
+    table
+}
+
+/// The first line of `text`, cut to `max` characters (for table cells).
+pub fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= max {
+        line.to_owned()
+    } else {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// A failure with the exit code it maps to.
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
 }
 
+/// A command line that asks for something the command refuses as asked (a missing `--yes`,
+/// no filter where one is required): exit code 2, like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+/// A usage error saying `what`.
+pub fn usage(what: impl Into<String>) -> anyhow::Error {
+    UsageError(what.into()).into()
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        let code = if error.downcast_ref::<ConfigErrors>().is_some() {
-            2
-        } else {
-            1
-        };
+        let usage = error.downcast_ref::<ConfigErrors>().is_some()
+            || error.downcast_ref::<UsageError>().is_some();
+        let code = if usage { 2 } else { 1 };
         Failure { code, error }
     }
 }
@@ -101,6 +202,14 @@ impl Cli {
         match self.command {
             Command::Demo(_) => "warn",
             _ => "outbox_relay=info,warn",
+        }
+    }
+
+    /// How log events are written (`--log-format`).
+    pub fn log_format(&self) -> outbox_relay::telemetry::logging::Format {
+        match self.log_format {
+            LogFormat::Text => outbox_relay::telemetry::logging::Format::Text,
+            LogFormat::Json => outbox_relay::telemetry::logging::Format::Json,
         }
     }
 
@@ -127,7 +236,11 @@ impl Cli {
             Command::Notify(args) => notify::run(&config, args).await,
             Command::Run(args) => run::run(&config, args).await,
             Command::Status(args) => status::run(&config, args).await,
+            Command::Stuck(args) => stuck::run(&config, args).await,
             Command::Retry(args) => retry::run(&config, args).await,
+            Command::Replay(args) => replay::run(&config, args).await,
+            Command::Prune(args) => prune::run(&config, args).await,
+            Command::Groups(command) => groups::run(&config, command).await,
             Command::Dead(command) => dead::run(&config, command).await,
             Command::Bench(scenario) => bench::run(&config, scenario).await,
             Command::Demo(args) => demo::run(&config, args).await,

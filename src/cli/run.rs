@@ -1,25 +1,37 @@
 //! `outbox-relay run`
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use anyhow::Context;
 use outbox_relay::config::Config;
 use outbox_relay::registry::Registry;
 use outbox_relay::relay::Relay;
 use outbox_relay::sink::Sink;
 use outbox_relay::store;
+use outbox_relay::telemetry::Health;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the relay for every configured consumer group until SIGTERM or SIGINT; then finishes
 /// the in-flight batch, releases the leases and exits 0.
 ///
-/// Example: outbox-relay --config outbox-relay.toml run
+/// Example: outbox-relay --config outbox-relay.toml run --http 127.0.0.1:9187
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Groups that do not exist yet start at the current end of the outbox instead of its
     /// beginning (existing groups keep their cursor).
     #[arg(long)]
     from_now: bool,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+    /// 127.0.0.1:9187 (overrides `[http] listen`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
 }
+
+/// How long the HTTP server may take to finish its requests after the relay stopped.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let redis_url = config.require_redis_url()?;
@@ -27,6 +39,13 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     // Listen for signals before connecting, so a SIGTERM during startup is a clean stop too.
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(signal_streams()?, shutdown.clone()));
+    let http = match args.http.or(config.http.listen) {
+        Some(addr) => Some((
+            super::http::bind(addr).await?,
+            super::http::install_recorder()?,
+        )),
+        None => None,
+    };
     // Two per group (its reads and writes may overlap with a stall check), the LISTEN
     // connection of wakeup = "notify", and one spare.
     let connections = u32::try_from(groups.len())
@@ -47,17 +66,44 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
 
     tracing::info!(groups = groups.len(), "relay starting");
+    let health = Health::new();
+    let server = http.map(|(listener, metrics)| {
+        let probe = super::http::Probe {
+            pool: pool.clone(),
+            sink: sink.clone(),
+            health: health.clone(),
+            groups: groups.iter().map(|g| g.name.clone()).collect(),
+            metrics,
+        };
+        tokio::spawn(super::http::serve(listener, probe, shutdown.clone()))
+    });
     let registry = Registry::new(pool.clone(), config.registry.unregistered);
     let result = Relay::new(pool.clone(), sink, config.relay.clone(), groups)
         .registry(registry)
         .from_now(args.from_now)
-        .run(shutdown)
+        .health(health)
+        .run(shutdown.clone())
         .await
         .context("relay stopped");
+    // The relay also returns on an error: stop the HTTP server with it either way.
+    shutdown.cancel();
+    if let Some(server) = server {
+        stop_server(server).await;
+    }
     signals.abort();
     pool.close().await;
     tracing::info!("relay stopped");
     result
+}
+
+/// Waits for the HTTP server to finish its requests, at most [`HTTP_SHUTDOWN_GRACE`].
+async fn stop_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(error = format!("{error:#}"), "HTTP server failed"),
+        Ok(Err(error)) => tracing::warn!(%error, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP server still busy after the relay stopped; leaving it"),
+    }
 }
 
 fn signal_streams() -> anyhow::Result<(Signal, Signal)> {

@@ -1,6 +1,5 @@
 //! `outbox-relay status`
 
-use comfy_table::{Table, presets};
 use outbox_relay::config::Config;
 use outbox_relay::store::{self, GroupStatus, XminHolder};
 
@@ -62,9 +61,7 @@ fn print_table(status: &Status) {
         return;
     }
     let now = chrono::Utc::now();
-    let mut table = Table::new();
-    table.load_preset(presets::NOTHING);
-    table.set_header([
+    let mut table = super::table([
         "GROUP",
         "CURSOR",
         "LAG",
@@ -83,24 +80,15 @@ fn print_table(status: &Status) {
             .lease_expires_at
             .map(|at| format!("{:.1}s", (at - now).num_milliseconds() as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
-        let state = if group.cursor_ahead {
-            "CURSOR AHEAD (see logs)"
-        } else if group.paused {
-            "paused"
-        } else if group.lease_owner.is_some() {
-            "active"
-        } else {
-            "no relay"
-        };
         table.add_row([
             group.name.clone(),
             group.cursor.to_string(),
-            group.lag_messages.to_string(),
+            super::groups::lag(group),
             group.held_back.to_string(),
             oldest,
             group.lease_owner.clone().unwrap_or_else(|| "-".into()),
             expires,
-            state.to_owned(),
+            super::groups::state(group).to_owned(),
         ]);
     }
     println!("{table}");

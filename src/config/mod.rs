@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
-    Overrides, RawConfig, RawGroup, RawPublish, RawRedis, RawRegistry, RawRelay, RawRoute,
+    Overrides, RawConfig, RawGroup, RawHttp, RawPublish, RawRedis, RawRegistry, RawRelay, RawRoute,
 };
 pub use url::{ConnectionUrl, redact_url};
 
@@ -38,7 +38,15 @@ pub struct Config {
     pub redis: RedisSettings,
     pub relay: RelaySettings,
     pub registry: RegistrySettings,
+    pub http: HttpSettings,
     pub groups: Vec<GroupConfig>,
+}
+
+/// `[http]`, checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where `run` serves `/metrics`, `/healthz` and `/readyz`; `None`: no HTTP server.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[registry]`, checked.
@@ -199,6 +207,21 @@ impl Config {
         }
         let relay = check_relay(&raw.relay, &mut errors);
         let registry = check_registry(&raw.registry, &mut errors);
+        let http = HttpSettings {
+            listen: raw.http.listen.as_deref().and_then(|listen| {
+                listen
+                    .parse()
+                    .map_err(|_| {
+                        errors.push(
+                            "http.listen",
+                            format!(
+                                "`{listen}` is not an IP address and port such as 127.0.0.1:9187"
+                            ),
+                        )
+                    })
+                    .ok()
+            }),
+        };
         let groups = check_groups(&raw.groups, &mut errors);
         match (database_url, errors.is_empty()) {
             (Some(database_url), true) => Ok(Config {
@@ -208,6 +231,7 @@ impl Config {
                 redis,
                 relay,
                 registry,
+                http,
                 groups,
             }),
             _ => Err(errors),
@@ -333,6 +357,9 @@ mod tests {
             registry: RawRegistry {
                 unregistered: Some("deny".into()),
             },
+            http: RawHttp {
+                listen: Some("localhost".into()),
+            },
             groups: vec![
                 RawGroup {
                     name: "ok".into(),
@@ -385,6 +412,7 @@ mod tests {
                 "redis.max_len",
                 "relay.wakeup",
                 "registry.unregistered",
+                "http.listen",
                 "groups[0].ordering",
                 "groups[0].routes[0].topics[1]",
                 "groups[0].routes[1].max_attempts",

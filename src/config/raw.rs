@@ -32,6 +32,9 @@ pub struct RawConfig {
     /// `[registry]`: the schema registry's policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub registry: RawRegistry,
+    /// `[http]`: the metrics and health endpoints of `outbox-relay run`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http: RawHttp,
     /// `[[groups]]`: the consumer groups this relay runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<RawGroup>,
@@ -110,6 +113,16 @@ pub struct RawRegistry {
     /// they are) or `reject` (publishing refuses them, the relay dead-letters their rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unregistered: Option<String>,
+}
+
+/// `[http]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address to serve `/metrics`, `/healthz` and `/readyz` on while `run` runs, e.g.
+    /// `127.0.0.1:9187` (`run --http` overrides it); unset = no HTTP server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// `[[groups]]` entry.

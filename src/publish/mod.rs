@@ -12,6 +12,9 @@
 //!     └─ refused: Invalid / InvalidInBatch           └─ no: SchemaRejected[InBatch], nothing written
 //! ```
 //!
+//! When a span context is current (see [`crate::telemetry::trace`]) and a message has no
+//! `traceparent` header, the publish records the context there.
+//!
 //! The insert checks, in the same statement, that the stamped version is still the latest; if
 //! another process registered a newer one, nothing is written, the publisher reloads the
 //! latest version, validates again and retries once.
@@ -19,7 +22,7 @@
 mod message;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -31,6 +34,7 @@ pub(crate) use message::{ValidMessage, validate_topic};
 
 use crate::registry::{self, RegistryError, SchemaError, SchemaVersion, Unregistered};
 use crate::store::{self, SchemaStamp, TopicStamp};
+use crate::telemetry::trace::{self, TRACEPARENT};
 
 /// Limits applied to every message before it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +207,7 @@ impl Publisher {
         conn: &mut PgConnection,
         message: Message,
     ) -> Result<Uuid, PublishError> {
+        let message = with_current_trace(message);
         let valid = message
             .validate(self.limits.max_payload_bytes)
             .map_err(PublishError::Invalid)?;
@@ -249,13 +254,18 @@ impl Publisher {
         conn: &mut PgConnection,
         messages: &[Message],
     ) -> Result<Vec<Uuid>, PublishError> {
+        let traced = traced_headers(messages);
         let valid = messages
             .iter()
             .enumerate()
             .map(|(index, message)| {
-                message
+                let mut valid = message
                     .validate(self.limits.max_payload_bytes)
-                    .map_err(|reason| PublishError::InvalidInBatch { index, reason })
+                    .map_err(|reason| PublishError::InvalidInBatch { index, reason })?;
+                if let Some(Some(headers)) = traced.get(index) {
+                    valid.headers = headers;
+                }
+                Ok(valid)
             })
             .collect::<Result<Vec<_>, _>>()?;
         if valid.is_empty() {
@@ -375,6 +385,36 @@ pub async fn publish_event_in_tx<E: OutboxEvent + ?Sized>(
     event: &E,
 ) -> Result<Uuid, PublishError> {
     Publisher::default().publish_event_in_tx(conn, event).await
+}
+
+/// `message` with the current span context in its `traceparent` header, unless it has one
+/// (see [`crate::telemetry::trace`]).
+fn with_current_trace(message: Message) -> Message {
+    if message.headers().contains_key(TRACEPARENT) {
+        return message;
+    }
+    match trace::current_traceparent() {
+        Some(traceparent) => message.header(TRACEPARENT, traceparent),
+        None => message,
+    }
+}
+
+/// For each message of a batch without a `traceparent` header, its headers plus the current
+/// span context's; empty when there is no current context (nothing is copied then).
+fn traced_headers(messages: &[Message]) -> Vec<Option<BTreeMap<String, String>>> {
+    let Some(traceparent) = trace::current_traceparent() else {
+        return Vec::new();
+    };
+    messages
+        .iter()
+        .map(|message| {
+            (!message.headers().contains_key(TRACEPARENT)).then(|| {
+                let mut headers = message.headers().clone();
+                headers.insert(TRACEPARENT.to_owned(), traceparent.clone());
+                headers
+            })
+        })
+        .collect()
 }
 
 /// The stamp for a message validated against `schema` (`None`: the topic had no schema).

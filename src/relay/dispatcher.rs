@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::ordering::OrderingMode;
 use super::route::{Action, Route, route_for};
@@ -17,6 +20,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sink::{Entry, Fields};
 use crate::store::OutboxRow;
+use crate::telemetry::trace;
 
 /// What a group does with its messages: routes, ordering under failure, dead-letter stream.
 pub struct Dispatcher {
@@ -137,7 +141,12 @@ impl Dispatcher {
                 row.payload.clone(),
             )]),
             Action::Call { name, handler } => {
-                match call(handler, row, attempt, route.timeout).await {
+                let called = call(handler, row, attempt, route.timeout);
+                let result = match handler_span(&self.group, row, attempt) {
+                    Some(span) => called.instrument(span).await,
+                    None => called.await,
+                };
+                match result {
                     Ok(outputs) => Outcome::Delivered(
                         outputs
                             .into_iter()
@@ -185,6 +194,19 @@ impl Dispatcher {
             fields: fields(&self.group, row, payload),
         }
     }
+}
+
+/// The span a handler call runs in when the message carries a valid `traceparent`: its
+/// parent is the publisher's (remote) context, so the call joins the publisher's trace.
+/// Messages without one get no span (nothing allocated on the hot path).
+fn handler_span(group: &str, row: &OutboxRow, attempt: u32) -> Option<tracing::Span> {
+    let parent = trace::remote_context(&traceparent(&row.headers)?)?;
+    let trace_id = parent.span().span_context().trace_id();
+    let span = tracing::info_span!("outbox.handle", group, topic = %row.topic,
+        message_id = %row.id, position = %row.position, attempt, trace_id = %trace_id);
+    // Without an OpenTelemetry layer there is nothing to parent; the fields still say it.
+    let _ = span.set_parent(parent);
+    Some(span)
 }
 
 /// Calls `handler` with a timeout, turning a panic into a retryable failure.

@@ -32,8 +32,9 @@ use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::registry::RegistryError;
-use crate::sink::{LateAppend, Sink, StreamAppend};
+use crate::sink::{LateAppend, Sink, StreamAppend, Writer};
 use crate::store::{self, LeaseHolder, OutboxRow};
+use crate::telemetry::{self, Health, WorkerHealth};
 
 /// How often an active worker re-reads its parked keys and due retries even when none is due
 /// by its own schedule, so an operator's `retry` or `dead retry` is picked up (or every
@@ -54,6 +55,10 @@ pub(super) struct GroupWorker {
     /// The highest transaction id a notification announced (0 when polling).
     pub notified_tx_id: u64,
     pub retries: RetryState,
+    /// Where this worker reports its state, for readiness.
+    pub health: Health,
+    /// The state last reported (written again only when it changes).
+    pub reported: WorkerHealth,
 }
 
 /// What an active worker knows of its group's delivery rows (rebuilt on every takeover).
@@ -104,6 +109,9 @@ pub(super) enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Lease {
     pub epoch: i64,
+    /// The group's replay generation when the lease was taken (a replay takes the lease away,
+    /// so it cannot change while the lease is held).
+    pub replay_generation: i64,
     pub cursor: Position,
     pub renew_at: Instant,
 }
@@ -143,12 +151,19 @@ impl GroupWorker {
             let pause = match self.step().await {
                 Ok(step) => {
                     backoff = super::backoff(self.settings.max_backoff);
+                    self.report(match self.state {
+                        State::Active(_) => WorkerHealth::Active,
+                        State::Standby => WorkerHealth::Standby,
+                    });
                     self.pause_after(step)
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(self.settings.max_backoff);
-                    tracing::warn!(group = %self.name, error = %error_chain(&error), retry_in_ms = delay.as_millis() as u64,
+                    let error = error_chain(&error);
+                    tracing::warn!(group = %self.name, error = %error, retry_in_ms = delay.as_millis() as u64,
                         "relay step failed; retrying");
+                    telemetry::relay_error(&self.name);
+                    self.report(WorkerHealth::Failing(error));
                     Pause::For(delay)
                 }
             };
@@ -165,6 +180,17 @@ impl GroupWorker {
             }
         }
         self.release().await;
+        self.report(WorkerHealth::Standby);
+    }
+
+    /// Publishes this worker's state (and the lease gauge) when it changed.
+    fn report(&mut self, health: WorkerHealth) {
+        if self.reported == health {
+            return;
+        }
+        telemetry::lease_state(&self.name, health == WorkerHealth::Active);
+        self.health.set(&self.name, health.clone());
+        self.reported = health;
     }
 
     fn pause_after(&self, step: Step) -> Pause {
@@ -261,7 +287,8 @@ impl GroupWorker {
         if self.retries.due_at.is_none_or(|due| Instant::now() < due) {
             return Ok(None);
         }
-        let due = store::deliveries_due(&self.pool, &self.name, self.settings.batch_size)
+        let started = Instant::now();
+        let due = store::deliveries_due(&self.pool, self.holder(&lease), self.settings.batch_size)
             .await
             .map_err(self.store_error("read the due retries"))?;
         if due.is_empty() {
@@ -275,6 +302,7 @@ impl GroupWorker {
         if let Some(step) = self.append(lease, &[], &plan.late).await? {
             return Ok(Some(step));
         }
+        let appended_at = chrono::Utc::now();
         let released: Vec<&str> = plan.released_keys.iter().map(String::as_str).collect();
         let settled = store::deliveries_settle(
             &self.pool,
@@ -288,6 +316,13 @@ impl GroupWorker {
             return Ok(Some(self.lost_lease(lease, "delivery update fenced")));
         };
         self.log_pass("retries handled", &plan.tally, None);
+        telemetry::pass_committed(
+            &self.name,
+            "retry",
+            &plan.by_topic,
+            started.elapsed(),
+            latencies(appended_at, &plan.delivered_at),
+        );
         if !released.is_empty() {
             tracing::debug!(group = %self.name, released = released.len(), "blocked messages released");
         }
@@ -304,7 +339,15 @@ impl GroupWorker {
     ) -> Result<Option<Step>, RelayError> {
         match self
             .sink
-            .append(&self.name, lease.epoch, appends, late)
+            .append(
+                Writer {
+                    group: &self.name,
+                    epoch: lease.epoch,
+                    replay_generation: lease.replay_generation,
+                },
+                appends,
+                late,
+            )
             .await
         {
             Ok(_) => Ok(None),
@@ -380,6 +423,7 @@ impl GroupWorker {
         self.refresh_parked().await?;
         self.state = State::Active(Lease {
             epoch: acquired.epoch,
+            replay_generation: acquired.replay_generation,
             cursor: acquired.cursor,
             renew_at: Instant::now() + self.settings.lease_ttl / 3,
         });
@@ -387,10 +431,15 @@ impl GroupWorker {
     }
 
     async fn forward_batch(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
-        let rows =
-            store::messages_fetch_visible(&self.pool, lease.cursor, self.settings.batch_size)
-                .await
-                .map_err(self.store_error("read the outbox"))?;
+        let started = Instant::now();
+        let rows = store::messages_fetch_visible(
+            &self.pool,
+            self.holder(&lease),
+            lease.cursor,
+            self.settings.batch_size,
+        )
+        .await
+        .map_err(self.store_error("read the outbox"))?;
         if rows.is_empty() {
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
@@ -425,6 +474,7 @@ impl GroupWorker {
         if let Some(step) = self.append(lease, &plan.appends, &plan.late).await? {
             return Ok(step);
         }
+        let appended_at = chrono::Utc::now();
         let Some(through) = plan.through else {
             return self.renew_if_due(lease).await;
         };
@@ -440,6 +490,13 @@ impl GroupWorker {
             return Ok(self.lost_lease(lease, "cursor update fenced"));
         }
         self.log_pass("batch forwarded", &plan.tally, Some(through));
+        telemetry::pass_committed(
+            &self.name,
+            "new",
+            &plan.by_topic,
+            started.elapsed(),
+            latencies(appended_at, &plan.delivered_at),
+        );
         lease.cursor = through;
         lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
         self.state = State::Active(lease);
@@ -487,6 +544,16 @@ impl GroupWorker {
             self.state = State::Standby;
         }
     }
+}
+
+/// From each `created_at` to `appended_at` (0 for a clock that went backwards).
+fn latencies(
+    appended_at: chrono::DateTime<chrono::Utc>,
+    created: &[chrono::DateTime<chrono::Utc>],
+) -> impl Iterator<Item = Duration> + '_ {
+    created
+        .iter()
+        .map(move |at| (appended_at - *at).to_std().unwrap_or_default())
 }
 
 /// An error and its causes on one line, for logs.

@@ -31,6 +31,7 @@ use crate::config::{GroupConfig, RelaySettings, Wakeup as WakeupMode};
 use crate::registry::{Registry, RegistryError, Unregistered};
 use crate::sink::{Sink, SinkError};
 use crate::store;
+use crate::telemetry::{Health, WorkerHealth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -66,6 +67,7 @@ pub struct Relay {
     /// Routes registered in code, per group, in registration order.
     custom_routes: Vec<(String, Route)>,
     registry: Registry,
+    health: Health,
 }
 
 impl Relay {
@@ -84,7 +86,15 @@ impl Relay {
             owner: default_owner(),
             from_now: false,
             custom_routes: Vec::new(),
+            health: Health::new(),
         }
+    }
+
+    /// Reports every group worker's state (active, standby, failing) into `health`, e.g. for a
+    /// readiness probe (default: a handle nobody reads).
+    pub fn health(mut self, health: Health) -> Relay {
+        self.health = health;
+        self
     }
 
     /// Groups created by this run start at the current end of the outbox instead of its start.
@@ -153,6 +163,9 @@ impl Relay {
             ),
         };
         let mut workers = tokio::task::JoinSet::new();
+        for group in &self.groups {
+            self.health.set(&group.name, WorkerHealth::Starting);
+        }
         for group in self.groups {
             let worker = group::GroupWorker {
                 dispatcher: Dispatcher::new(
@@ -173,6 +186,8 @@ impl Relay {
                 wakeup: wakeup.clone(),
                 notified_tx_id: 0,
                 retries: group::RetryState::new(),
+                health: self.health.clone(),
+                reported: WorkerHealth::Starting,
             };
             workers.spawn(worker.run(shutdown.clone()));
         }

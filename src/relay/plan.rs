@@ -28,6 +28,7 @@ use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry, StreamAppend};
 use crate::store::{DeliveryStatus, NewDelivery, OutboxRow};
+use crate::telemetry::TopicTally;
 
 /// How many handler chains run at once.
 pub const HANDLER_CONCURRENCY: usize = 16;
@@ -58,6 +59,10 @@ pub struct BatchPlan {
     pub tally: Tally,
     /// The chains a message of this batch parked (retrying, with `key` or `strict` ordering).
     pub parks: Vec<Chain>,
+    /// What happened per topic, for metrics.
+    pub by_topic: TopicTally,
+    /// `created_at` of every message with entries to append, for the latency histogram.
+    pub delivered_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl BatchPlan {
@@ -196,6 +201,10 @@ impl Dispatcher {
                 },
                 Step::Handled(Outcome::Delivered(outputs)) => {
                     plan.tally.delivered += 1;
+                    plan.by_topic.of(&row.topic).forwarded += 1;
+                    if !outputs.is_empty() {
+                        plan.delivered_at.push(row.created_at);
+                    }
                     streams.add(&mut plan.appends, self, row, outputs);
                 }
                 Step::Handled(Outcome::Retry {
@@ -204,6 +213,9 @@ impl Dispatcher {
                     delay,
                 }) => {
                     plan.tally.retrying += 1;
+                    let counts = plan.by_topic.of(&row.topic);
+                    counts.failed += 1;
+                    counts.retrying += 1;
                     plan.failures.push(failure(
                         DeliveryStatus::Retrying,
                         attempts,
@@ -216,6 +228,9 @@ impl Dispatcher {
                 }
                 Step::Handled(Outcome::Dead { error, attempts }) => {
                     plan.tally.dead += 1;
+                    let counts = plan.by_topic.of(&row.topic);
+                    counts.failed += 1;
+                    counts.dead += 1;
                     self.dead_letter_copy(&mut plan.late, row, &error, attempts);
                     plan.failures
                         .push(failure(DeliveryStatus::Dead, attempts, Some(error), None));

@@ -14,6 +14,7 @@ use super::plan::{Tally, push_late, run_concurrently};
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry};
 use crate::store::{DueDelivery, OutboxRow, Settlement};
+use crate::telemetry::TopicTally;
 
 /// The writes of a retry pass.
 #[derive(Debug, Default)]
@@ -23,6 +24,10 @@ pub struct RetryPlan {
     /// Keys whose parked message is done or dead: their next blocked message is released.
     pub released_keys: Vec<String>,
     pub tally: Tally,
+    /// What happened per topic, for metrics.
+    pub by_topic: TopicTally,
+    /// `created_at` of every message with entries to append, for the latency histogram.
+    pub delivered_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Dispatcher {
@@ -61,11 +66,16 @@ impl Dispatcher {
                         self.group, row.topic
                     );
                     plan.tally.dead += 1;
+                    plan.by_topic.of(&row.topic).dead += 1;
                     self.dead_letter_copy(&mut plan.late, row, &error, attempts as u32);
                     Settlement::Dead { attempts, error }
                 }
                 Outcome::Delivered(outputs) => {
                     plan.tally.delivered += 1;
+                    plan.by_topic.of(&row.topic).forwarded += 1;
+                    if !outputs.is_empty() {
+                        plan.delivered_at.push(row.created_at);
+                    }
                     self.add_late(&mut plan.late, row, outputs);
                     Settlement::Done
                 }
@@ -75,6 +85,9 @@ impl Dispatcher {
                     delay,
                 } => {
                     plan.tally.retrying += 1;
+                    let counts = plan.by_topic.of(&row.topic);
+                    counts.failed += 1;
+                    counts.retrying += 1;
                     Settlement::Retry {
                         attempts: attempts as i32,
                         error,
@@ -83,6 +96,9 @@ impl Dispatcher {
                 }
                 Outcome::Dead { error, attempts } => {
                     plan.tally.dead += 1;
+                    let counts = plan.by_topic.of(&row.topic);
+                    counts.failed += 1;
+                    counts.dead += 1;
                     self.dead_letter_copy(&mut plan.late, row, &error, attempts);
                     Settlement::Dead {
                         attempts: attempts as i32,

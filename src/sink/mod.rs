@@ -10,6 +10,11 @@
 //! watermark has passed; they go through `append_late.lua` instead, which gives each entry a
 //! token key of its own (set together with the XADD), so a retry after a crash adds nothing
 //! and a late entry is never mistaken for a replay.
+//!
+//! A deliberate replay (`outbox-relay replay`, `groups reset`) bumps the group's replay
+//! generation in Postgres. Positions the watermark compares, and late tokens, carry that
+//! generation, so the entries a replay sends again pass the filter once, and a crash during the
+//! replay still adds nothing twice.
 
 mod keys;
 
@@ -54,6 +59,15 @@ pub struct LateAppend {
 /// How long a late entry's token key lives: far longer than any gap between an append and the
 /// Postgres commit that settles it (7 days).
 pub const LATE_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Who appends: the consumer group, its lease epoch (older epochs are refused), and its replay
+/// generation (entries of a newer generation are not compared with older ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writer<'a> {
+    pub group: &'a str,
+    pub epoch: i64,
+    pub replay_generation: i64,
+}
 
 /// The entries of one batch for one stream (named without the key prefix), ascending by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,8 +217,7 @@ impl Sink {
     /// late entries whose tokens are new; all in one pipeline.
     pub async fn append(
         &self,
-        group: &str,
-        epoch: i64,
+        writer: Writer<'_>,
         appends: &[StreamAppend],
         late: &[LateAppend],
     ) -> Result<AppendReport, SinkError> {
@@ -213,10 +226,10 @@ impl Sink {
         }
         let mut pipe = redis::pipe();
         for append in appends {
-            pipe.invoke_script(&self.watermark_invocation(group, epoch, append));
+            pipe.invoke_script(&self.watermark_invocation(writer, append));
         }
         for append in late {
-            pipe.invoke_script(&self.late_invocation(group, epoch, append));
+            pipe.invoke_script(&self.late_invocation(writer, append));
         }
         let mut connection = self.connection.clone();
         let result: Result<Vec<u64>, RedisError> = match pipe.query_async(&mut connection).await {
@@ -249,18 +262,25 @@ impl Sink {
 
     fn watermark_invocation<'a>(
         &'a self,
-        group: &str,
-        epoch: i64,
+        writer: Writer<'_>,
         append: &'a StreamAppend,
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.script.key(self.stream_key(&append.stream));
         invocation
-            .key(watermark_key(&self.key_prefix, &append.stream, group))
-            .arg(epoch)
+            .key(watermark_key(
+                &self.key_prefix,
+                &append.stream,
+                writer.group,
+            ))
+            .arg(writer.epoch)
             .arg(self.max_len);
         for entry in &append.entries {
             invocation
-                .arg(dedupe_position(entry.position, entry.ordinal))
+                .arg(dedupe_position(
+                    writer.replay_generation,
+                    entry.position,
+                    entry.ordinal,
+                ))
                 .arg(entry.fields.len() * 2);
             for (name, value) in &entry.fields {
                 invocation.arg(*name).arg(value.as_str());
@@ -271,22 +291,29 @@ impl Sink {
 
     fn late_invocation<'a>(
         &'a self,
-        group: &str,
-        epoch: i64,
+        writer: Writer<'_>,
         append: &'a LateAppend,
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = self.late_script.key(self.stream_key(&append.stream));
-        invocation.key(watermark_key(&self.key_prefix, &append.stream, group));
+        invocation.key(watermark_key(
+            &self.key_prefix,
+            &append.stream,
+            writer.group,
+        ));
         for entry in &append.entries {
-            invocation.key(late_token_key(
-                &self.key_prefix,
-                &append.stream,
-                group,
-                &entry.token,
-            ));
+            let token = match writer.replay_generation {
+                0 => late_token_key(&self.key_prefix, &append.stream, writer.group, &entry.token),
+                generation => late_token_key(
+                    &self.key_prefix,
+                    &append.stream,
+                    writer.group,
+                    &format!("r{generation}:{}", entry.token),
+                ),
+            };
+            invocation.key(token);
         }
         invocation
-            .arg(epoch)
+            .arg(writer.epoch)
             .arg(self.max_len)
             .arg(LATE_TOKEN_TTL_SECS);
         for entry in &append.entries {
@@ -352,11 +379,19 @@ where
 /// A position (and an output's ordinal within its message) as a fixed-width string that sorts
 /// like the pair (u64 and i64 maxima are 20 and 19 digits). Ordinal 0 — a message's first or
 /// only entry in the stream — adds nothing, so "a:b" < "a:b:00001" < the next position.
-pub fn dedupe_position(position: Position, ordinal: u32) -> String {
-    if ordinal == 0 {
+///
+/// A replay generation above 0 goes in front as `r<19 digits>:`: `r` sorts after every digit,
+/// so every position of a newer generation is above every one of an older generation (and of
+/// generation 0, whose strings are unchanged from before generations existed).
+pub fn dedupe_position(replay_generation: i64, position: Position, ordinal: u32) -> String {
+    let position = if ordinal == 0 {
         format!("{:020}:{:019}", position.tx_id, position.seq)
     } else {
         format!("{:020}:{:019}:{ordinal:010}", position.tx_id, position.seq)
+    };
+    match replay_generation {
+        0 => position,
+        generation => format!("r{generation:019}:{position}"),
     }
 }
 
@@ -374,14 +409,24 @@ mod tests {
         ];
         for pair in positions.windows(2) {
             assert!(pair[0] < pair[1]);
-            assert!(dedupe_position(pair[0], 0) < dedupe_position(pair[1], 0));
-            assert!(dedupe_position(pair[0], 0) < dedupe_position(pair[0], 1));
-            assert!(dedupe_position(pair[0], 1) < dedupe_position(pair[0], 2));
-            assert!(dedupe_position(pair[0], u32::MAX) < dedupe_position(pair[1], 0));
+            for generation in [0, 1, 12] {
+                let mark = |p, o| dedupe_position(generation, p, o);
+                assert!(mark(pair[0], 0) < mark(pair[1], 0));
+                assert!(mark(pair[0], 0) < mark(pair[0], 1));
+                assert!(mark(pair[0], 1) < mark(pair[0], 2));
+                assert!(mark(pair[0], u32::MAX) < mark(pair[1], 0));
+            }
+            // A newer generation's lowest position passes an older generation's highest.
+            assert!(dedupe_position(0, pair[1], 9) < dedupe_position(1, pair[0], 0));
+            assert!(dedupe_position(9, pair[1], 9) < dedupe_position(10, pair[0], 0));
         }
         assert_eq!(
-            dedupe_position(Position::new(752, 1), 0),
+            dedupe_position(0, Position::new(752, 1), 0),
             "00000000000000000752:0000000000000000001"
+        );
+        assert_eq!(
+            dedupe_position(3, Position::new(752, 1), 0),
+            "r0000000000000000003:00000000000000000752:0000000000000000001"
         );
     }
 }

@@ -253,12 +253,14 @@ pub async fn deliveries_parked(pool: &PgPool, group: &str) -> Result<Vec<ParkedK
 /// Up to `limit` due retries of `group`, in position order.
 pub async fn deliveries_due(
     pool: &PgPool,
-    group: &str,
+    holder: LeaseHolder<'_>,
     limit: usize,
 ) -> Result<Vec<DueDelivery>, sqlx::Error> {
     let rows = sqlx::query(include_str!("sql/deliveries_due.sql"))
-        .bind(group)
+        .bind(holder.group)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(holder.owner)
+        .bind(holder.epoch)
         .fetch_all(pool)
         .await?;
     rows.iter()
@@ -371,7 +373,7 @@ pub async fn deliveries_dead_list(
         pool,
         include_str!("sql/deliveries_dead_list.sql"),
         filter,
-        Some(limit),
+        Trailing::Limit(limit),
     )
     .await
 }
@@ -385,37 +387,48 @@ pub async fn deliveries_dead_retry(
         pool,
         include_str!("sql/deliveries_dead_retry.sql"),
         filter,
-        None,
+        Trailing::Nothing,
     )
     .await
 }
 
-/// Deletes the dead letters matching `filter`; returns them.
+/// Deletes the dead letters matching `filter`; returns them. An empty filter is refused by
+/// the database unless `all_matching` is set (then every dead letter goes).
 pub async fn deliveries_dead_discard(
     pool: &PgPool,
     filter: &DeadLetterFilter,
+    all_matching: bool,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     dead_letters(
         pool,
         include_str!("sql/deliveries_dead_discard.sql"),
         filter,
-        None,
+        Trailing::AllMatching(all_matching),
     )
     .await
 }
 
-/// Runs a dead-letter statement: the filter is `$1`–`$4`, a limit (if any) `$5`; the rows
+/// What a dead-letter statement takes after its filter, as `$5`.
+enum Trailing {
+    Nothing,
+    Limit(i64),
+    AllMatching(bool),
+}
+
+/// Runs a dead-letter statement: the filter is `$1`–`$4`, then the trailing argument; the rows
 /// it returns are dead letters.
 async fn dead_letters(
     pool: &PgPool,
     statement: &'static str,
     filter: &DeadLetterFilter,
-    limit: Option<i64>,
+    trailing: Trailing,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let mut query = bind_filter(sqlx::query(statement), filter);
-    if let Some(limit) = limit {
-        query = query.bind(limit);
-    }
+    let query = bind_filter(sqlx::query(statement), filter);
+    let query = match trailing {
+        Trailing::Nothing => query,
+        Trailing::Limit(limit) => query.bind(limit),
+        Trailing::AllMatching(all) => query.bind(all),
+    };
     let rows = query.fetch_all(pool).await?;
     rows.iter().map(dead_letter).collect()
 }

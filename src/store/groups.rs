@@ -11,6 +11,8 @@ use crate::position::Position;
 pub struct AcquiredLease {
     pub epoch: i64,
     pub cursor: Position,
+    /// Bumped by every replay or reset; the sink's duplicate filter is per generation.
+    pub replay_generation: i64,
 }
 
 /// Who asks: the group, the relay instance, and the epoch of its lease.
@@ -82,18 +84,19 @@ pub async fn consumer_groups_lease_acquire(
     owner: &str,
     ttl: Duration,
 ) -> Result<Option<AcquiredLease>, sqlx::Error> {
-    let row: Option<(i64, String, i64)> =
+    let row: Option<(i64, String, i64, i64)> =
         sqlx::query_as(include_str!("sql/consumer_groups_lease_acquire.sql"))
             .bind(group)
             .bind(owner)
             .bind(millis(ttl))
             .fetch_optional(pool)
             .await?;
-    row.map(|(epoch, tx_id, seq)| {
+    row.map(|(epoch, tx_id, seq, replay_generation)| {
         let tx_id = super::decode_tx_id(&tx_id)?;
         Ok(AcquiredLease {
             epoch,
             cursor: Position::new(tx_id, seq),
+            replay_generation,
         })
     })
     .transpose()
@@ -146,4 +149,31 @@ pub async fn consumer_groups_cursor_advance(
         .execute(pool)
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// What `groups pause|resume` found before it changed anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseChange {
+    pub was_paused: bool,
+    /// The relay that held the lease (pausing takes it away).
+    pub previous_owner: Option<String>,
+}
+
+/// Pauses (`paused = true`, and the lease is taken away) or resumes a group; `None` when
+/// there is no such group.
+pub async fn consumer_groups_pause(
+    pool: &PgPool,
+    group: &str,
+    paused: bool,
+) -> Result<Option<PauseChange>, sqlx::Error> {
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as(include_str!("sql/consumer_groups_pause.sql"))
+            .bind(group)
+            .bind(paused)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(was_paused, previous_owner)| PauseChange {
+        was_paused,
+        previous_owner,
+    }))
 }

@@ -1,4 +1,5 @@
-//! Statements that look at the relay from outside: group status, who holds the xmin back.
+//! Statements that look at the relay from outside: group status, who holds the xmin back, what
+//! is stuck.
 
 use sqlx::{PgPool, Row};
 
@@ -13,11 +14,22 @@ pub struct GroupStatus {
     pub lease_owner: Option<String>,
     pub lease_epoch: i64,
     pub lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Messages past the cursor.
+    /// Bumped by every replay or reset (see `outbox.consumer_groups.replay_generation`).
+    pub replay_generation: i64,
+    /// Messages past the cursor: exact up to 10,000, estimated from positions above that.
     pub lag_messages: i64,
-    /// Of those, committed but waiting for an older open transaction.
+    /// `lag_messages` is an estimate.
+    pub lag_estimated: bool,
+    /// Age of the oldest undelivered message (past the cursor, or retrying/blocked); 0 if none.
+    pub lag_seconds: f64,
+    /// Of the messages past the cursor, those committed but waiting for an older open
+    /// transaction (counted up to 10,000).
     pub held_back: i64,
     pub oldest_undelivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Deliveries of this group by status.
+    pub retrying: i64,
+    pub blocked: i64,
+    pub dead: i64,
     /// The cursor names a transaction id the server has not reached (dump/restore).
     pub cursor_ahead: bool,
 }
@@ -47,15 +59,21 @@ pub async fn consumer_groups_status(
             let tx_id: &str = row.try_get("cursor_tx_id_text")?;
             let tx_id = super::decode_tx_id(tx_id)?;
             Ok(GroupStatus {
-                name: row.try_get("name")?,
+                name: row.try_get("group_name")?,
                 cursor: Position::new(tx_id, row.try_get("cursor_seq")?),
                 paused: row.try_get("paused")?,
                 lease_owner: row.try_get("lease_owner")?,
                 lease_epoch: row.try_get("lease_epoch")?,
                 lease_expires_at: row.try_get("lease_expires_at")?,
-                lag_messages: row.try_get("messages")?,
+                replay_generation: row.try_get("replay_generation")?,
+                lag_messages: row.try_get("lag_messages")?,
+                lag_estimated: row.try_get("lag_estimated")?,
+                lag_seconds: row.try_get("lag_seconds")?,
                 held_back: row.try_get("held_back")?,
-                oldest_undelivered_at: row.try_get("oldest_created_at")?,
+                oldest_undelivered_at: row.try_get("oldest_undelivered_at")?,
+                retrying: row.try_get("retrying")?,
+                blocked: row.try_get("blocked")?,
+                dead: row.try_get("dead")?,
                 cursor_ahead: row.try_get("cursor_ahead")?,
             })
         })
@@ -104,4 +122,64 @@ pub async fn messages_held_back(pool: &PgPool, cursor: Position) -> Result<Block
         cursor_ahead,
         next_tx_id,
     })
+}
+
+/// One delivery that did not go through first time, as `outbox-relay stuck` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StuckDelivery {
+    pub group: String,
+    pub message_id: uuid::Uuid,
+    /// `retrying`, `blocked` or `dead`.
+    pub status: String,
+    pub position: String,
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+    /// For a blocked delivery: the earlier message of its key it waits for.
+    pub blocked_by: Option<uuid::Uuid>,
+}
+
+/// Which stuck deliveries: each `None` = any.
+#[derive(Debug, Clone, Default)]
+pub struct StuckFilter {
+    pub group: Option<String>,
+    pub topic: Option<String>,
+    pub limit: i64,
+}
+
+/// Retrying, blocked and dead deliveries matching `filter`, in group and position order.
+pub async fn deliveries_stuck(
+    pool: &PgPool,
+    filter: &StuckFilter,
+) -> Result<Vec<StuckDelivery>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/deliveries_stuck.sql"))
+        .bind(filter.group.as_deref())
+        .bind(filter.topic.as_deref())
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let payload: String = row.try_get("payload_text")?;
+            Ok(StuckDelivery {
+                group: row.try_get("group_name")?,
+                message_id: row.try_get("message_id")?,
+                status: row.try_get("status")?,
+                position: row.try_get("position")?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("key")?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                next_attempt_at: row.try_get("next_attempt_at")?,
+                first_failed_at: row.try_get("first_failed_at")?,
+                blocked_by: row.try_get("blocked_by")?,
+            })
+        })
+        .collect()
 }

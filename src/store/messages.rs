@@ -178,6 +178,7 @@ pub struct OutboxRow {
 /// ended (below the snapshot xmin).
 pub async fn messages_fetch_visible(
     pool: &sqlx::PgPool,
+    holder: super::LeaseHolder<'_>,
     after: Position,
     limit: usize,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
@@ -185,6 +186,9 @@ pub async fn messages_fetch_visible(
         .bind(after.tx_id.to_string())
         .bind(after.seq)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(holder.group)
+        .bind(holder.owner)
+        .bind(holder.epoch)
         .fetch_all(pool)
         .await?;
     rows.iter().map(outbox_row).collect()

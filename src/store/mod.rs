@@ -3,6 +3,7 @@
 //!
 //! Functions are named entity first, verb second (`messages_insert`, `messages_position`).
 
+mod cursor_moves;
 mod databases;
 mod deliveries;
 mod groups;
@@ -10,6 +11,7 @@ mod inspect;
 mod messages;
 mod migrate;
 mod notify;
+mod prune;
 mod roles;
 mod schemas;
 
@@ -19,6 +21,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
+pub use cursor_moves::{
+    LockedGroup, TopicCount, consumer_groups_lock, consumer_groups_move_cursor,
+    deliveries_delete_group, messages_count_between, messages_end_position, messages_first_since,
+};
 pub use databases::{database_create, database_drop};
 pub use deliveries::{
     DeadLetter, DeadLetterFilter, DeliveryStatus, DueDelivery, MAX_ERROR_BYTES, NewDelivery,
@@ -27,12 +33,14 @@ pub use deliveries::{
     deliveries_recorded_through, deliveries_retry_now, deliveries_settle, truncate_error,
 };
 pub use groups::{
-    AcquiredLease, GroupCursor, LeaseHolder, consumer_groups_cursor,
+    AcquiredLease, GroupCursor, LeaseHolder, PauseChange, consumer_groups_cursor,
     consumer_groups_cursor_advance, consumer_groups_delete, consumer_groups_ensure,
     consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
+    consumer_groups_pause,
 };
 pub use inspect::{
-    Blockage, GroupStatus, XminHolder, consumer_groups_status, messages_held_back, xmin_holder,
+    Blockage, GroupStatus, StuckDelivery, StuckFilter, XminHolder, consumer_groups_status,
+    deliveries_stuck, messages_held_back, xmin_holder,
 };
 pub use messages::{
     OutboxRow, StoredMessage, messages_fetch_visible, messages_last_position,
@@ -43,6 +51,7 @@ pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
 pub use notify::{
     NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
 };
+pub use prune::{Horizon, PruneBatch, consumer_groups_slowest, messages_prune_batch};
 pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
 pub use schemas::{
     NewSchema, StoredSchema, schemas_get, schemas_insert, schemas_latest, schemas_list,

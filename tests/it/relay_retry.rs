@@ -274,7 +274,7 @@ async fn an_always_failing_message_is_dead_after_max_attempts_and_operators_can_
     );
 
     let refused = cli(&["dead", "discard"]);
-    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert_eq!(refused.code, Some(2), "{}", refused.stdout);
     assert!(refused.stderr.contains("--all"), "{}", refused.stderr);
     let discarded = cli(&["dead", "discard", "--group", "g", "--topic", "t"]);
     assert_eq!(discarded.code, Some(0), "{}", discarded.stderr);
@@ -390,7 +390,12 @@ async fn no_ordering_lets_later_messages_pass_and_the_late_retry_still_lands() {
 async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
     // The late append of a retried output, done twice (the relay died before settling the
     // row, and the next attempt appends again): one entry.
-    use outbox_relay::sink::{LateAppend, LateEntry, Sink};
+    use outbox_relay::sink::{LateAppend, LateEntry, Sink, Writer};
+    let writer = |epoch| Writer {
+        group: "g",
+        epoch,
+        replay_generation: 0,
+    };
     let redis = TestRedis::new();
     let settings = outbox_relay::config::RedisSettings {
         key_prefix: redis.prefix.clone(),
@@ -405,8 +410,8 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
             fields: vec![("payload", r#"{"n": 1}"#.into())],
         }],
     }];
-    let first = sink.append("g", 1, &[], &late).await.unwrap();
-    let again = sink.append("g", 1, &[], &late).await.unwrap();
+    let first = sink.append(writer(1), &[], &late).await.unwrap();
+    let again = sink.append(writer(1), &[], &late).await.unwrap();
     assert_eq!((first.appended, again.appended, again.skipped), (1, 0, 1));
     assert_eq!(redis.numbers("out").await, [1]);
     // A relay that lost its lease cannot append late entries either.
@@ -417,14 +422,23 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
             fields: vec![("payload", r#"{"n": 2}"#.into())],
         }],
     }];
-    sink.append("g", 2, &[], &late).await.unwrap();
+    sink.append(writer(2), &[], &late).await.unwrap();
     assert!(
-        sink.append("g", 1, &[], &fenced_late)
+        sink.append(writer(1), &[], &fenced_late)
             .await
             .unwrap_err()
             .is_fenced()
     );
     assert_eq!(redis.numbers("out").await, [1]);
+    // After a replay (a new generation) the same late entry is sent again, once.
+    let replayed = Writer {
+        replay_generation: 1,
+        ..writer(3)
+    };
+    let first = sink.append(replayed, &[], &late).await.unwrap();
+    let again = sink.append(replayed, &[], &late).await.unwrap();
+    assert_eq!((first.appended, again.appended), (1, 0));
+    assert_eq!(redis.numbers("out").await, [1, 1]);
 }
 
 #[tokio::test]

@@ -83,6 +83,17 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `outbox-relay --config <file> run`, logging to a file next to the config.
     pub fn start(config_file: &std::path::Path, name: &str) -> RelayProcess {
+        RelayProcess::start_with(config_file, name, &[], &[])
+    }
+
+    /// Starts `outbox-relay --config <file> <global_args> run <run_args>`, logging to a file
+    /// next to the config.
+    pub fn start_with(
+        config_file: &std::path::Path,
+        name: &str,
+        global_args: &[&str],
+        run_args: &[&str],
+    ) -> RelayProcess {
         let log = config_file.with_extension(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -91,7 +102,10 @@ impl RelayProcess {
             .expect("relay log");
         let child = outbox_relay()
             .env("RUST_LOG", "outbox_relay=debug,warn")
-            .args(["--config", config_file.to_str().unwrap(), "run"])
+            .args(["--config", config_file.to_str().unwrap()])
+            .args(global_args)
+            .arg("run")
+            .args(run_args)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

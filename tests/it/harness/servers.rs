@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
         .local_addr()
@@ -242,7 +242,13 @@ impl PrivateRedis {
         self.spawn();
     }
 
-    fn stop(&mut self) {
+    /// Starts it again on the same port after [`PrivateRedis::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// SIGTERM, and wait for it to exit.
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])

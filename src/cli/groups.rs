@@ -1,0 +1,163 @@
+//! `outbox-relay groups list|pause|resume|reset`
+
+use outbox_relay::config::Config;
+use outbox_relay::store::{self, GroupStatus};
+
+use super::cursor_move::{self, Target};
+
+/// Consumer groups: list them, pause and resume them, reset their cursor.
+///
+/// Example: outbox-relay groups pause notifications
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Every group: state, cursor, lag, lease owner, retrying/blocked/dead counts.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop delivering for a group: the relay holding it loses its lease at its next step and
+    /// no relay takes it until `resume`. Messages wait in the outbox; nothing is lost.
+    Pause {
+        /// The consumer group.
+        group: String,
+    },
+    /// Let relays take a paused group again (at their next lease attempt).
+    Resume {
+        /// The consumer group.
+        group: String,
+    },
+    /// Forget a group's progress: move its cursor to the start (deliver everything again) or
+    /// to the end (skip the backlog), and delete its retrying, blocked and dead delivery rows.
+    ///
+    /// Example: outbox-relay groups reset notifications --to-end --dry-run
+    Reset {
+        /// The consumer group.
+        group: String,
+        /// Deliver every message in the outbox again.
+        #[arg(long, required_unless_present = "to_end", conflicts_with = "to_end")]
+        to_start: bool,
+        /// Skip every message of every transaction that has ended; deliver only new ones.
+        #[arg(long)]
+        to_end: bool,
+        #[command(flatten)]
+        confirm: super::Confirm,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::List { json } => list(config, json).await,
+        Command::Pause { group } => pause(config, &group, true).await,
+        Command::Resume { group } => pause(config, &group, false).await,
+        Command::Reset {
+            group,
+            to_start,
+            to_end: _,
+            confirm,
+            json,
+        } => {
+            let dry_run =
+                confirm.dry_run("groups reset moves the cursor and deletes retry state")?;
+            let target = if to_start { Target::Start } else { Target::End };
+            let report = cursor_move::move_cursor(config, &group, target, dry_run, true).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                cursor_move::print(&report, "reset");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database_url, 1).await?;
+    let groups = store::consumer_groups_status(&pool, None).await;
+    pool.close().await;
+    let groups = groups?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&groups)?);
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!("no consumer groups yet (a group is created by its first `outbox-relay run`)");
+        return Ok(());
+    }
+    let mut table = super::table([
+        "GROUP",
+        "STATE",
+        "CURSOR",
+        "LAG",
+        "LAG AGE",
+        "RETRYING",
+        "BLOCKED",
+        "DEAD",
+        "LEASE OWNER",
+    ]);
+    for group in &groups {
+        table.add_row([
+            group.name.clone(),
+            state(group).to_owned(),
+            group.cursor.to_string(),
+            lag(group),
+            format!("{:.1}s", group.lag_seconds),
+            group.retrying.to_string(),
+            group.blocked.to_string(),
+            group.dead.to_string(),
+            group.lease_owner.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// One word for a group's state, as `status` and `groups list` print it.
+pub fn state(group: &GroupStatus) -> &'static str {
+    if group.cursor_ahead {
+        "CURSOR AHEAD (see logs)"
+    } else if group.paused {
+        "paused"
+    } else if group.lease_owner.is_some() {
+        "active"
+    } else {
+        "no relay"
+    }
+}
+
+/// The lag in messages, `~` in front when it is an estimate.
+pub fn lag(group: &GroupStatus) -> String {
+    if group.lag_estimated {
+        format!("~{}", group.lag_messages)
+    } else {
+        group.lag_messages.to_string()
+    }
+}
+
+async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()> {
+    let pool = store::connect(&config.database_url, 1).await?;
+    let change = store::consumer_groups_pause(&pool, group, paused).await;
+    pool.close().await;
+    let Some(change) = change? else {
+        anyhow::bail!(
+            "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
+        );
+    };
+    match (paused, change.was_paused) {
+        (true, true) => println!("group `{group}` was already paused"),
+        (true, false) => {
+            println!("group `{group}` paused");
+            if let Some(owner) = change.previous_owner {
+                println!("the lease was taken from relay `{owner}`; it stops at its next step");
+            }
+        }
+        (false, false) => println!("group `{group}` was not paused"),
+        (false, true) => {
+            println!("group `{group}` resumed; a relay takes it at its next lease attempt")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Deliberate cursor moves by an operator: `replay` (back) and `groups reset` (to the start or
+//! the end). Each runs in one transaction that locks the group's row, counts what the move
+//! passes over, and (unless a dry run) moves the cursor, bumps the replay generation and takes
+//! the lease away:
+//!
+//! ```text
+//!   lock group row ──▶ count (old cursor, new cursor] per topic ──▶ move + generation + 1
+//!        │                                                          + lease taken ──▶ commit
+//!        └─────────────── dry run: roll back ◀──────────────────────────┘
+//! ```
+//!
+//! The generation is what lets a replay through the Redis duplicate filter (see `sink`).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+
+use crate::position::Position;
+
+/// A group's row, locked for the rest of the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedGroup {
+    pub cursor: Position,
+    pub lease_owner: Option<String>,
+}
+
+/// Messages of one topic in a position range, and how many of them have a delivery row in
+/// the group (those keep their state: a replay does not send them again).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicCount {
+    pub topic: String,
+    pub messages: i64,
+    pub with_delivery_row: i64,
+}
+
+/// Locks `group`'s row until `tx` ends; `None` when there is no such group.
+pub async fn consumer_groups_lock(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+) -> Result<Option<LockedGroup>, sqlx::Error> {
+    let row: Option<(String, i64, Option<String>)> =
+        sqlx::query_as(include_str!("sql/consumer_groups_lock.sql"))
+            .bind(group)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(|(tx_id, seq, lease_owner)| {
+        Ok(LockedGroup {
+            cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
+            lease_owner,
+        })
+    })
+    .transpose()
+}
+
+/// Sets `group`'s cursor to `to`, bumps its replay generation and takes its lease away;
+/// returns the new generation.
+pub async fn consumer_groups_move_cursor(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    to: Position,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(include_str!("sql/consumer_groups_move_cursor.sql"))
+        .bind(group)
+        .bind(to.tx_id.to_string())
+        .bind(to.seq)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Messages in `(after, through]` per topic, with how many have a delivery row in `group`.
+pub async fn messages_count_between(
+    conn: &mut PgConnection,
+    after: Position,
+    through: Position,
+    group: &str,
+) -> Result<Vec<TopicCount>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/messages_count_between.sql"))
+        .bind(after.tx_id.to_string())
+        .bind(after.seq)
+        .bind(through.tx_id.to_string())
+        .bind(through.seq)
+        .bind(group)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TopicCount {
+                topic: row.try_get("topic")?,
+                messages: row.try_get("messages")?,
+                with_delivery_row: row.try_get("with_delivery_row")?,
+            })
+        })
+        .collect()
+}
+
+/// The first message (position order) written at or after `since`, not past `through`.
+pub async fn messages_first_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    through: Position,
+) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(include_str!("sql/messages_first_since.sql"))
+        .bind(since)
+        .bind(through.tx_id.to_string())
+        .bind(through.seq)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|(tx_id, seq)| Ok(Position::new(super::decode_tx_id(&tx_id)?, seq)))
+        .transpose()
+}
+
+/// Where `groups reset --to-end` puts a cursor: past every message of every ended
+/// transaction, before those of transactions still running.
+pub async fn messages_end_position(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    let (tx_id, seq): (String, i64) = sqlx::query_as(include_str!("sql/messages_end_position.sql"))
+        .fetch_one(conn)
+        .await?;
+    Ok(Position::new(super::decode_tx_id(&tx_id)?, seq))
+}
+
+/// Deletes every delivery row of `group`; returns (status, how many) pairs.
+pub async fn deliveries_delete_group(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(include_str!("sql/deliveries_delete_group.sql"))
+        .bind(group)
+        .fetch_all(&mut **tx)
+        .await
+}
