@@ -133,6 +133,7 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
             "max_backoff_ms": config.relay.max_backoff.as_millis() as u64,
             "stall_report_interval_ms": config.relay.stall_report_interval.as_millis() as u64,
         },
+        "http": { "listen": config.http.listen.map(|addr| addr.to_string()) },
         "registry": {
             "unregistered": match config.registry.unregistered {
                 Unregistered::Allow => "allow",

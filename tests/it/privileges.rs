@@ -222,7 +222,24 @@ async fn relay_role_runs_the_relay_forwards_and_records_retries() {
         (dead == 5).then_some(())
     })
     .await;
+    let log = relay.log();
     assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    assert!(!log.contains("permission denied"), "{log}");
+
+    // The read commands and the delivery repairs work as the relay role; prune does not.
+    let url = role.url();
+    for args in [
+        &["status", "--json"][..],
+        &["stuck", "--json"],
+        &["dead", "list", "--json"],
+        &["dead", "retry", "--group", "hooks"],
+    ] {
+        let out = run(outbox_relay().args(args).args(["--database-url", &url]));
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+    }
+    let out = run(outbox_relay().args(["prune", "--older-than", "1s", "--database-url", &url]));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
 
     let pool = role.pool().await;
     for (what, statement) in [

@@ -270,6 +270,20 @@ impl TlsServers {
     }
 }
 
+/// The whole HTTP/1.1 response (status line, headers, body) to `GET path`.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to run --http");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Keeps a copy of `out`'s stdout and stderr under `what`.
 fn record(outputs: &mut Vec<(String, String)>, what: &str, out: Run) -> Run {
     outputs.push((what.to_owned(), format!("{}\n{}", out.stdout, out.stderr)));
@@ -438,11 +452,16 @@ async fn passwords_never_appear_in_any_output_of_any_command() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 
-    // The relay with every crate's debug logs, until the forward is done and the hook is dead.
+    // The relay with every crate's debug logs, as JSON, serving /metrics, until the forward is
+    // done and the hook is dead.
     let log = servers.path("run.log");
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut child = with_config(&good)
         .env("RUST_LOG", "debug")
-        .arg("run")
+        .args(["--log-format", "json", "run", "--http", &http.to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -457,6 +476,11 @@ async fn passwords_never_appear_in_any_output_of_any_command() {
     })
     .await;
     record(&mut outputs, "dead list --json", dead);
+    for path in ["/metrics", "/readyz"] {
+        let body = http_get(http, path);
+        assert!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
+        outputs.push((format!("GET {path}"), body));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -471,6 +495,9 @@ async fn passwords_never_appear_in_any_output_of_any_command() {
         &["status"][..],
         &["status", "--json"],
         &["dead", "list"],
+        &["stuck"],
+        &["stuck", "--json"],
+        &["groups", "list", "--json"],
         &["config", "check"],
         &["config", "check", "--json"],
         &["config", "check", "--connect"],
