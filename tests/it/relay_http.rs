@@ -164,7 +164,12 @@ async fn http_answers_decide_done_permanent_or_retry() {
     )
     .await;
     let requests = hook.requests.lock().unwrap().clone();
-    let (first, key) = &requests[0];
+    // Message 1's request (handler calls of different ordering chains may run concurrently,
+    // so it need not be the first one recorded).
+    let (first, key) = requests
+        .iter()
+        .find(|(body, _)| body["payload"]["n"] == json!(1))
+        .expect("a request for message 1");
     assert_eq!(
         key,
         &ids[0].to_string(),
