@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::harness::cli::{outbox_relay, run};
-use crate::harness::relay::{keyed_message, publish_messages, publish_numbered};
+use crate::harness::relay::{insert_delivery, keyed_message, publish_messages, publish_numbered};
 use crate::harness::{TestDb, eventually};
 
 /// Creates group `name` with its cursor at (0, 0).
@@ -31,22 +31,14 @@ async fn pass_through(pool: &PgPool, group: &str, id: Uuid) {
     .unwrap();
 }
 
-/// Writes a delivery row for message `id` in `group`, as the relay would.
-async fn delivery(pool: &PgPool, group: &str, id: Uuid, status: &str, attempts: i32) {
-    sqlx::query(
-        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, last_error,
-                next_attempt_at, message_tx_id, message_seq, message_key)
-         SELECT $1, m.id, $3, $4, CASE WHEN $4 > 0 THEN 'HTTP 503' END,
-                CASE WHEN $3 = 'retrying' THEN now() + interval '1 hour' END, m.tx_id, m.seq, m.key
-           FROM outbox.messages m WHERE m.id = $2",
-    )
-    .bind(group)
-    .bind(id)
-    .bind(status)
-    .bind(attempts)
-    .execute(pool)
-    .await
-    .unwrap();
+/// Group `g` (cursor at the start) and three messages on topic `orders`, key `a`, each in a
+/// transaction of its own; returns their ids.
+async fn group_with_three_messages_of_one_key(db: &TestDb) -> Vec<Uuid> {
+    create_group(&db.pool, "g").await;
+    let messages = (0..3)
+        .map(|n| keyed_message("orders", &json!({"n": n, "key": "a"})))
+        .collect();
+    publish_messages(&db.pool, messages, false).await
 }
 
 fn cli(db: &TestDb, args: &[&str]) -> crate::harness::cli::Run {
@@ -91,9 +83,9 @@ async fn operator_views_never_scan_the_outbox() {
             .unwrap();
     pass_through(&db.pool, "caught-up", ids[49_999]).await;
     pass_through(&db.pool, "half-way", ids[24_999]).await;
-    delivery(&db.pool, "half-way", ids[100], "dead", 10).await;
-    delivery(&db.pool, "half-way", ids[200], "retrying", 2).await;
-    delivery(&db.pool, "half-way", ids[300], "blocked", 0).await;
+    insert_delivery(&db.pool, "half-way", ids[100], "dead", 10).await;
+    insert_delivery(&db.pool, "half-way", ids[200], "retrying", 2).await;
+    insert_delivery(&db.pool, "half-way", ids[300], "blocked", 0).await;
     sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
 
     for query in [
@@ -178,18 +170,10 @@ async fn group_status_names_the_open_transaction_a_group_waits_on() {
 #[tokio::test]
 async fn repair_functions_do_what_the_cli_does() {
     let db = TestDb::new().await;
-    create_group(&db.pool, "g").await;
-    let ids = publish_messages(
-        &db.pool,
-        (0..3)
-            .map(|n| keyed_message("orders", &json!({"n": n, "key": "a"})))
-            .collect(),
-        false,
-    )
-    .await;
-    delivery(&db.pool, "g", ids[0], "dead", 10).await;
-    delivery(&db.pool, "g", ids[1], "dead", 10).await;
-    delivery(&db.pool, "g", ids[2], "blocked", 0).await;
+    let ids = group_with_three_messages_of_one_key(&db).await;
+    insert_delivery(&db.pool, "g", ids[0], "dead", 10).await;
+    insert_delivery(&db.pool, "g", ids[1], "dead", 10).await;
+    insert_delivery(&db.pool, "g", ids[2], "blocked", 0).await;
 
     // No filter: refused, with a hint.
     let refused = sqlx::query("SELECT * FROM outbox.discard_dead()")
@@ -256,18 +240,10 @@ async fn repair_functions_do_what_the_cli_does() {
 #[tokio::test]
 async fn stuck_and_groups_list_show_the_rows_in_text_and_json() {
     let db = TestDb::new().await;
-    create_group(&db.pool, "g").await;
-    let ids = publish_messages(
-        &db.pool,
-        (0..3)
-            .map(|n| keyed_message("orders", &json!({"n": n, "key": "a"})))
-            .collect(),
-        false,
-    )
-    .await;
+    let ids = group_with_three_messages_of_one_key(&db).await;
     pass_through(&db.pool, "g", ids[2]).await;
-    delivery(&db.pool, "g", ids[0], "retrying", 3).await;
-    delivery(&db.pool, "g", ids[1], "blocked", 0).await;
+    insert_delivery(&db.pool, "g", ids[0], "retrying", 3).await;
+    insert_delivery(&db.pool, "g", ids[1], "blocked", 0).await;
 
     let text = cli(&db, &["stuck", "--group", "g"]);
     assert_eq!(text.code, Some(0), "{}", text.stderr);

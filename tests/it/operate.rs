@@ -9,8 +9,8 @@ use uuid::Uuid;
 use crate::harness::cli::{Run, outbox_relay, run};
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{
-    InProcessRelay, RelayProcess, TempDir, forward_all, keyed_message, publish_messages,
-    publish_numbered, relay_toml,
+    InProcessRelay, RelayProcess, TempDir, forward_all, insert_delivery, keyed_message,
+    publish_messages, publish_numbered, relay_toml,
 };
 use crate::harness::{TestDb, eventually};
 
@@ -154,14 +154,7 @@ async fn replay_from_time_leaves_a_dead_letter_to_its_row() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, message_tx_id, message_seq)
-         SELECT 'g', m.id, 'dead', 1, m.tx_id, m.seq FROM outbox.messages m WHERE m.id = $1",
-    )
-    .bind(ids[4])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    insert_delivery(&db.pool, "g", ids[4], "dead", 1).await;
 
     let done = cli(
         &db,
@@ -218,14 +211,7 @@ async fn prune_never_deletes_what_a_group_still_needs() {
         .await
         .unwrap();
     // Message 2 is a dead letter of `fast`; messages 0..7 are old, 8 and 9 are new.
-    sqlx::query(
-        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, message_tx_id, message_seq)
-         SELECT 'fast', m.id, 'dead', 1, m.tx_id, m.seq FROM outbox.messages m WHERE m.id = $1",
-    )
-    .bind(ids[2])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    insert_delivery(&db.pool, "fast", ids[2], "dead", 1).await;
     sqlx::query(
         "UPDATE outbox.messages SET created_at = now() - interval '2 days' WHERE id = ANY($1)",
     )
@@ -345,14 +331,7 @@ async fn reset_skips_the_backlog_or_delivers_everything_again() {
         false,
     )
     .await;
-    sqlx::query(
-        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, message_tx_id, message_seq)
-         SELECT 'g', m.id, 'dead', 1, m.tx_id, m.seq FROM outbox.messages m WHERE m.id = $1",
-    )
-    .bind(backlog[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    insert_delivery(&db.pool, "g", backlog[0], "dead", 1).await;
 
     let dry = cli(&db, &["groups", "reset", "g", "--to-end", "--dry-run"]);
     assert_eq!(dry.code, Some(0), "{}", dry.stderr);

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::harness::cli::{outbox_relay, run};
-use crate::harness::relay::{keyed_message, publish_messages};
+use crate::harness::relay::{insert_delivery, keyed_message, publish_messages};
 
 /// The runbook section of README.md: from its heading to the next `## ` heading.
 fn runbook() -> String {
@@ -26,23 +26,6 @@ fn blocks(text: &str, language: &str) -> Vec<String> {
         .skip(1)
         .map(|block| block.split("```").next().unwrap_or_default().to_owned())
         .collect()
-}
-
-async fn delivery(db: &TestDb, id: Uuid, status: &str, attempts: i32) {
-    sqlx::query(
-        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, last_error,
-                next_attempt_at, message_tx_id, message_seq, message_key)
-         SELECT 'notifications', m.id, $2, $3, 'HTTP 503 from https://hooks.example',
-                CASE WHEN $2 = 'retrying' THEN now() + interval '10 minutes' END,
-                m.tx_id, m.seq, m.key
-           FROM outbox.messages m WHERE m.id = $1",
-    )
-    .bind(id)
-    .bind(status)
-    .bind(attempts)
-    .execute(&db.pool)
-    .await
-    .unwrap();
 }
 
 async fn status_of(db: &TestDb, id: Uuid) -> Option<(String, bool)> {
@@ -77,10 +60,10 @@ async fn the_readme_runbook_runs_as_written() {
     .execute(&db.pool)
     .await
     .unwrap();
-    delivery(&db, ids[0], "retrying", 2).await;
-    delivery(&db, ids[1], "blocked", 0).await;
-    delivery(&db, ids[2], "dead", 10).await;
-    delivery(&db, ids[3], "dead", 10).await;
+    insert_delivery(&db.pool, "notifications", ids[0], "retrying", 2).await;
+    insert_delivery(&db.pool, "notifications", ids[1], "blocked", 0).await;
+    insert_delivery(&db.pool, "notifications", ids[2], "dead", 10).await;
+    insert_delivery(&db.pool, "notifications", ids[3], "dead", 10).await;
 
     let runbook = runbook();
     let commands: Vec<String> = blocks(&runbook, "bash")

@@ -73,10 +73,7 @@ impl Hook {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(answer))
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
+        crate::harness::serve_http(app).await
     }
 }
 

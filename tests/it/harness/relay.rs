@@ -258,3 +258,30 @@ pub async fn assert_numbered_exactly_once(redis: &TestRedis, published: usize) {
         "lost or reordered messages"
     );
 }
+
+/// Writes the delivery row the relay would write for message `id` in `group`: `status` with
+/// `attempts` failed attempts (the last error an HTTP 503 when there were any), a retrying one
+/// due in 10 minutes.
+pub async fn insert_delivery(
+    pool: &PgPool,
+    group: &str,
+    id: uuid::Uuid,
+    status: &str,
+    attempts: i32,
+) {
+    sqlx::query(
+        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, last_error,
+                next_attempt_at, message_tx_id, message_seq, message_key)
+         SELECT $1, m.id, $3, $4, CASE WHEN $4 > 0 THEN 'HTTP 503 from https://hooks.example' END,
+                CASE WHEN $3 = 'retrying' THEN now() + interval '10 minutes' END,
+                m.tx_id, m.seq, m.key
+           FROM outbox.messages m WHERE m.id = $2",
+    )
+    .bind(group)
+    .bind(id)
+    .bind(status)
+    .bind(attempts)
+    .execute(pool)
+    .await
+    .unwrap();
+}
