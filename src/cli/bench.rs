@@ -129,9 +129,11 @@ async fn publish(config: &Config, args: PublishArgs) -> anyhow::Result<()> {
         bench.rounds,
         bench.payload_bytes
     );
+    let spinner = super::spinner("bench publish: library and hand-written inserts");
     let report = bench
         .run(&scratch.pool, Publisher::new(config.publish))
         .await;
+    spinner.finish_and_clear();
     scratch.drop().await;
     let report = report?;
     println!(
@@ -179,7 +181,9 @@ async fn drain(config: &Config, args: DrainArgs) -> anyhow::Result<()> {
         bench.batch_size,
         if bench.schema { "on" } else { "off" }
     );
+    let spinner = super::spinner("bench drain: filling, ceilings, then the relay");
     let report = bench.run(&mut scratch).await;
+    spinner.finish_and_clear();
     scratch.remove().await;
     let report = report?;
     let lower = report.against_lower_ceiling();
@@ -236,7 +240,9 @@ async fn latency(config: &Config, args: LatencyArgs) -> anyhow::Result<()> {
         bench.publishers,
         args.wakeup
     );
+    let spinner = super::spinner("bench latency: publishing at a steady rate");
     let report = bench.run(&mut scratch).await;
+    spinner.finish_and_clear();
     scratch.remove().await;
     let report = report?;
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);

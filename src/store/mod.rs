@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 pub use cursor_moves::{
     LockedGroup, TopicCount, consumer_groups_lock, consumer_groups_move_cursor,
@@ -106,9 +106,12 @@ async fn connect_inner(
         url: url.to_string(),
         cause: describe(&source),
     };
+    // sqlx logs statements slower than 1 s at WARN with their whole text; operator commands
+    // (prune, replay --from-time) are slow on purpose. INFO keeps it one RUST_LOG away.
     let mut options = PgConnectOptions::from_str(url.expose())
         .map_err(fail)?
-        .application_name(APPLICATION_NAME);
+        .application_name(APPLICATION_NAME)
+        .log_slow_statements(log::LevelFilter::Info, Duration::from_secs(1));
     if let Some(database) = database {
         options = options.database(database);
     }
