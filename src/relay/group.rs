@@ -440,6 +440,9 @@ impl GroupWorker {
         )
         .await
         .map_err(self.store_error("read the outbox"))?;
+        let Some(rows) = rows else {
+            return Ok(self.lost_lease(lease, "outbox read fenced"));
+        };
         if rows.is_empty() {
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)

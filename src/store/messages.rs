@@ -175,13 +175,13 @@ pub struct OutboxRow {
 }
 
 /// Up to `limit` messages after `after`, in position order, from transactions that have all
-/// ended (below the snapshot xmin).
+/// ended (below the snapshot xmin); `None` when `holder` no longer holds the group's lease.
 pub async fn messages_fetch_visible(
     pool: &sqlx::PgPool,
     holder: super::LeaseHolder<'_>,
     after: Position,
     limit: usize,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
+) -> Result<Option<Vec<OutboxRow>>, sqlx::Error> {
     let rows = sqlx::query(include_str!("sql/messages_fetch_visible.sql"))
         .bind(after.tx_id.to_string())
         .bind(after.seq)
@@ -191,7 +191,17 @@ pub async fn messages_fetch_visible(
         .bind(holder.epoch)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(outbox_row).collect()
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The lease row alone (no message past the cursor) has NULL message columns.
+        if row.try_get::<Option<&str>, _>("tx_id_text")?.is_some() {
+            messages.push(outbox_row(row)?);
+        }
+    }
+    Ok(Some(messages))
 }
 
 /// An [`OutboxRow`] from a statement that selects the message columns as
