@@ -27,6 +27,7 @@ use super::RelayError;
 use super::dispatcher::Dispatcher;
 use super::ordering::{OrderingMode, Parked};
 use super::plan::Tally;
+use super::prefetch::{PendingAdvance, Prefetch, ReadResult};
 use super::stall::StallWatch;
 use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
@@ -34,7 +35,7 @@ use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, Sink, StreamAppend, Writer};
 use crate::store::{self, LeaseHolder, OutboxRow};
-use crate::telemetry::{self, Health, WorkerHealth};
+use crate::telemetry::{self, Health, StageTimes, WorkerHealth};
 
 /// How often an active worker re-reads its parked keys and due retries even when none is due
 /// by its own schedule, so an operator's `retry` or `dead retry` is picked up (or every
@@ -55,6 +56,10 @@ pub(super) struct GroupWorker {
     /// The highest transaction id a notification announced (0 when polling).
     pub notified_tx_id: u64,
     pub retries: RetryState,
+    /// The next batch, being read while the current one is forwarded (a backlog).
+    pub prefetch: Option<Prefetch>,
+    /// The last batch's cursor update, running while the next batch is forwarded.
+    pub pending_advance: Option<PendingAdvance>,
     /// Where this worker reports its state, for readiness.
     pub health: Health,
     /// The state last reported (written again only when it changes).
@@ -252,6 +257,12 @@ impl GroupWorker {
         let State::Active(lease) = self.state else {
             return self.try_acquire().await;
         };
+        if self.pending_advance.is_some()
+            && (self.retries.due_now(Instant::now()) || self.retries.parked.halts_group())
+            && let Some(step) = self.settle_advance(lease).await?
+        {
+            return Ok(step);
+        }
         if self.retries.due_now(Instant::now())
             && let Some(step) = self.retry_pass(lease).await?
         {
@@ -364,6 +375,8 @@ impl GroupWorker {
     }
 
     fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
+        self.prefetch = None;
+        self.pending_advance = None;
         tracing::warn!(group = %self.name, epoch = lease.epoch, how, "lease lost; standing by");
         self.state = State::Standby;
         Step::Standby
@@ -432,30 +445,47 @@ impl GroupWorker {
 
     async fn forward_batch(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
         let started = Instant::now();
-        let rows = store::messages_fetch_visible(
-            &self.pool,
-            self.holder(&lease),
-            lease.cursor,
-            self.settings.batch_size,
-        )
-        .await
-        .map_err(self.store_error("read the outbox"))?;
+        let rows = self
+            .read_batch(lease)
+            .await
+            .map_err(self.store_error("read the outbox"))?;
         let Some(rows) = rows else {
             return Ok(self.lost_lease(lease, "outbox read fenced"));
         };
+        if rows.len() >= self.settings.batch_size
+            && let Some(last) = rows.last()
+        {
+            self.prefetch = Some(Prefetch::start(
+                &self.pool,
+                self.holder(&lease),
+                last.position,
+                self.settings.batch_size,
+            ));
+        }
         if rows.is_empty() {
+            if let Some(step) = self.settle_advance(lease).await? {
+                return Ok(step);
+            }
             self.stall
                 .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
                 .await
                 .map_err(self.store_error("check for stalls"))?;
             return self.renew_if_due(lease).await;
         }
+        let mut times = StageTimes {
+            read: started.elapsed(),
+            ..StageTimes::default()
+        };
         let recorded = self.recorded_among(&rows).await?;
+        let planning = Instant::now();
         let plan = self
             .dispatcher
             .first_pass(&rows, &recorded, &self.retries.parked)
             .await
             .map_err(self.registry_error())?;
+        times.decode = plan.decode_time;
+        times.handle = planning.elapsed().saturating_sub(plan.decode_time);
+        let recording = Instant::now();
         if let Some(last_failure) = plan.failures.last() {
             let recorded =
                 store::deliveries_record(&self.pool, self.holder(&lease), &plan.failures)
@@ -474,24 +504,37 @@ impl GroupWorker {
             }
             plan.apply_parks(&mut self.retries.parked);
         }
+        times.cursor = recording.elapsed();
+        let appending = Instant::now();
         if let Some(step) = self.append(lease, &plan.appends, &plan.late).await? {
             return Ok(step);
         }
+        times.append = appending.elapsed();
         let appended_at = chrono::Utc::now();
         let Some(through) = plan.through else {
             return self.renew_if_due(lease).await;
         };
-        let advanced = store::consumer_groups_cursor_advance(
+        // The previous batch's cursor update must have landed before this one is sent.
+        let advancing = Instant::now();
+        if let Some(step) = self.settle_advance(lease).await? {
+            return Ok(step);
+        }
+        self.pending_advance = Some(PendingAdvance::start(
             &self.pool,
             self.holder(&lease),
             through,
             self.settings.lease_ttl,
-        )
-        .await
-        .map_err(self.store_error("advance the cursor"))?;
-        if !advanced {
-            return Ok(self.lost_lease(lease, "cursor update fenced"));
+        ));
+        // With a backlog (a prefetch running) the update runs while the next batch is handled
+        // and appended: a crash before it lands re-reads batches the watermark then skips.
+        // Otherwise it is awaited here.
+        if self.prefetch.is_none()
+            && let Some(step) = self.settle_advance(lease).await?
+        {
+            return Ok(step);
         }
+        times.cursor += advancing.elapsed();
+        telemetry::stage_times(&self.name, &times);
         self.log_pass("batch forwarded", &plan.tally, Some(through));
         telemetry::pass_committed(
             &self.name,
@@ -510,6 +553,36 @@ impl GroupWorker {
                 Step::Trickle
             },
         )
+    }
+
+    /// Waits for the cursor update still in flight, if any; `Some(Standby)` when it found the
+    /// lease gone.
+    async fn settle_advance(&mut self, lease: Lease) -> Result<Option<Step>, RelayError> {
+        let Some(pending) = self.pending_advance.take() else {
+            return Ok(None);
+        };
+        let advanced = pending
+            .wait()
+            .await
+            .map_err(self.store_error("advance the cursor"))?;
+        Ok((!advanced).then(|| self.lost_lease(lease, "cursor update fenced")))
+    }
+
+    /// The batch after the cursor: the prefetched one when it was read from there, else a
+    /// read now.
+    async fn read_batch(&mut self, lease: Lease) -> ReadResult {
+        if let Some(prefetch) = self.prefetch.take()
+            && let Some(read) = prefetch.take(lease.cursor).await
+        {
+            return read;
+        }
+        store::messages_fetch_visible(
+            &self.pool,
+            self.holder(&lease),
+            lease.cursor,
+            self.settings.batch_size,
+        )
+        .await
     }
 
     async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
@@ -535,6 +608,12 @@ impl GroupWorker {
 
     /// Gives the lease up so a standby takes over at once; best effort (it expires anyway).
     async fn release(&mut self) {
+        if let State::Active(lease) = self.state
+            && let Err(error) = self.settle_advance(lease).await
+        {
+            tracing::warn!(group = %self.name, error = %error_chain(&error),
+                "the last cursor update failed; its batch will be read again");
+        }
         if let State::Active(lease) = self.state {
             match store::consumer_groups_lease_release(&self.pool, self.holder(&lease)).await {
                 Ok(_) => {

@@ -11,6 +11,7 @@ pub mod dispatcher;
 mod group;
 pub mod ordering;
 pub mod plan;
+mod prefetch;
 pub mod retry_plan;
 pub mod route;
 mod stall;
@@ -186,6 +187,8 @@ impl Relay {
                 wakeup: wakeup.clone(),
                 notified_tx_id: 0,
                 retries: group::RetryState::new(),
+                prefetch: None,
+                pending_advance: None,
                 health: self.health.clone(),
                 reported: WorkerHealth::Starting,
             };

@@ -63,6 +63,8 @@ pub struct BatchPlan {
     pub by_topic: TopicTally,
     /// `created_at` of every message with entries to append, for the latency histogram.
     pub delivered_at: Vec<chrono::DateTime<chrono::Utc>>,
+    /// Time spent validating payloads (outside handler chains), for the stage breakdown.
+    pub decode_time: std::time::Duration,
 }
 
 impl BatchPlan {
@@ -98,6 +100,7 @@ impl Dispatcher {
         let mut steps: Vec<Option<Step>> = (0..rows.len()).map(|_| None).collect();
         let mut chains: Vec<(Chain, Vec<usize>)> = Vec::new();
         let mut chain_index: HashMap<Chain, usize> = HashMap::new();
+        let mut decode_time = std::time::Duration::ZERO;
         for (i, row) in rows.iter().enumerate() {
             if recorded.contains(&row.id) {
                 steps[i] = Some(Step::Recorded);
@@ -128,7 +131,9 @@ impl Dispatcher {
                     continue;
                 }
             }
+            let decoding = std::time::Instant::now();
             let decoded = self.decode(row).await?;
+            decode_time += decoding.elapsed();
             steps[i] = Some(Step::Handled(
                 self.handle_routed(row, route, 1, decoded).await,
             ));
@@ -144,10 +149,12 @@ impl Dispatcher {
         for (i, step) in results.into_iter().flatten() {
             steps[i] = Some(step);
         }
-        Ok(self.plan_batch(
+        let mut plan = self.plan_batch(
             rows,
             steps.into_iter().map(|s| s.expect("every row has a step")),
-        ))
+        );
+        plan.decode_time = decode_time;
+        Ok(plan)
     }
 
     /// Handles a chain's messages in order; after a retry, the rest wait.

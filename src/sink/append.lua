@@ -40,6 +40,17 @@ if epoch < stored_epoch then
 end
 local mark = redis.call('HGET', KEYS[2], 'position') or ''
 
+-- One argument table for every XADD: the stream, the optional cap and '*' stay in front, each
+-- entry's fields overwrite the rest, and unpack takes exactly this entry's count.
+local args = { KEYS[1] }
+if maxlen > 0 then
+  args[#args + 1] = 'MAXLEN'
+  args[#args + 1] = '~'
+  args[#args + 1] = maxlen
+end
+args[#args + 1] = '*'
+local base = #args
+
 local appended = 0
 local last = nil
 i = 3
@@ -47,17 +58,10 @@ while i <= #ARGV do
   local position = ARGV[i]
   local n = tonumber(ARGV[i + 1])
   if position > mark then
-    local args = { KEYS[1] }
-    if maxlen > 0 then
-      args[#args + 1] = 'MAXLEN'
-      args[#args + 1] = '~'
-      args[#args + 1] = maxlen
+    for k = 1, n do
+      args[base + k] = ARGV[i + 1 + k]
     end
-    args[#args + 1] = '*'
-    for j = i + 2, i + 1 + n do
-      args[#args + 1] = ARGV[j]
-    end
-    redis.call('XADD', unpack(args))
+    redis.call('XADD', unpack(args, 1, base + n))
     appended = appended + 1
     last = position
   end

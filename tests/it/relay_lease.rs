@@ -112,6 +112,18 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
         || async { (redis.stream_len("all").await >= published).then_some(()) },
     )
     .await;
+    // Its last cursor update may land just after the last append: wait for the cursor to
+    // reach the end before taking it as the reference.
+    eventually(Duration::from_secs(10), "the cursor at the end", || async {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (lag == 0).then_some(())
+    })
+    .await;
     let cursor_before: String = sqlx::query_scalar(
         "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
     )
