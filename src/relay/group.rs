@@ -27,8 +27,9 @@ use super::RelayError;
 use super::dispatcher::Dispatcher;
 use super::ordering::{OrderingMode, Parked};
 use super::plan::Tally;
-use super::prefetch::{PendingAdvance, Prefetch, ReadResult};
+use super::prefetch::{PendingAdvance, Prefetch};
 use super::stall::StallWatch;
+use super::tail::{ReadResult, SharedTail};
 use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
@@ -56,6 +57,8 @@ pub(super) struct GroupWorker {
     /// The highest transaction id a notification announced (0 when polling).
     pub notified_tx_id: u64,
     pub retries: RetryState,
+    /// The process's shared reads of the outbox (one read serves every group at the head).
+    pub tail: std::sync::Arc<SharedTail>,
     /// The next batch, being read while the current one is forwarded (a backlog).
     pub prefetch: Option<Prefetch>,
     /// The last batch's cursor update, running while the next batch is forwarded.
@@ -377,6 +380,7 @@ impl GroupWorker {
     fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
         self.prefetch = None;
         self.pending_advance = None;
+        self.tail.release(&self.name);
         tracing::warn!(group = %self.name, epoch = lease.epoch, how, "lease lost; standing by");
         self.state = State::Standby;
         Step::Standby
@@ -429,6 +433,7 @@ impl GroupWorker {
         };
         tracing::info!(group = %self.name, epoch = acquired.epoch, position = %acquired.cursor, owner = %self.owner,
             "lease acquired; forwarding");
+        self.tail.hold(&self.name, acquired.epoch);
         self.retries = RetryState::new();
         self.retries.recorded_through = store::deliveries_recorded_through(&self.pool, &self.name)
             .await
@@ -456,8 +461,8 @@ impl GroupWorker {
             && let Some(last) = rows.last()
         {
             self.prefetch = Some(Prefetch::start(
-                &self.pool,
-                self.holder(&lease),
+                &self.tail,
+                &self.name,
                 last.position,
                 self.settings.batch_size,
             ));
@@ -576,13 +581,9 @@ impl GroupWorker {
         {
             return read;
         }
-        store::messages_fetch_visible(
-            &self.pool,
-            self.holder(&lease),
-            lease.cursor,
-            self.settings.batch_size,
-        )
-        .await
+        self.tail
+            .read(&self.name, lease.cursor, self.settings.batch_size)
+            .await
     }
 
     async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
@@ -614,6 +615,7 @@ impl GroupWorker {
             tracing::warn!(group = %self.name, error = %error_chain(&error),
                 "the last cursor update failed; its batch will be read again");
         }
+        self.tail.release(&self.name);
         if let State::Active(lease) = self.state {
             match store::consumer_groups_lease_release(&self.pool, self.holder(&lease)).await {
                 Ok(_) => {

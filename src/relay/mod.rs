@@ -15,6 +15,7 @@ mod prefetch;
 pub mod retry_plan;
 pub mod route;
 mod stall;
+mod tail;
 mod wakeup;
 
 use std::time::Duration;
@@ -163,6 +164,12 @@ impl Relay {
                 shutdown.clone(),
             ),
         };
+        let tail = tail::SharedTail::new(
+            self.pool.clone(),
+            self.owner.clone(),
+            self.groups.len(),
+            self.settings.batch_size,
+        );
         let mut workers = tokio::task::JoinSet::new();
         for group in &self.groups {
             self.health.set(&group.name, WorkerHealth::Starting);
@@ -187,6 +194,7 @@ impl Relay {
                 wakeup: wakeup.clone(),
                 notified_tx_id: 0,
                 retries: group::RetryState::new(),
+                tail: tail.clone(),
                 prefetch: None,
                 pending_advance: None,
                 health: self.health.clone(),

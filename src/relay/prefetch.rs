@@ -8,16 +8,17 @@
 //! the cursor then stands exactly where the prefetch read from (every row of the batch was
 //! passed); otherwise (a strict group stopped early, the lease was lost, a replay moved the
 //! cursor) they are dropped and read again. Nothing is lost either way: a read is only rows
-//! past a position, below the snapshot xmin, and fenced by the lease like any other read.
+//! past a position, below the snapshot xmin, and fenced by the lease like any other read
+//! (it goes through the shared tail like any other read, see `tail`).
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use super::tail::{ReadResult, SharedTail};
 use crate::position::Position;
-use crate::store::{self, LeaseHolder, OutboxRow};
-
-/// What a read returns: the rows, or `None` when the lease was no longer held.
-pub(super) type ReadResult = Result<Option<Vec<OutboxRow>>, sqlx::Error>;
+use crate::store::{self, LeaseHolder};
 
 /// A read of the batch after `after`, running.
 pub(super) struct Prefetch {
@@ -26,22 +27,11 @@ pub(super) struct Prefetch {
 }
 
 impl Prefetch {
-    /// Starts reading up to `limit` rows after `after` for `holder`'s group.
-    pub fn start(pool: &PgPool, holder: LeaseHolder<'_>, after: Position, limit: usize) -> Self {
-        let pool = pool.clone();
-        let (group, owner, epoch) = (
-            holder.group.to_owned(),
-            holder.owner.to_owned(),
-            holder.epoch,
-        );
-        let task = tokio::spawn(async move {
-            let holder = LeaseHolder {
-                group: &group,
-                owner: &owner,
-                epoch,
-            };
-            store::messages_fetch_visible(&pool, holder, after, limit).await
-        });
+    /// Starts reading up to `limit` rows after `after` for `group` (through the shared tail).
+    pub fn start(tail: &Arc<SharedTail>, group: &str, after: Position, limit: usize) -> Self {
+        let tail = Arc::clone(tail);
+        let group = group.to_owned();
+        let task = tokio::spawn(async move { tail.read(&group, after, limit).await });
         Prefetch { after, task }
     }
 

@@ -174,34 +174,53 @@ pub struct OutboxRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A read of the outbox for the groups of one relay process standing at the same cursor.
+#[derive(Debug, Clone, Default)]
+pub struct VisibleRows {
+    /// Of the groups asked for, those whose lease the owner still holds.
+    pub leased: Vec<String>,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Whose leases a read is fenced by: one owner, and each group with the epoch it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadFence<'a> {
+    pub owner: &'a str,
+    pub groups: &'a [String],
+    pub epochs: &'a [i64],
+}
+
 /// Up to `limit` messages after `after`, in position order, from transactions that have all
-/// ended (below the snapshot xmin); `None` when `holder` no longer holds the group's lease.
+/// ended (below the snapshot xmin), and which of `fence`'s groups still hold their lease.
 pub async fn messages_fetch_visible(
     pool: &sqlx::PgPool,
-    holder: super::LeaseHolder<'_>,
+    fence: ReadFence<'_>,
     after: Position,
     limit: usize,
-) -> Result<Option<Vec<OutboxRow>>, sqlx::Error> {
+) -> Result<VisibleRows, sqlx::Error> {
     let rows = sqlx::query(include_str!("sql/messages_fetch_visible.sql"))
         .bind(after.tx_id.to_string())
         .bind(after.seq)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(holder.group)
-        .bind(holder.owner)
-        .bind(holder.epoch)
+        .bind(fence.groups)
+        .bind(fence.owner)
+        .bind(fence.epochs)
         .fetch_all(pool)
         .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut messages = Vec::with_capacity(rows.len());
+    let mut visible = VisibleRows {
+        leased: match rows.first() {
+            Some(row) => row.try_get("leased")?,
+            None => Vec::new(),
+        },
+        rows: Vec::with_capacity(rows.len()),
+    };
     for row in &rows {
-        // The lease row alone (no message past the cursor) has NULL message columns.
+        // With nothing past the cursor the one row has NULL message columns.
         if row.try_get::<Option<&str>, _>("tx_id_text")?.is_some() {
-            messages.push(outbox_row(row)?);
+            visible.rows.push(outbox_row(row)?);
         }
     }
-    Ok(Some(messages))
+    Ok(visible)
 }
 
 /// An [`OutboxRow`] from a statement that selects the message columns as

@@ -43,8 +43,8 @@ pub use inspect::{
     deliveries_stuck, messages_held_back, xmin_holder,
 };
 pub use messages::{
-    OutboxRow, StoredMessage, messages_fetch_visible, messages_last_position,
-    messages_of_current_transaction, messages_position,
+    OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_fetch_visible,
+    messages_last_position, messages_of_current_transaction, messages_position,
 };
 pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};

@@ -415,3 +415,57 @@ async fn kill_9_during_a_replay_duplicates_nothing_within_it() {
     assert_eq!(redis.numbers("all").await, expected);
     relay.kill9();
 }
+
+#[tokio::test]
+async fn groups_sharing_reads_each_get_everything_once_and_a_paused_one_gets_nothing() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let groups: String = (0..4)
+        .map(|g| forward_all(&format!("g{g}"), &format!("s{g}")))
+        .collect();
+    let toml = relay_toml(
+        &db,
+        &redis,
+        "idle_poll_ms = 5\nbatch_size = 20\nlease_ttl_ms = 2000",
+        &groups,
+    );
+    let relay = InProcessRelay::start(&toml).await;
+    for from in (0..600).step_by(100) {
+        publish_numbered(&db.pool, from, 100).await;
+    }
+    let all: Vec<u64> = (0..600).collect();
+    for g in 0..4 {
+        let stream = format!("s{g}");
+        eventually(Duration::from_secs(20), "every group's stream", || async {
+            (redis.numbers(&stream).await.len() >= 600).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for g in 0..4 {
+        assert_eq!(redis.numbers(&format!("s{g}")).await, all, "group g{g}");
+    }
+
+    // A paused group takes nothing from the reads the others share.
+    let paused = cli(&db, &["groups", "pause", "g1"]);
+    assert_eq!(paused.code, Some(0), "{}", paused.stderr);
+    publish_numbered(&db.pool, 600, 50).await;
+    eventually(
+        Duration::from_secs(10),
+        "the others get the new ones",
+        || async { (redis.numbers("s0").await.len() >= 650).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.numbers("s1").await.len(), 600);
+    let resumed = cli(&db, &["groups", "resume", "g1"]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    let all: Vec<u64> = (0..650).collect();
+    eventually(
+        Duration::from_secs(10),
+        "the paused group catching up",
+        || async { (redis.numbers("s1").await == all).then_some(()) },
+    )
+    .await;
+    relay.stop().await;
+}
