@@ -227,6 +227,10 @@ impl RetryBench {
         progress: &dyn Progress,
     ) -> Result<(), BenchError> {
         wait_until_passed(pool, &[group.to_owned()], last, relay, progress).await?;
+        progress.phase(
+            "waiting for every message to be accepted",
+            Some(self.messages),
+        );
         loop {
             progress.advance_to(endpoint.accepted());
             if endpoint.accepted() >= self.messages {

@@ -131,18 +131,27 @@ impl Progress for TerminalProgress {
     fn phase(&self, name: &str, total: Option<u64>) {
         let style = match total {
             Some(_) => indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} {human_pos}/{human_len} [{bar:30}] {per_sec} eta {eta}",
+                "{spinner} {msg} {human_pos}/{human_len} [{bar:30}] eta {eta}",
             ),
             None => indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}"),
         };
-        if let Ok(style) = style {
-            self.bar.set_style(style.progress_chars("=> "));
+        // Each setter may draw: order them so that no frame shows the new phase's name with
+        // the old phase's figures (a spinner's style goes first, a bar's last).
+        let message = format!("bench {}: {name}", self.scenario);
+        let style = style.map(|style| style.progress_chars("=> "));
+        if total.is_none()
+            && let Ok(style) = &style
+        {
+            self.bar.set_style(style.clone());
         }
+        self.bar.reset();
         self.bar.set_length(total.unwrap_or(0));
-        self.bar.set_position(0);
-        self.bar.reset_eta();
-        self.bar
-            .set_message(format!("bench {}: {name}", self.scenario));
+        self.bar.set_message(message);
+        if total.is_some()
+            && let Ok(style) = style
+        {
+            self.bar.set_style(style);
+        }
     }
 
     fn advance_to(&self, done: u64) {
