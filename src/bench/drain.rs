@@ -4,21 +4,23 @@
 //! (b) XADD of entries of the same shape with redis-rs pipelines of the same batch size.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use serde_json::json;
+
+use super::backlog::{Backlog, FILL_CHUNK, wait_until_passed};
 use super::publish::{payload_of_size, register_schema};
 use super::relay_process::{RelayProcess, RelayScratch, ScratchRedis, phase};
-use super::{BenchError, Comparison, Measurement};
-use crate::store;
+use super::stages::StageBreakdown;
+use super::summary::{Line, Machine, Summary};
+use super::{BenchError, Comparison, Measurement, Progress};
 
 const GROUP: &str = "bench-drain";
 const STREAM: &str = "drain";
 const TOPIC: &str = "bench.drain";
-/// Rows per backlog-filling transaction.
-const FILL_CHUNK: u64 = 20_000;
 
 /// What the read ceiling decodes: the columns the relay reads, as the relay reads them.
 #[derive(sqlx::FromRow)]
@@ -61,6 +63,11 @@ pub struct DrainBenchReport {
     pub append_ceiling: Measurement,
     /// The relay's peak resident set, bytes.
     pub relay_peak_rss: Option<u64>,
+    /// Whether the relay's `/metrics` answered at the end of the drain.
+    pub metrics_scraped: bool,
+    /// Where the relay's time went, from its `/metrics` (`None`: not scraped, or a relay
+    /// without the metric).
+    pub stages: Option<StageBreakdown>,
 }
 
 impl DrainBenchReport {
@@ -76,11 +83,67 @@ impl DrainBenchReport {
             ceiling,
         }
     }
+
+    /// The figures for the summary table and `--json`.
+    pub fn summary(&self) -> Summary {
+        let s = &self.settings;
+        let read = Comparison {
+            ours: self.relay,
+            ceiling: self.read_ceiling,
+        };
+        let append = Comparison {
+            ours: self.relay,
+            ceiling: self.append_ceiling,
+        };
+        let wall = self.relay.elapsed.as_secs_f64();
+        let stages = self.stages.as_ref().map(|stages| {
+            stages
+                .seconds
+                .iter()
+                .map(|(name, seconds)| {
+                    (
+                        name.clone(),
+                        json!({"seconds": seconds, "share_of_wall": seconds / wall.max(f64::EPSILON)}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        });
+        Summary {
+            scenario: "drain",
+            parameters: json!({
+                "messages": s.messages,
+                "payload_bytes": s.payload_bytes,
+                "batch_size": s.batch_size,
+                "schema": s.schema,
+            }),
+            machine: Machine::this_one(),
+            lines: vec![
+                Line::comparison(
+                    "drain",
+                    "relay vs lower ceiling",
+                    &self.against_lower_ceiling(),
+                ),
+                Line::comparison("drain", "relay vs (a) plain SELECT", &read),
+                Line::comparison("drain", "relay vs (b) pipelined XADD", &append),
+            ],
+            details: json!({
+                "fill_seconds": self.fill.elapsed.as_secs_f64(),
+                "relay_peak_rss_bytes": self.relay_peak_rss,
+                "relay_wall_seconds": wall,
+                "metrics_scraped": self.metrics_scraped,
+                "stages": stages,
+            }),
+        }
+    }
 }
 
 impl DrainBench {
     /// Runs in `scratch`: its database, its key prefix, a relay process pointed at both.
-    pub async fn run(&self, scratch: &mut RelayScratch) -> Result<DrainBenchReport, BenchError> {
+    pub async fn run(
+        &self,
+        scratch: &mut RelayScratch,
+        progress: &dyn Progress,
+    ) -> Result<DrainBenchReport, BenchError> {
         let RelayScratch {
             database,
             database_url,
@@ -88,37 +151,45 @@ impl DrainBench {
             redis,
         } = scratch;
         let pool = &database.pool;
-        let fill = self.fill(pool).await?;
-        let last = store::messages_last_position(pool)
-            .await
-            .map_err(|e| phase("find the end of the backlog", e))?
-            .ok_or_else(|| phase("fill", "the backlog is empty"))?;
+        let schema_version = if self.schema {
+            register_schema(pool, TOPIC).await?;
+            Some(1)
+        } else {
+            None
+        };
+        let backlog = Backlog {
+            topic: TOPIC,
+            messages: self.messages,
+            payload_bytes: self.payload_bytes,
+            schema_version,
+            keys: 100,
+            fail_once_every: None,
+        };
+        let (fill, last) = backlog.fill(pool, progress).await?;
         // The ceilings first, so the relay does not find its rows warmer in the cache than they did.
-        let read_ceiling = self.read_ceiling(pool).await?;
-        let append_ceiling = self.append_ceiling(redis).await?;
+        progress.phase("ceiling (a): plain SELECT", Some(self.messages));
+        let read_ceiling = self.read_ceiling(pool, progress).await?;
+        progress.phase("ceiling (b): pipelined XADD", Some(self.messages));
+        let append_ceiling = self.append_ceiling(redis, progress).await?;
 
         let toml = format!(
             "[redis]\nkey_prefix = \"{}\"\n[relay]\nbatch_size = {}\n\
              [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{STREAM}\"\n",
             redis.prefix, self.batch_size
         );
+        progress.phase("the relay drains the backlog", Some(self.messages));
         let started = Instant::now();
-        let mut relay = RelayProcess::start(&self.relay_exe, database_url, redis_url, &toml)?;
-        loop {
-            let cursor = store::consumer_groups_cursor(pool, GROUP)
-                .await
-                .map_err(|e| phase("read the group's cursor", e))?;
-            if cursor.is_some_and(|c| c.cursor >= last) {
-                break;
-            }
-            relay.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut relay =
+            RelayProcess::start_with_http(&self.relay_exe, database_url, redis_url, &toml)?;
+        wait_until_passed(pool, &[GROUP.to_owned()], last, &mut relay, progress).await?;
         let relay_measurement = Measurement {
             messages: self.messages,
             elapsed: started.elapsed(),
         };
         let relay_peak_rss = relay.peak_rss_bytes();
+        let metrics = relay.scrape_metrics().await;
+        let metrics_scraped = metrics.is_some();
+        let stages = metrics.and_then(|text| StageBreakdown::parse(&text));
         relay.stop().await?;
         let appended: u64 = redis::cmd("XLEN")
             .arg(format!("{}{STREAM}", redis.prefix))
@@ -141,48 +212,24 @@ impl DrainBench {
             read_ceiling,
             append_ceiling,
             relay_peak_rss,
-        })
-    }
-
-    /// The backlog: `messages` rows in transactions of [`FILL_CHUNK`], generated by Postgres.
-    async fn fill(&self, pool: &PgPool) -> Result<Measurement, BenchError> {
-        let payload = payload_of_size(self.payload_bytes);
-        let version: Option<i32> = if self.schema {
-            register_schema(pool, TOPIC).await?;
-            Some(1)
-        } else {
-            None
-        };
-        let started = Instant::now();
-        let mut left = self.messages;
-        while left > 0 {
-            let chunk = left.min(FILL_CHUNK);
-            sqlx::query(
-                "INSERT INTO outbox.messages (id, topic, key, payload, schema_version) \
-                 SELECT outbox.uuid_v7(), $1, 'customer-' || (g % 100), $2, $4 \
-                   FROM generate_series(1, $3) AS g",
-            )
-            .bind(TOPIC)
-            .bind(&payload)
-            .bind(chunk as i64)
-            .bind(version)
-            .execute(pool)
-            .await
-            .map_err(|e| phase("fill the backlog", e))?;
-            left -= chunk;
-        }
-        sqlx::query("VACUUM ANALYZE outbox.messages")
-            .execute(pool)
-            .await
-            .map_err(|e| phase("vacuum the backlog", e))?;
-        Ok(Measurement {
-            messages: self.messages,
-            elapsed: started.elapsed(),
+            metrics_scraped,
+            stages,
         })
     }
 
     /// (a) The same rows, the same columns as text, batch by batch in cursor order.
-    async fn read_ceiling(&self, pool: &PgPool) -> Result<Measurement, BenchError> {
+    pub(super) async fn read_ceiling(
+        &self,
+        pool: &PgPool,
+        progress: &dyn Progress,
+    ) -> Result<Measurement, BenchError> {
+        // One connection of its own, closed at the end: a backend's statistics are flushed when
+        // it exits, so `bench fanout` can count the relay's reads alone afterwards.
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| phase("ceiling: plain SELECT", e))?
+            .detach();
         let started = Instant::now();
         let (mut tx_id, mut seq) = ("0".to_owned(), 0_i64);
         let mut read = 0_u64;
@@ -197,22 +244,29 @@ impl DrainBench {
             .bind(&tx_id)
             .bind(seq)
             .bind(self.batch_size as i64)
-            .fetch_all(pool)
+            .fetch_all(&mut conn)
             .await
             .map_err(|e| phase("ceiling: plain SELECT", e))?;
             let Some(last) = rows.last() else { break };
             tx_id.clone_from(&last.tx_id_text);
             seq = last.seq;
             read += rows.len() as u64;
+            progress.advance_to(read);
         }
+        let elapsed = started.elapsed();
+        let _ = sqlx::Connection::close(conn).await;
         Ok(Measurement {
             messages: read,
-            elapsed: started.elapsed(),
+            elapsed,
         })
     }
 
     /// (b) XADD of entries with the relay's fields and sizes, one pipeline per batch.
-    async fn append_ceiling(&self, redis: &mut ScratchRedis) -> Result<Measurement, BenchError> {
+    pub(super) async fn append_ceiling(
+        &self,
+        redis: &mut ScratchRedis,
+        progress: &dyn Progress,
+    ) -> Result<Measurement, BenchError> {
         let payload = payload_of_size(self.payload_bytes).to_string();
         let key = format!("{}ceiling", redis.prefix);
         let created_at = chrono::Utc::now().to_rfc3339();
@@ -249,6 +303,7 @@ impl DrainBench {
                 .await
                 .map_err(|e| phase("ceiling: pipelined XADD", e))?;
             sent += batch;
+            progress.advance_to(sent);
         }
         Ok(Measurement {
             messages: sent,

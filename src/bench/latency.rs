@@ -1,6 +1,10 @@
 //! `bench latency`: a steady rate of single-message transactions for a while, forwarded by a
 //! real `outbox-relay run` process; a consumer blocked on XREAD notes when each entry arrives.
 //! Latency = entry received − `COMMIT` returned to the publisher, both on this process's clock.
+//!
+//! Then, with the relay caught up and nothing published, its idle cost: transactions per
+//! second in the scratch database and the CPU of its Postgres backends ([`IdleCost`]).
+//! The throughput line compares the rate delivered with the rate asked for.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,12 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::time::MissedTickBehavior;
 
-use super::BenchError;
+use super::pg_activity::{IdleCost, idle_cost};
 use super::publish::payload_of_size;
 use super::relay_process::{RelayProcess, RelayScratch, phase};
+use super::summary::{Line, Machine, Summary};
+use super::{BenchError, Comparison, Measurement, Progress};
 use crate::config::Wakeup;
 use crate::publish::{Message, Publisher};
 use crate::store;
@@ -33,6 +40,8 @@ pub struct LatencyBench {
     pub wakeup: Wakeup,
     /// `idle_poll_ms` for the relay (`None`: its default for the wake-up mode).
     pub idle_poll_ms: Option<u64>,
+    /// How long to watch the caught-up relay with nothing published (zero: not at all).
+    pub idle: Duration,
     pub relay_exe: PathBuf,
 }
 
@@ -44,6 +53,8 @@ pub struct LatencyBenchReport {
     pub publish_elapsed: Duration,
     /// Commit → entry latencies, sorted.
     pub latencies: Vec<Duration>,
+    /// What the relay cost Postgres while idle (`None` when not watched).
+    pub idle: Option<IdleCost>,
 }
 
 impl LatencyBenchReport {
@@ -54,6 +65,73 @@ impl LatencyBenchReport {
         }
         let index = ((self.latencies.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
         self.latencies[index]
+    }
+
+    /// Messages delivered per second next to the rate asked for.
+    pub fn rate_comparison(&self) -> Comparison {
+        let elapsed = self.publish_elapsed;
+        Comparison {
+            ours: Measurement {
+                messages: self.latencies.len() as u64,
+                elapsed,
+            },
+            ceiling: Measurement {
+                messages: (self.settings.rate as f64 * elapsed.as_secs_f64()).round() as u64,
+                elapsed,
+            },
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let s = &self.settings;
+        let ms = |q: f64| self.quantile(q).as_secs_f64() * 1000.0;
+        let mut lines = vec![Line::comparison(
+            "latency",
+            "delivered vs rate asked for",
+            &self.rate_comparison(),
+        )];
+        for (name, q) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)] {
+            lines.push(Line::figure(
+                "latency",
+                format!("commit → entry {name}"),
+                ms(q),
+                "ms",
+            ));
+        }
+        if let Some(idle) = &self.idle {
+            lines.push(Line::figure(
+                "latency",
+                "idle: Postgres transactions/s",
+                idle.transactions_per_second,
+                "tx/s",
+            ));
+            lines.push(Line::figure(
+                "latency",
+                "idle: Postgres backend CPU",
+                idle.backend_cpu_per_second * 100.0,
+                "% of a core",
+            ));
+        }
+        Summary {
+            scenario: "latency",
+            parameters: json!({
+                "rate": s.rate,
+                "seconds": s.duration.as_secs_f64(),
+                "payload_bytes": s.payload_bytes,
+                "publishers": s.publishers,
+                "wakeup": match s.wakeup { Wakeup::Poll => "poll", Wakeup::Notify => "notify" },
+                "idle_poll_ms": s.idle_poll_ms,
+                "idle_seconds": s.idle.as_secs_f64(),
+            }),
+            machine: Machine::this_one(),
+            lines,
+            details: json!({
+                "published": self.published,
+                "publish_seconds": self.publish_elapsed.as_secs_f64(),
+                "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99), "max": ms(1.0)},
+                "idle": self.idle,
+            }),
+        }
     }
 }
 
@@ -74,7 +152,11 @@ fn lock(observations: &Shared) -> std::sync::MutexGuard<'_, Observations> {
 
 impl LatencyBench {
     /// Runs in `scratch`: its database, its key prefix, a relay process pointed at both.
-    pub async fn run(&self, scratch: &mut RelayScratch) -> Result<LatencyBenchReport, BenchError> {
+    pub async fn run(
+        &self,
+        scratch: &mut RelayScratch,
+        progress: &dyn Progress,
+    ) -> Result<LatencyBenchReport, BenchError> {
         let RelayScratch {
             database,
             database_url,
@@ -100,11 +182,13 @@ impl LatencyBench {
              [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{STREAM}\"\n",
             redis.prefix
         );
+        progress.phase("starting the relay", None);
         let mut relay = RelayProcess::start(&self.relay_exe, database_url, redis_url, &toml)?;
         relay
             .wait_for_lease(pool, GROUP, Duration::from_secs(15))
             .await?;
-
+        let expected = (self.rate as f64 * self.duration.as_secs_f64()).round() as u64;
+        progress.phase("publishing at a steady rate", Some(expected));
         let observations: Shared = Arc::default();
         let stream_key = format!("{}{STREAM}", redis.prefix);
         let consumer = tokio::spawn(consume(
@@ -112,7 +196,16 @@ impl LatencyBench {
             stream_key,
             observations.clone(),
         ));
-        let (published, publish_elapsed) = self.publish(pool, &observations).await?;
+        let publishing = self.publish(pool, &observations);
+        tokio::pin!(publishing);
+        let (published, publish_elapsed) = loop {
+            tokio::select! {
+                result = &mut publishing => break result?,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    progress.advance_to(lock(&observations).received.len() as u64);
+                }
+            }
+        };
         let all_received = tokio::time::timeout(Duration::from_secs(30), async {
             while (lock(&observations).received.len() as u64) < published {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -120,6 +213,12 @@ impl LatencyBench {
         })
         .await;
         consumer.abort();
+        let idle = if self.idle.is_zero() || all_received.is_err() {
+            None
+        } else {
+            progress.phase("watching the idle relay", None);
+            Some(idle_cost(database.admin(), database.name(), relay.pid(), self.idle).await?)
+        };
         relay.stop().await?;
         let latencies: Vec<Duration> = {
             let observations = lock(&observations);
@@ -148,6 +247,7 @@ impl LatencyBench {
             published,
             publish_elapsed,
             latencies,
+            idle,
         })
     }
 

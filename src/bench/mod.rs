@@ -1,11 +1,24 @@
 //! `outbox-relay bench`: measurements of this crate next to the ceiling for the same work,
 //! taken in the same run against the configured Postgres, in a scratch database that is
 //! created for the run and dropped after it.
+//!
+//! One module per scenario (`publish`, `drain`, `latency`, `fanout`, `retry`); the relay
+//! scenarios share a [`RelayScratch`] (database + key prefix), a real relay process, a
+//! backlog filler, and Postgres' own counters ([`pg_activity`]). Every report turns into a
+//! [`Summary`]: the lines of the summary table and the `--json` document.
 
+mod backlog;
 mod drain;
+mod fanout;
+mod flaky_endpoint;
 mod latency;
+pub mod pg_activity;
+mod progress;
 mod publish;
 mod relay_process;
+mod retry;
+pub mod stages;
+mod summary;
 
 use std::fmt;
 use std::time::Duration;
@@ -13,9 +26,15 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 pub use drain::{DrainBench, DrainBenchReport};
+pub use fanout::{FanoutBench, FanoutBenchReport, FanoutRun, Growth};
 pub use latency::{LatencyBench, LatencyBenchReport};
+pub use pg_activity::IdleCost;
+pub use progress::{Progress, Silent};
 pub use publish::{NotifyCost, PublishBench, PublishBenchReport};
 pub use relay_process::RelayScratch;
+pub use retry::{RetryBench, RetryBenchReport};
+pub use stages::StageBreakdown;
+pub use summary::{Line, Machine, Summary};
 
 use crate::config::ConnectionUrl;
 use crate::store::{self, ConnectError};
@@ -81,6 +100,12 @@ impl ScratchDatabase {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A connection to the server's maintenance database (not the scratch one), for watching
+    /// the scratch database without adding to what is watched.
+    pub fn admin(&self) -> &PgPool {
+        &self.admin
     }
 
     /// Closes the pool and drops the database; a failure is logged, not returned.

@@ -12,7 +12,8 @@ use sqlx::postgres::PgListener;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{BenchError, Comparison, Measurement, median};
+use super::summary::{Line, Machine, Summary};
+use super::{BenchError, Comparison, Measurement, Progress, median};
 use crate::publish::{Message, Publisher};
 use crate::registry::{Registry, SchemaFormat, Unregistered};
 use crate::store;
@@ -63,6 +64,46 @@ pub struct PublishBenchReport {
     pub notify: Option<NotifyCost>,
 }
 
+impl PublishBenchReport {
+    pub fn summary(&self) -> Summary {
+        let s = &self.settings;
+        let single = format!("publish_in_tx, {} tx × 1", s.single_messages);
+        let batch = format!("publish_batch_in_tx, {} tx × {}", s.batches, s.batch_size);
+        let mut lines = vec![
+            Line::comparison("publish", &single, &self.single),
+            Line::comparison("publish", &batch, &self.batch),
+        ];
+        if let Some(notify) = &self.notify {
+            lines.push(Line::comparison(
+                "publish",
+                format!("{single}, NOTIFY trigger vs none"),
+                &notify.single,
+            ));
+            lines.push(Line::comparison(
+                "publish",
+                format!("{batch}, NOTIFY trigger vs none"),
+                &notify.batch,
+            ));
+        }
+        Summary {
+            scenario: "publish",
+            parameters: json!({
+                "messages": s.single_messages,
+                "concurrency": s.concurrency,
+                "batches": s.batches,
+                "batch_size": s.batch_size,
+                "payload_bytes": s.payload_bytes,
+                "rounds": s.rounds,
+                "notify_trigger": s.notify_trigger,
+                "schema": s.schema,
+            }),
+            machine: Machine::this_one(),
+            lines,
+            details: json!({}),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct NotifyCost {
     pub single: Comparison,
@@ -82,6 +123,7 @@ impl PublishBench {
         &self,
         pool: &PgPool,
         publisher: Publisher,
+        progress: &dyn Progress,
     ) -> Result<PublishBenchReport, BenchError> {
         let payload = payload_of_size(self.payload_bytes);
         if self.schema {
@@ -107,6 +149,20 @@ impl PublishBench {
         let measured = async {
             for round in 0..self.rounds.max(1) {
                 for (slot, &(workload, notify)) in plan.iter().enumerate() {
+                    let trigger = if notify {
+                        " with the NOTIFY trigger"
+                    } else {
+                        ""
+                    };
+                    progress.phase(
+                        &format!(
+                            "round {}/{}: {}{trigger}",
+                            round + 1,
+                            self.rounds.max(1),
+                            workload.name()
+                        ),
+                        None,
+                    );
                     set_notify_trigger(pool, notify).await?;
                     truncate(pool).await?;
                     let measurement = self.measure(pool, publisher, workload, &payload).await?;

@@ -2,6 +2,7 @@
 //! its own), configured by a file in a temporary directory, plus the scratch Redis key prefix
 //! it writes under.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -83,6 +84,8 @@ impl RelayScratch {
 pub struct RelayProcess {
     child: Child,
     dir: PathBuf,
+    /// Where `run --http` serves `/metrics`, when started with it.
+    http: Option<SocketAddr>,
 }
 
 impl RelayProcess {
@@ -93,6 +96,28 @@ impl RelayProcess {
         database_url: &ConnectionUrl,
         redis_url: &ConnectionUrl,
         toml: &str,
+    ) -> Result<Self, BenchError> {
+        Self::start_inner(exe, database_url, redis_url, toml, None)
+    }
+
+    /// Like [`RelayProcess::start`], with `run --http 127.0.0.1:<a free port>`, so that
+    /// [`RelayProcess::scrape_metrics`] can read its `/metrics`.
+    pub fn start_with_http(
+        exe: &Path,
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+        toml: &str,
+    ) -> Result<Self, BenchError> {
+        let addr = free_local_port().map_err(|e| phase("find a free port for --http", e))?;
+        Self::start_inner(exe, database_url, redis_url, toml, Some(addr))
+    }
+
+    fn start_inner(
+        exe: &Path,
+        database_url: &ConnectionUrl,
+        redis_url: &ConnectionUrl,
+        toml: &str,
+        http: Option<SocketAddr>,
     ) -> Result<Self, BenchError> {
         let dir = std::env::temp_dir().join(format!("outbox-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| phase("write the relay config", e))?;
@@ -112,6 +137,10 @@ impl RelayProcess {
             .args(["--database-url", database_url.expose()])
             .args(["--redis-url", redis_url.expose()])
             .arg("run")
+            .args(
+                http.iter()
+                    .flat_map(|addr| ["--http".to_owned(), addr.to_string()]),
+            )
             .env("RUST_LOG", "outbox_relay=info,warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -119,7 +148,33 @@ impl RelayProcess {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| phase("start outbox-relay run", e))?;
-        Ok(RelayProcess { child, dir })
+        Ok(RelayProcess { child, dir, http })
+    }
+
+    /// The relay's process id (`None` once it has been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The relay's `/metrics` text; `None` without `--http` or when it does not answer.
+    pub async fn scrape_metrics(&self) -> Option<String> {
+        let addr = self.http?;
+        // reqwest is built without a default TLS provider; plain http needs none, but the
+        // client builder wants one installed (as the http handler does).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
+        let response = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.text().await.ok()
     }
 
     /// Waits until the relay holds `group`'s lease.
@@ -199,6 +254,11 @@ impl RelayProcess {
             format!("{what}; log {} ends: {tail}", log.display()),
         )
     }
+}
+
+/// A port on 127.0.0.1 nobody listens on right now (the relay binds it a moment later).
+fn free_local_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 pub(super) fn phase(

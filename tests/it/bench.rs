@@ -1,8 +1,10 @@
-//! `bench drain` and `bench latency` in miniature: the harness works end to end (scratch
-//! database and key prefix created and removed, a real relay process, every entry accounted
-//! for). No timing is asserted; the figures come from full-size runs (BENCHMARKS.md).
+//! Every `bench` scenario in miniature: the harness works end to end (scratch database and
+//! key prefix created and removed, a real relay process, every entry accounted for) and the
+//! `--json` file has every figure. No timing is asserted; the figures come from full-size
+//! runs (BENCHMARKS.md).
 
 use redis::AsyncCommands;
+use serde_json::Value;
 
 use crate::harness::TestDb;
 use crate::harness::cli::{Run, outbox_relay, run};
@@ -53,6 +55,71 @@ async fn assert_cleaned_up(db: &TestDb, redis: &TestRedis, out: &Run) {
     assert!(keys.is_empty(), "left in Redis: {keys:?}");
 }
 
+/// `bench <args> --json FILE`, and the file parsed.
+fn bench_json(db: &TestDb, redis: &TestRedis, args: &[&str]) -> (Run, Value) {
+    let file = std::env::temp_dir().join(format!(
+        "outbox-bench-test-{}-{}.json",
+        std::process::id(),
+        uuid::Uuid::now_v7()
+    ));
+    let mut args = args.to_vec();
+    let path = file.to_string_lossy().into_owned();
+    args.extend(["--json", &path]);
+    let out = bench(db, redis, &args);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let _ = std::fs::remove_file(&file);
+    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (out, json)
+}
+
+/// The shape every scenario's JSON has: parameters, the machine, and lines whose throughputs
+/// are positive with `ratio = value / ceiling`; every line is in the printed table too.
+fn assert_summary(out: &Run, json: &Value, scenario: &str) {
+    assert_eq!(json["scenario"], scenario, "{json}");
+    assert!(json["parameters"].is_object(), "{json}");
+    assert!(json["machine"]["cores"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        json["machine"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    let lines = json["lines"].as_array().unwrap();
+    assert!(!lines.is_empty(), "{json}");
+    for line in lines {
+        assert_eq!(line["scenario"], scenario, "{line}");
+        let what = line["what"].as_str().unwrap();
+        assert!(
+            out.stdout.lines().any(|l| l.contains(what)),
+            "`{what}` not in the table:\n{}",
+            out.stdout
+        );
+        let value = line["value"].as_f64().unwrap();
+        assert!(value.is_finite(), "{line}");
+        if let Some(ceiling) = line["ceiling"].as_f64() {
+            assert_eq!(line["unit"], "msg/s", "{line}");
+            assert!(value > 0.0 && ceiling > 0.0, "{line}");
+            let ratio = line["ratio"].as_f64().unwrap();
+            assert!(
+                (ratio - value / ceiling).abs() < 1e-9 * ratio.max(1.0),
+                "{line}"
+            );
+            assert!(line["messages"].as_u64().unwrap() > 0, "{line}");
+            assert!(line["seconds"].as_f64().unwrap() > 0.0, "{line}");
+        } else {
+            assert!(line["ratio"].is_null(), "{line}");
+        }
+    }
+}
+
+/// The line of the JSON whose `what` is `what`.
+fn json_line<'a>(json: &'a Value, what: &str) -> &'a Value {
+    json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["what"] == what)
+        .unwrap_or_else(|| panic!("no line `{what}` in {json}"))
+}
+
 fn line<'a>(out: &'a Run, prefix: &str) -> &'a str {
     out.stdout
         .lines()
@@ -69,7 +136,13 @@ async fn bench_drain_forwards_the_whole_backlog_and_cleans_up() {
     for extra in [None, Some("--schema")] {
         let mut args = vec!["drain", "--messages", "3000", "--batch-size", "200"];
         args.extend(extra);
-        let out = bench(&db, &redis, &args);
+        let (out, json) = bench_json(&db, &redis, &args);
+        assert_summary(&out, &json, "drain");
+        assert_eq!(json["parameters"]["messages"], 3000);
+        assert!(json["details"]["relay_peak_rss_bytes"].as_u64().unwrap() > 0);
+        // The relay's /metrics answered; the stage counters may not exist (yet).
+        assert_eq!(json["details"]["metrics_scraped"], true, "{json}");
+        assert!(line(&out, "where the time went").len() > 20);
         assert!(line(&out, "relay vs lower ceiling").contains("ratio"));
         assert!(line(&out, "ceiling (a) plain SELECT").contains("msg/s"));
         assert!(line(&out, "ceiling (b) XADD pipes").contains("msg/s"));
@@ -90,7 +163,7 @@ async fn bench_latency_accounts_for_every_message_with_either_wakeup() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     for wakeup in ["poll", "notify"] {
-        let out = bench(
+        let (out, json) = bench_json(
             &db,
             &redis,
             &[
@@ -101,10 +174,101 @@ async fn bench_latency_accounts_for_every_message_with_either_wakeup() {
                 "1",
                 "--wakeup",
                 wakeup,
+                "--idle-seconds",
+                "1",
             ],
         );
         assert!(line(&out, "published 200 messages").contains("msg/s"));
         assert!(line(&out, "commit → entry: p50").contains("p99"));
+        assert_summary(&out, &json, "latency");
+        assert_eq!(json["details"]["published"], 200);
+        let idle = &json["details"]["idle"];
+        assert!(idle["backends"].as_u64().unwrap() > 0, "{json}");
+        assert!(idle["transactions_per_second"].as_f64().unwrap() >= 0.0);
+        assert!(idle["backend_cpu_per_second"].as_f64().unwrap() >= 0.0);
+        json_line(&json, "idle: Postgres transactions/s");
         assert_cleaned_up(&db, &redis, &out).await;
     }
+}
+
+#[tokio::test]
+async fn bench_publish_reports_library_and_ceiling_as_json() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let (out, json) = bench_json(
+        &db,
+        &redis,
+        &[
+            "publish",
+            "--messages",
+            "50",
+            "--batches",
+            "5",
+            "--batch-size",
+            "10",
+            "--rounds",
+            "1",
+        ],
+    );
+    assert_summary(&out, &json, "publish");
+    assert_eq!(json["lines"].as_array().unwrap().len(), 2);
+    assert_cleaned_up(&db, &redis, &out).await;
+}
+
+#[tokio::test]
+async fn bench_fanout_counts_the_rows_each_group_count_reads() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let (out, json) = bench_json(
+        &db,
+        &redis,
+        &["fanout", "--messages", "200", "--groups", "1,3"],
+    );
+    assert_summary(&out, &json, "fanout");
+    let runs = json["details"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{json}");
+    for run in runs {
+        let groups = run["groups"].as_u64().unwrap();
+        assert_eq!(run["deliveries"].as_u64().unwrap(), 200 * groups, "{run}");
+        // Every message is read at least once by some group.
+        assert!(run["rows_read"].as_i64().unwrap() >= 200, "{run}");
+        let per_message = run["rows_per_message"].as_f64().unwrap();
+        let per_delivery = run["rows_per_delivery"].as_f64().unwrap();
+        assert!(
+            (per_message / groups as f64 - per_delivery).abs() < 1e-9,
+            "{run}"
+        );
+    }
+    assert!(json["details"]["growth"].is_string(), "{json}");
+    assert!(line(&out, "read cost").len() > 10);
+    assert_cleaned_up(&db, &redis, &out).await;
+}
+
+#[tokio::test]
+async fn bench_retry_retries_exactly_the_marked_messages_once() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let (out, json) = bench_json(
+        &db,
+        &redis,
+        &[
+            "retry",
+            "--messages",
+            "200",
+            "--fail-every",
+            "10",
+            "--backoff-ms",
+            "10",
+        ],
+    );
+    assert_summary(&out, &json, "retry");
+    let details = &json["details"];
+    assert_eq!(details["retried"], 20, "{json}");
+    assert_eq!(details["requests"], 220, "{json}");
+    // At least a row written and removed per retried message.
+    assert!(
+        details["delivery_rows_written"].as_i64().unwrap() >= 40,
+        "{json}"
+    );
+    assert_cleaned_up(&db, &redis, &out).await;
 }

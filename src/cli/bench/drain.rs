@@ -1,0 +1,99 @@
+//! `outbox-relay bench drain`
+
+use outbox_relay::bench::{DrainBench, DrainBenchReport, RelayScratch};
+use outbox_relay::config::Config;
+
+use super::{JsonOut, TerminalProgress, finish, relay_exe};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Messages in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload size in bytes of JSON text.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// The relay's batch_size (and the ceilings').
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Register a JSON Schema for the backlog's topic and stamp every row with it, so the relay
+    /// validates every payload (run with and without to see what validation costs).
+    #[arg(long)]
+    schema: bool,
+    #[command(flatten)]
+    out: JsonOut,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let redis_url = config.require_redis_url()?;
+    let bench = DrainBench {
+        messages: args.messages.max(1),
+        payload_bytes: args.payload_bytes,
+        batch_size: args.batch_size.max(1),
+        schema: args.schema,
+        relay_exe: relay_exe()?,
+    };
+    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "drain", 4).await?;
+    eprintln!(
+        "bench drain: scratch database {}, {} messages of {} B, batch {}, schema validation {}",
+        scratch.database.name(),
+        bench.messages,
+        bench.payload_bytes,
+        bench.batch_size,
+        if bench.schema { "on" } else { "off" }
+    );
+    let progress = TerminalProgress::new("drain");
+    let report = bench.run(&mut scratch, &progress).await;
+    progress.finish();
+    scratch.remove().await;
+    let report = report?;
+    print_report(&report);
+    finish(&report.summary(), &args.out)
+}
+
+fn print_report(report: &DrainBenchReport) {
+    let lower = report.against_lower_ceiling();
+    println!(
+        "backlog filled           {:>9.0} msg/s in {:>7.3} s (not measured against anything)",
+        report.fill.per_second(),
+        report.fill.elapsed.as_secs_f64()
+    );
+    println!(
+        "ceiling (a) plain SELECT {:>9.0} msg/s in {:>7.3} s",
+        report.read_ceiling.per_second(),
+        report.read_ceiling.elapsed.as_secs_f64()
+    );
+    println!(
+        "ceiling (b) XADD pipes   {:>9.0} msg/s in {:>7.3} s",
+        report.append_ceiling.per_second(),
+        report.append_ceiling.elapsed.as_secs_f64()
+    );
+    println!("relay vs lower ceiling   {lower}");
+    match report.relay_peak_rss {
+        Some(bytes) => println!(
+            "relay peak RSS           {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        ),
+        None => println!("relay peak RSS           unknown (no /proc)"),
+    }
+    let wall = report.relay.elapsed.as_secs_f64();
+    match &report.stages {
+        Some(stages) => {
+            let shares: Vec<String> = stages
+                .shares(wall)
+                .iter()
+                .map(|(stage, share)| format!("{stage} {:.1} %", share * 100.0))
+                .collect();
+            println!(
+                "where the time went      {} (of {wall:.3} s wall)",
+                shares.join(" | ")
+            );
+        }
+        None if report.metrics_scraped => println!(
+            "where the time went      stage breakdown unavailable (the relay's /metrics has no outbox_stage_seconds_total)"
+        ),
+        None => println!(
+            "where the time went      stage breakdown unavailable (the relay's /metrics did not answer)"
+        ),
+    }
+}

@@ -1,0 +1,81 @@
+//! `outbox-relay bench fanout`
+
+use outbox_relay::bench::{FanoutBench, FanoutBenchReport, Growth, RelayScratch};
+use outbox_relay::config::Config;
+
+use super::{JsonOut, TerminalProgress, finish, relay_exe};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Messages in the backlog (every group forwards all of them: Redis holds one group
+    /// count's streams at a time, messages × groups entries).
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Payload size in bytes of JSON text.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// The relay's batch_size (and the ceilings').
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Group counts, one relay run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    groups: Vec<u32>,
+    #[command(flatten)]
+    out: JsonOut,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    let redis_url = config.require_redis_url()?;
+    let mut group_counts: Vec<u32> = args.groups.iter().map(|&g| g.max(1)).collect();
+    group_counts.sort_unstable();
+    group_counts.dedup();
+    let bench = FanoutBench {
+        messages: args.messages.max(1),
+        payload_bytes: args.payload_bytes,
+        batch_size: args.batch_size.max(1),
+        group_counts,
+        relay_exe: relay_exe()?,
+    };
+    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "fanout", 4).await?;
+    eprintln!(
+        "bench fanout: scratch database {}, {} messages of {} B, batch {}, groups {:?}",
+        scratch.database.name(),
+        bench.messages,
+        bench.payload_bytes,
+        bench.batch_size,
+        bench.group_counts
+    );
+    let progress = TerminalProgress::new("fanout");
+    let report = bench.run(&mut scratch, &progress).await;
+    progress.finish();
+    scratch.remove().await;
+    let report = report?;
+    print_report(&report);
+    finish(&report.summary(), &args.out)
+}
+
+fn print_report(report: &FanoutBenchReport) {
+    let n = report.settings.messages;
+    for run in &report.runs {
+        println!(
+            "{:>2} group(s): deliveries {} | rows read {} = {:.3} per message, {:.3} per delivery",
+            run.groups,
+            run.comparison(),
+            run.rows_read,
+            run.rows_per_message(n),
+            run.rows_per_delivery(n),
+        );
+    }
+    match report.growth() {
+        Some(Growth::Linear) => {
+            println!("read cost grows linearly with groups: each group reads the outbox for itself")
+        }
+        Some(Growth::Sublinear) => {
+            println!("read cost grows with groups, less than linearly (reads partly shared)")
+        }
+        Some(Growth::Flat) => {
+            println!("read cost per message stays flat as groups are added (reads shared)")
+        }
+        None => println!("read cost growth: needs two group counts"),
+    }
+}
