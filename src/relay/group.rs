@@ -65,6 +65,8 @@ pub(super) struct GroupWorker {
     pub pending_advance: Option<PendingAdvance>,
     /// Where this worker reports its state, for readiness.
     pub health: Health,
+    /// Empty reads in a row since the last one that found messages (for the idle ramp).
+    pub idle_streak: u32,
     /// The state last reported (written again only when it changes).
     pub reported: WorkerHealth,
 }
@@ -136,6 +138,15 @@ enum Pause {
 /// The pause after a read that found some messages but not a full batch.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(1);
 
+/// When polling, how long the `streak`-th empty read in a row waits (capped by
+/// `idle_poll_ms`): 1 ms right after activity, doubling while nothing arrives. Under load a
+/// read that finds nothing (an older transaction still open) is followed by a short wait, not
+/// the full idle interval; a relay idle for longer polls every `idle_poll_ms` as before, so the
+/// idle cost does not change.
+fn idle_ramp(streak: u32) -> Duration {
+    TRICKLE_PAUSE.saturating_mul(1u32 << streak.min(16))
+}
+
 /// What one step found, which decides how long to wait before the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -163,7 +174,12 @@ impl GroupWorker {
                         State::Active(_) => WorkerHealth::Active,
                         State::Standby => WorkerHealth::Standby,
                     });
-                    self.pause_after(step)
+                    let pause = self.pause_after(step);
+                    self.idle_streak = match step {
+                        Step::Idle => self.idle_streak.saturating_add(1),
+                        _ => 0,
+                    };
+                    pause
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(self.settings.max_backoff);
@@ -213,6 +229,8 @@ impl GroupWorker {
                 State::Active(lease) => {
                     let idle = if lease.cursor.tx_id < self.notified_tx_id {
                         self.settings.idle_poll.min(CHASE_POLL)
+                    } else if self.wakeup.is_polling() {
+                        self.settings.idle_poll.min(idle_ramp(self.idle_streak))
                     } else {
                         self.settings.idle_poll
                     };
@@ -653,4 +671,17 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod idle_ramp_tests {
+    use super::*;
+
+    #[test]
+    fn empty_reads_wait_1_ms_then_double_up_to_a_bound() {
+        let waits: Vec<u128> = (0..5).map(|s| idle_ramp(s).as_millis()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16]);
+        assert_eq!(idle_ramp(16), idle_ramp(u32::MAX));
+        assert!(idle_ramp(u32::MAX) >= Duration::from_secs(60));
+    }
 }

@@ -198,6 +198,7 @@ impl Relay {
                 prefetch: None,
                 pending_advance: None,
                 health: self.health.clone(),
+                idle_streak: 0,
                 reported: WorkerHealth::Starting,
             };
             workers.spawn(worker.run(shutdown.clone()));

@@ -51,6 +51,11 @@ impl Wakeup {
         }
     }
 
+    /// True when no listener runs (`wakeup = "poll"`): only polling finds new messages.
+    pub fn is_polling(&self) -> bool {
+        self.heard.is_none()
+    }
+
     /// Call before reading: a notification that arrives from now on ends the next [`wait`].
     /// Returns the highest transaction id notified so far (0 when polling).
     ///
