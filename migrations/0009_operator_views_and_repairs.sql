@@ -17,6 +17,31 @@ ALTER TABLE outbox.consumer_groups
 COMMENT ON COLUMN outbox.consumer_groups.replay_generation IS
     'Bumped by every replay/reset; makes the Redis duplicate filter accept re-sent entries.';
 
+-- outbox.xmin_holder: the session (or prepared transaction) whose open transaction is the
+-- snapshot xmin, i.e. the one every relay waits for; no row when none is open. Seeing other
+-- roles' sessions needs pg_read_all_stats (or pg_monitor). pg_stat_activity and
+-- pg_prepared_xacts show 32-bit xids, so the xid8 xmin is reduced modulo 2^32 to compare.
+CREATE VIEW outbox.xmin_holder AS
+WITH snapshot AS (
+    SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::numeric % 4294967296)::text AS xmin32
+)
+SELECT h.pid, h.state, h.xact_start, h.application_name, h.prepared_gid
+  FROM snapshot s
+ CROSS JOIN LATERAL (
+        SELECT a.pid, coalesce(a.state, 'unknown') AS state, a.xact_start,
+               coalesce(a.application_name, '') AS application_name, NULL::text AS prepared_gid
+          FROM pg_stat_activity a
+         WHERE a.backend_xid::text = s.xmin32
+        UNION ALL
+        SELECT NULL::integer, 'prepared', p.prepared, '', p.gid
+          FROM pg_prepared_xacts p
+         WHERE p.transaction::text = s.xmin32
+         LIMIT 1
+       ) AS h;
+
+COMMENT ON VIEW outbox.xmin_holder IS
+    'The open (or prepared) transaction at the snapshot xmin, which every relay waits for.';
+
 -- outbox.group_status: one row per group, for `outbox-relay status` and for psql.
 --
 --   lag_messages    messages past the cursor. Counted exactly up to 10,000 (an index-only range
@@ -27,29 +52,13 @@ COMMENT ON COLUMN outbox.consumer_groups.replay_generation IS
 --   held_back       of the messages past the cursor, those committed at or above the snapshot
 --                   xmin: they wait for an older open transaction (capped at 10,000 too).
 --   waiting_on_*    that open transaction (pid, state, age; or a prepared transaction's gid),
---                   when something is held back. Seeing other users' sessions needs
---                   pg_read_all_stats (or pg_monitor).
+--                   when something is held back: outbox.xmin_holder, above.
 --   cursor_ahead    the cursor names a transaction id the server has not reached (a cursor from
 --                   another cluster, after a dump/restore): the group would wait forever.
 CREATE VIEW outbox.group_status AS
 WITH snapshot AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
            pg_snapshot_xmax(pg_current_snapshot()) AS xmax
-), holder AS (
-    -- pg_stat_activity and pg_prepared_xacts show 32-bit xids: compare modulo 2^32.
-    SELECT h.pid, h.state, h.xact_start, h.prepared_gid
-      FROM snapshot s
-     CROSS JOIN LATERAL (
-            SELECT a.pid, coalesce(a.state, 'unknown') AS state, a.xact_start,
-                   NULL::text AS prepared_gid
-              FROM pg_stat_activity a
-             WHERE a.backend_xid::text = (s.xmin::text::numeric % 4294967296)::text
-            UNION ALL
-            SELECT NULL::integer, 'prepared', p.prepared, p.gid
-              FROM pg_prepared_xacts p
-             WHERE p.transaction::text = (s.xmin::text::numeric % 4294967296)::text
-             LIMIT 1
-           ) AS h
 ), last_message AS (
     SELECT m.seq
       FROM outbox.messages m
@@ -85,7 +94,7 @@ SELECT g.name AS group_name,
        g.updated_at
   FROM outbox.consumer_groups g
  CROSS JOIN snapshot s
-  LEFT JOIN holder hd ON true
+  LEFT JOIN outbox.xmin_holder hd ON true
  CROSS JOIN LATERAL (
         SELECT count(*) AS n
           FROM (SELECT 1

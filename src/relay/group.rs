@@ -278,15 +278,15 @@ impl GroupWorker {
         let State::Active(lease) = self.state else {
             return self.try_acquire().await;
         };
+        let retries_due = self.retries.due_now(Instant::now());
+        // Anything but a forward batch settles the last cursor update first.
         if self.pending_advance.is_some()
-            && (self.retries.due_now(Instant::now()) || self.retries.parked.halts_group())
+            && (retries_due || self.retries.parked.halts_group())
             && let Some(step) = self.settle_advance(lease).await?
         {
             return Ok(step);
         }
-        if self.retries.due_now(Instant::now())
-            && let Some(step) = self.retry_pass(lease).await?
-        {
+        if retries_due && let Some(step) = self.retry_pass(lease).await? {
             return Ok(step);
         }
         if self.dispatcher.ordering == OrderingMode::Strict && self.retries.parked.halts_group() {

@@ -104,12 +104,9 @@ impl SharedTail {
         if let Some(rows) = self.cached(group, cursor, limit) {
             return Ok(Some(rows));
         }
-        let groups: Vec<String> = lock(&self.leases).keys().cloned().collect();
-        let mut fence_groups = groups;
-        if !fence_groups.iter().any(|g| g == group) {
-            fence_groups.push(group.to_owned());
-        }
-        self.read_for(&fence_groups, group, cursor, limit).await
+        // Fenced by every lease the process holds (the reader's among them, see `hold`).
+        let leased: Vec<String> = lock(&self.leases).keys().cloned().collect();
+        self.read_for(&leased, group, cursor, limit).await
     }
 
     /// Reads for `groups` (fenced by their leases), keeps the rows when they extend the run,

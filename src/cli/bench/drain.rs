@@ -3,7 +3,7 @@
 use outbox_relay::bench::{DrainBench, DrainBenchReport, RelayScratch};
 use outbox_relay::config::Config;
 
-use super::{JsonOut, TerminalProgress, finish, relay_exe};
+use super::{JsonOut, TerminalProgress, conclude, relay_exe};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,11 +44,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     );
     let progress = TerminalProgress::new("drain");
     let report = bench.run(&mut scratch, &progress).await;
-    progress.finish();
-    scratch.remove().await;
-    let report = report?;
-    print_report(&report);
-    finish(&report.summary(), &args.out)
+    let show = |report: &_| {
+        print_report(report);
+        report.summary()
+    };
+    conclude(progress, scratch, report, show, &args.out).await
 }
 
 fn print_report(report: &DrainBenchReport) {

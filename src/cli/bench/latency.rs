@@ -5,7 +5,7 @@ use std::time::Duration;
 use outbox_relay::bench::{LatencyBench, LatencyBenchReport, RelayScratch};
 use outbox_relay::config::{Config, Wakeup};
 
-use super::{JsonOut, TerminalProgress, finish, relay_exe};
+use super::{JsonOut, TerminalProgress, conclude, relay_exe};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -79,11 +79,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     );
     let progress = TerminalProgress::new("latency");
     let report = bench.run(&mut scratch, &progress).await;
-    progress.finish();
-    scratch.remove().await;
-    let report = report?;
-    print_report(&report);
-    finish(&report.summary(), &args.out)
+    let show = |report: &_| {
+        print_report(report);
+        report.summary()
+    };
+    conclude(progress, scratch, report, show, &args.out).await
 }
 
 fn print_report(report: &LatencyBenchReport) {

@@ -3,7 +3,7 @@
 use outbox_relay::bench::{RelayScratch, RetryBench, RetryBenchReport};
 use outbox_relay::config::Config;
 
-use super::{JsonOut, TerminalProgress, finish, relay_exe};
+use super::{JsonOut, TerminalProgress, conclude, relay_exe};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,11 +69,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     );
     let progress = TerminalProgress::new("retry");
     let report = bench.run(&mut scratch, &progress).await;
-    progress.finish();
-    scratch.remove().await;
-    let report = report?;
-    print_report(&report);
-    finish(&report.summary(), &args.out)
+    let show = |report: &_| {
+        print_report(report);
+        report.summary()
+    };
+    conclude(progress, scratch, report, show, &args.out).await
 }
 
 fn print_report(report: &RetryBenchReport) {

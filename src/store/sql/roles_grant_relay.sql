@@ -8,9 +8,9 @@
 --   no DELETE (removing a group is an operator's act).
 -- outbox.deliveries: the retry state; a settled delivery's row is deleted.
 -- outbox.schemas: SELECT, to decode every row through the version it names.
--- The operator views (outbox.group_status, outbox.stuck, outbox.dead_letters): SELECT, for the
---   relay's lag gauges and for `status`, `stuck` and `dead list` run as this role. The repair
---   functions (outbox.retry_message, retry_dead, discard_dead) run with the caller's rights and
+-- The operator views (outbox.group_status, outbox.stuck, outbox.dead_letters,
+--   outbox.xmin_holder): SELECT, for the relay's lag gauges, its stall report, and for
+--   `status`, `stuck` and `dead list` run as this role. The repair functions (outbox.retry_message, retry_dead, discard_dead) run with the caller's rights and
 --   touch only outbox.deliveries, so `retry` and `dead retry|discard` work as this role too.
 -- Nothing here creates or drops objects or deletes messages: `migrate`, `notify on|off`,
 -- `schema register` and `prune` run as the owner of the outbox schema (the role that ran
@@ -22,4 +22,4 @@ GRANT SELECT ON outbox.messages TO :"role";
 GRANT SELECT, INSERT, UPDATE ON outbox.consumer_groups TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.deliveries TO :"role";
 GRANT SELECT ON outbox.schemas TO :"role";
-GRANT SELECT ON outbox.group_status, outbox.stuck, outbox.dead_letters TO :"role";
+GRANT SELECT ON outbox.group_status, outbox.stuck, outbox.dead_letters, outbox.xmin_holder TO :"role";
