@@ -27,7 +27,7 @@
 //!   Redis, then advances the cursor; failures are kept in `outbox.deliveries` and retried.
 //! - [`handler`]: the [`handler::Handler`] trait and the built-in `http` handler.
 //! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
-//! - [`sink`]: the effectively-once append to Redis Streams (one script call per stream).
+//! - [`sink`]: the effectively-once append to Redis Streams (one optimistic transaction per batch).
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
 //! - [`telemetry`]: metric names and events, the relay's [`telemetry::Health`] for readiness,
 //!   W3C `traceparent` propagation, and the logging setup.

@@ -1,10 +1,10 @@
 //! Redis Streams output: the only Redis code. One [`Sink`] per relay process.
 //!
-//! An append is one script call per (stream, batch), all of a batch's streams in one pipeline.
-//! The script (`append.lua`) skips entries the group already appended there (a per-(stream,
-//! group) watermark next to the stream, in its hash slot) and refuses callers whose lease epoch
-//! is older than one that already wrote there, so replays add nothing and a relay that lost its
-//! lease cannot write.
+//! An append is one optimistic transaction per batch (`watermark.rs`): `WATCH` the group's
+//! watermark beside each of the batch's streams (in the stream's hash slot) and read it, then
+//! `MULTI`, the `XADD`s of the entries past it, the new watermarks, `EXEC`. Entries the group
+//! already appended are skipped, and a caller whose lease epoch is older than one that already
+//! wrote there is refused, so replays add nothing and a relay that lost its lease cannot write.
 //!
 //! Late entries (outputs of retried messages, dead-letter copies) are older than what the
 //! watermark has passed; they go through `append_late.lua` instead, which gives each entry a
@@ -17,14 +17,21 @@
 //! replay still adds nothing twice.
 
 mod keys;
+mod watermark;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ClientTlsConfig, ErrorKind, RedisError, Script, ServerErrorKind, TlsCertificates};
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, ErrorKind, RedisError, Script, ServerErrorKind,
+    TlsCertificates,
+};
 
 pub use keys::{hash_tag, late_token_key, watermark_key};
+pub use watermark::DedupeMark;
+use watermark::{StreamKeys, WatchConnections};
 
 use crate::config::{ConnectionUrl, RedisSettings, RedisTls};
 use crate::position::Position;
@@ -91,8 +98,14 @@ pub enum SinkError {
     /// A newer lease epoch has written to the stream: this relay lost its lease.
     #[error("append to stream `{stream}` refused: {detail} (another relay holds the lease)")]
     Fenced { stream: String, detail: String },
+    /// A watermark holds something this relay never writes: a bug, or another program's key.
+    #[error("watermark `{key}` holds `{value}`, which is not a position this relay writes")]
+    CorruptWatermark { key: String, value: String },
+    /// The watched watermarks changed under every attempt (other writers kept appending).
+    #[error("append gave up after {attempts} attempts: the stream's watermark kept changing")]
+    Contended { attempts: usize },
     /// Redis failed or timed out; the append may or may not have happened. Retrying is safe:
-    /// the script deduplicates.
+    /// the watermark and the late tokens deduplicate.
     #[error("append to Redis failed")]
     Redis(#[source] RedisError),
 }
@@ -165,7 +178,7 @@ pub struct Sink {
     connection: ConnectionManager,
     key_prefix: String,
     max_len: u64,
-    script: Script,
+    watch: Arc<WatchConnections>,
     late_script: Script,
 }
 
@@ -176,7 +189,7 @@ impl Sink {
             url: url.to_string(),
             cause: describe_connect_error(&e),
         };
-        let client = match tls_certificates(&settings.tls)? {
+        let client: redis::Client = match tls_certificates(&settings.tls)? {
             Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
             None => redis::Client::open(url.expose()),
         }
@@ -186,14 +199,17 @@ impl Sink {
             .set_connection_timeout(Some(settings.response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client, config)
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(fail)?;
+        let watch_config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_connection_timeout(Some(settings.response_timeout));
         Ok(Sink {
             connection,
             key_prefix: settings.key_prefix.clone(),
             max_len: settings.max_len.unwrap_or(0),
-            script: Script::new(include_str!("append.lua")),
+            watch: Arc::new(WatchConnections::new(client, watch_config)),
             late_script: Script::new(include_str!("append_late.lua")),
         })
     }
@@ -213,21 +229,41 @@ impl Sink {
         format!("{}{stream}", self.key_prefix)
     }
 
-    /// Appends every stream's entries, skipping those `group` already appended there, and the
-    /// late entries whose tokens are new; all in one pipeline.
+    /// Appends every stream's entries, skipping those `group` already appended there (one
+    /// optimistic transaction), then the late entries whose tokens are new (one pipeline).
     pub async fn append(
         &self,
         writer: Writer<'_>,
         appends: &[StreamAppend],
         late: &[LateAppend],
     ) -> Result<AppendReport, SinkError> {
-        if appends.is_empty() && late.is_empty() {
-            return Ok(AppendReport::default());
+        let total = appends.iter().map(|a| a.entries.len() as u64).sum::<u64>()
+            + late.iter().map(|a| a.entries.len() as u64).sum::<u64>();
+        let mut appended = 0;
+        if !appends.is_empty() {
+            let keys: Vec<StreamKeys> = appends
+                .iter()
+                .map(|append| StreamKeys {
+                    stream: self.stream_key(&append.stream),
+                    watermark: watermark_key(&self.key_prefix, &append.stream, writer.group),
+                })
+                .collect();
+            appended += self
+                .watch
+                .append(writer, &keys, appends, self.max_len)
+                .await?;
         }
+        if !late.is_empty() {
+            appended += self.append_late(writer, late).await?;
+        }
+        Ok(AppendReport {
+            appended,
+            skipped: total - appended,
+        })
+    }
+
+    async fn append_late(&self, writer: Writer<'_>, late: &[LateAppend]) -> Result<u64, SinkError> {
         let mut pipe = redis::pipe();
-        for append in appends {
-            pipe.invoke_script(&self.watermark_invocation(writer, append));
-        }
         for append in late {
             pipe.invoke_script(&self.late_invocation(writer, append));
         }
@@ -235,58 +271,17 @@ impl Sink {
         let result: Result<Vec<u64>, RedisError> = match pipe.query_async(&mut connection).await {
             // After a Redis restart or failover the script cache is empty: load and go again.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                for script in [&self.script, &self.late_script] {
-                    script
-                        .prepare_invoke()
-                        .load_async(&mut connection)
-                        .await
-                        .map_err(SinkError::Redis)?;
-                }
+                self.late_script
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(SinkError::Redis)?;
                 pipe.query_async(&mut connection).await
             }
             other => other,
         };
-        let streams = appends
-            .iter()
-            .map(|a| a.stream.as_str())
-            .chain(late.iter().map(|a| a.stream.as_str()));
-        let counts = result.map_err(|e| classify(e, streams))?;
-        let total: u64 = appends.iter().map(|a| a.entries.len() as u64).sum::<u64>()
-            + late.iter().map(|a| a.entries.len() as u64).sum::<u64>();
-        let appended: u64 = counts.iter().sum();
-        Ok(AppendReport {
-            appended,
-            skipped: total - appended,
-        })
-    }
-
-    fn watermark_invocation<'a>(
-        &'a self,
-        writer: Writer<'_>,
-        append: &'a StreamAppend,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut invocation = self.script.key(self.stream_key(&append.stream));
-        invocation
-            .key(watermark_key(
-                &self.key_prefix,
-                &append.stream,
-                writer.group,
-            ))
-            .arg(writer.epoch)
-            .arg(self.max_len);
-        for entry in &append.entries {
-            invocation
-                .arg(dedupe_position(
-                    writer.replay_generation,
-                    entry.position,
-                    entry.ordinal,
-                ))
-                .arg(entry.fields.len() * 2);
-            for (name, value) in &entry.fields {
-                invocation.arg(*name).arg(value.as_str());
-            }
-        }
-        invocation
+        let counts = result.map_err(|e| classify(e, late.iter().map(|a| a.stream.as_str())))?;
+        Ok(counts.iter().sum())
     }
 
     fn late_invocation<'a>(
@@ -374,59 +369,4 @@ where
         redis::AsyncCommands::unlink::<_, ()>(connection, &keys).await?;
     }
     Ok(keys.len())
-}
-
-/// A position (and an output's ordinal within its message) as a fixed-width string that sorts
-/// like the pair (u64 and i64 maxima are 20 and 19 digits). Ordinal 0 — a message's first or
-/// only entry in the stream — adds nothing, so "a:b" < "a:b:00001" < the next position.
-///
-/// A replay generation above 0 goes in front as `r<19 digits>:`: `r` sorts after every digit,
-/// so every position of a newer generation is above every one of an older generation (and of
-/// generation 0, whose strings are unchanged from before generations existed).
-pub fn dedupe_position(replay_generation: i64, position: Position, ordinal: u32) -> String {
-    let position = if ordinal == 0 {
-        format!("{:020}:{:019}", position.tx_id, position.seq)
-    } else {
-        format!("{:020}:{:019}:{ordinal:010}", position.tx_id, position.seq)
-    };
-    match replay_generation {
-        0 => position,
-        generation => format!("r{generation:019}:{position}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dedupe_positions_sort_like_positions() {
-        let positions = [
-            Position::new(9, 900),
-            Position::new(10, 1),
-            Position::new(10, 2),
-            Position::new(u64::MAX, i64::MAX),
-        ];
-        for pair in positions.windows(2) {
-            assert!(pair[0] < pair[1]);
-            for generation in [0, 1, 12] {
-                let mark = |p, o| dedupe_position(generation, p, o);
-                assert!(mark(pair[0], 0) < mark(pair[1], 0));
-                assert!(mark(pair[0], 0) < mark(pair[0], 1));
-                assert!(mark(pair[0], 1) < mark(pair[0], 2));
-                assert!(mark(pair[0], u32::MAX) < mark(pair[1], 0));
-            }
-            // A newer generation's lowest position passes an older generation's highest.
-            assert!(dedupe_position(0, pair[1], 9) < dedupe_position(1, pair[0], 0));
-            assert!(dedupe_position(9, pair[1], 9) < dedupe_position(10, pair[0], 0));
-        }
-        assert_eq!(
-            dedupe_position(0, Position::new(752, 1), 0),
-            "00000000000000000752:0000000000000000001"
-        );
-        assert_eq!(
-            dedupe_position(3, Position::new(752, 1), 0),
-            "r0000000000000000003:00000000000000000752:0000000000000000001"
-        );
-    }
 }

@@ -24,6 +24,7 @@ mod relay_retry;
 mod relay_schema;
 mod relay_stall;
 mod runbook;
+mod sink;
 mod sql_publish;
 mod telemetry;
 mod tls;

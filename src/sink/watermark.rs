@@ -1,0 +1,478 @@
+//! The watermarked append: a batch's entries for its streams, each skipped when the group's
+//! watermark for that stream has already passed it, refused when a newer lease epoch has
+//! written there; as one optimistic Redis transaction.
+//!
+//! 1. `WATCH` the group's watermark hashes of the batch's streams and read them (`HMGET`).
+//!    A newer epoch than this relay's there: refused (the lease is gone). An older one: the
+//!    relay first claims the watermark (a tiny script raises its epoch, never lowers it) and
+//!    goes back to 1. From then on a relay that lost its lease is refused at its step 1, and
+//!    any transaction of its already past step 1 fails at `EXEC`: a new lease holder cannot
+//!    be starved by the old one.
+//! 2. Decide here which entries are new, then `MULTI`, their `XADD`s, the new watermarks
+//!    (`HSET`), `EXEC`. Redis runs it only when no watched hash changed since the `WATCH`:
+//!    every writer of a watermark (another relay of the group, the late script) changes it, so
+//!    an `EXEC` that runs saw the marks it was planned on. One that is refused goes back to 1.
+//!
+//! No entry passes through a script: a pipelined `XADD` costs Redis about half the CPU of the
+//! same entry handed to Lua (measured in BENCHMARKS.md). `WATCH` belongs to a connection, so
+//! each append takes a connection of its own from [`WatchConnections`] for both round trips.
+
+use std::sync::Mutex;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Script};
+
+use super::{Entry, SinkError, StreamAppend, Writer};
+use crate::position::Position;
+
+/// How often an append goes back to step 1 (after a claim, or when its watched watermarks
+/// changed) before it gives up with an error; the relay then retries the batch.
+const WATCH_ATTEMPTS: usize = 8;
+
+/// Raises the `epoch` of the watermark hash `KEYS[1]` to `ARGV[1]`; never lowers it.
+const CLAIM: &str = "local epoch = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') < epoch then
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+return 0";
+
+/// Connections for appends under `WATCH`: each one serves a single append at a time. One that
+/// failed is dropped, never reused, so a reconnect can never lose a `WATCH` silently.
+pub(super) struct WatchConnections {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+    claim: Script,
+}
+
+impl WatchConnections {
+    pub(super) fn new(client: redis::Client, config: AsyncConnectionConfig) -> WatchConnections {
+        WatchConnections {
+            client,
+            config,
+            idle: Mutex::new(Vec::new()),
+            claim: Script::new(CLAIM),
+        }
+    }
+
+    async fn take(&self) -> Result<MultiplexedConnection, RedisError> {
+        let idle = self
+            .idle
+            .lock()
+            .expect("watch connection pool poisoned")
+            .pop();
+        match idle {
+            Some(connection) => Ok(connection),
+            None => {
+                self.client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await
+            }
+        }
+    }
+
+    fn give_back(&self, connection: MultiplexedConnection) {
+        self.idle
+            .lock()
+            .expect("watch connection pool poisoned")
+            .push(connection);
+    }
+
+    /// Appends `appends` (see the module doc); the number of entries added.
+    pub(super) async fn append(
+        &self,
+        writer: Writer<'_>,
+        keys: &[StreamKeys],
+        appends: &[StreamAppend],
+        max_len: u64,
+    ) -> Result<u64, SinkError> {
+        let mut connection = self.take().await.map_err(SinkError::Redis)?;
+        let result = self
+            .append_watched(&mut connection, writer, keys, appends, max_len)
+            .await;
+        // A connection that failed may be closed or mid-reply; a refused append has sent
+        // UNWATCH; the others ended with EXEC, which forgets the watched keys.
+        if !matches!(result, Err(SinkError::Redis(_))) {
+            self.give_back(connection);
+        }
+        result
+    }
+}
+
+/// A stream's key and the group's watermark key beside it.
+pub(super) struct StreamKeys {
+    pub stream: String,
+    pub watermark: String,
+}
+
+/// What the group's watermark hash for one stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Watermark {
+    /// The highest [`DedupeMark`] appended (absent: nothing yet).
+    position: Option<DedupeMark>,
+    /// The highest lease epoch that wrote here (0: none).
+    epoch: i64,
+}
+
+impl WatchConnections {
+    async fn append_watched(
+        &self,
+        connection: &mut MultiplexedConnection,
+        writer: Writer<'_>,
+        keys: &[StreamKeys],
+        appends: &[StreamAppend],
+        max_len: u64,
+    ) -> Result<u64, SinkError> {
+        for _ in 0..WATCH_ATTEMPTS {
+            let marks = watch(connection, keys).await?;
+            if let Some((append, mark)) = appends
+                .iter()
+                .zip(&marks)
+                .find(|(_, mark)| mark.epoch > writer.epoch)
+            {
+                unwatch(connection).await?;
+                return Err(SinkError::Fenced {
+                    stream: append.stream.clone(),
+                    detail: format!(
+                        "lease epoch {} is older than epoch {}",
+                        writer.epoch, mark.epoch
+                    ),
+                });
+            }
+            if marks.iter().any(|mark| mark.epoch < writer.epoch) {
+                unwatch(connection).await?;
+                self.claim(connection, writer, keys, &marks).await?;
+                continue;
+            }
+            let (transaction, appended) = transaction(writer, keys, appends, &marks, max_len);
+            if transaction.cmd_iter().next().is_none() {
+                unwatch(connection).await?;
+                return Ok(0);
+            }
+            let executed: Option<redis::Value> = transaction
+                .query_async(connection)
+                .await
+                .map_err(SinkError::Redis)?;
+            if executed.is_some() {
+                return Ok(appended);
+            }
+            tracing::debug!(
+                group = writer.group,
+                "a watched watermark changed; reading it again"
+            );
+        }
+        Err(SinkError::Contended {
+            attempts: WATCH_ATTEMPTS,
+        })
+    }
+
+    /// Raises the epoch of the watermarks older than `writer`'s to it (once per stream and
+    /// lease), which fences every relay with an older lease out of them.
+    async fn claim(
+        &self,
+        connection: &mut MultiplexedConnection,
+        writer: Writer<'_>,
+        keys: &[StreamKeys],
+        marks: &[Watermark],
+    ) -> Result<(), SinkError> {
+        for (key, _) in keys
+            .iter()
+            .zip(marks)
+            .filter(|(_, mark)| mark.epoch < writer.epoch)
+        {
+            self.claim
+                .key(&key.watermark)
+                .arg(writer.epoch)
+                .invoke_async::<()>(connection)
+                .await
+                .map_err(SinkError::Redis)?;
+        }
+        Ok(())
+    }
+}
+
+/// Step 1: `WATCH` the watermarks and read them.
+async fn watch(
+    connection: &mut MultiplexedConnection,
+    keys: &[StreamKeys],
+) -> Result<Vec<Watermark>, SinkError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("WATCH").ignore();
+    for key in keys {
+        pipe.arg(&key.watermark);
+    }
+    for key in keys {
+        pipe.cmd("HMGET")
+            .arg(&key.watermark)
+            .arg("position")
+            .arg("epoch");
+    }
+    let read: Vec<(Option<String>, Option<i64>)> = pipe
+        .query_async(connection)
+        .await
+        .map_err(SinkError::Redis)?;
+    read.into_iter()
+        .zip(keys)
+        .map(|((position, epoch), key)| {
+            let position = position
+                .map(|text| {
+                    DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
+                        key: key.watermark.clone(),
+                        value: text,
+                    })
+                })
+                .transpose()?;
+            Ok(Watermark {
+                position,
+                epoch: epoch.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+async fn unwatch(connection: &mut MultiplexedConnection) -> Result<(), SinkError> {
+    redis::cmd("UNWATCH")
+        .exec_async(connection)
+        .await
+        .map_err(SinkError::Redis)
+}
+
+/// Step 2: the `MULTI … EXEC` of the entries past each watermark, and the new watermarks
+/// (their epochs already are `writer`'s: step 1 claimed them); with how many entries it adds.
+/// Empty when there is nothing to write.
+fn transaction(
+    writer: Writer<'_>,
+    keys: &[StreamKeys],
+    appends: &[StreamAppend],
+    marks: &[Watermark],
+    max_len: u64,
+) -> (redis::Pipeline, u64) {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    let mut appended = 0;
+    for ((append, key), mark) in appends.iter().zip(keys).zip(marks) {
+        let mut last = None;
+        for entry in &append.entries {
+            let position = DedupeMark::of(writer.replay_generation, entry);
+            if mark.position.is_some_and(|m| position <= m) {
+                continue;
+            }
+            debug_assert!(last.is_none_or(|l| l < position), "entries must ascend");
+            pipe.add_command(xadd(&key.stream, max_len, entry)).ignore();
+            appended += 1;
+            last = Some(position);
+        }
+        if let Some(last) = last {
+            pipe.cmd("HSET")
+                .arg(&key.watermark)
+                .arg("position")
+                .arg(last.to_string())
+                .ignore();
+        }
+    }
+    (pipe, appended)
+}
+
+/// `XADD stream [MAXLEN ~ n] * field value …`.
+fn xadd(stream: &str, max_len: u64, entry: &Entry) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream);
+    if max_len > 0 {
+        cmd.arg("MAXLEN").arg("~").arg(max_len);
+    }
+    cmd.arg("*");
+    for (name, value) in &entry.fields {
+        cmd.arg(*name).arg(value.as_str());
+    }
+    cmd
+}
+
+/// An entry's identity for deduplication: the group's replay generation, the message's
+/// position, and the output's ordinal among that message's entries in the stream. Ordered
+/// like the tuple; stored as a fixed-width string that sorts the same way (see its `Display`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DedupeMark {
+    pub replay_generation: i64,
+    pub position: Position,
+    pub ordinal: u32,
+}
+
+impl DedupeMark {
+    pub fn of(replay_generation: i64, entry: &Entry) -> DedupeMark {
+        DedupeMark {
+            replay_generation,
+            position: entry.position,
+            ordinal: entry.ordinal,
+        }
+    }
+
+    /// The mark its `Display` wrote, or `None` when `text` is not one.
+    pub fn parse(text: &str) -> Option<DedupeMark> {
+        let (replay_generation, rest) = match text.strip_prefix('r') {
+            Some(rest) => {
+                let (generation, rest) = rest.split_once(':')?;
+                (fixed_width(generation, 19)?, rest)
+            }
+            None => (0, text),
+        };
+        let mut parts = rest.split(':');
+        let tx_id = fixed_width(parts.next()?, 20)?;
+        let seq = fixed_width(parts.next()?, 19)?;
+        let ordinal = match parts.next() {
+            Some(ordinal) => fixed_width(ordinal, 10)?,
+            None => 0,
+        };
+        if parts.next().is_some() || (replay_generation == 0 && text.starts_with('r')) {
+            return None;
+        }
+        Some(DedupeMark {
+            replay_generation,
+            position: Position::new(tx_id, seq),
+            ordinal,
+        })
+    }
+}
+
+/// `digits` as a number when it is exactly `width` decimal digits.
+fn fixed_width<T: std::str::FromStr>(digits: &str, width: usize) -> Option<T> {
+    (digits.len() == width && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// `[r<generation, 19 digits>:]<tx_id, 20 digits>:<seq, 19 digits>[:<ordinal, 10 digits>]`:
+/// the generation only above 0 and the ordinal only above 0, so strings written before either
+/// existed read the same. `r` sorts after every digit, so as strings too every mark of a newer
+/// generation is above every mark of an older one.
+impl std::fmt::Display for DedupeMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.replay_generation != 0 {
+            write!(f, "r{:019}:", self.replay_generation)?;
+        }
+        write!(f, "{:020}:{:019}", self.position.tx_id, self.position.seq)?;
+        if self.ordinal != 0 {
+            write!(f, ":{:010}", self.ordinal)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(replay_generation: i64, tx_id: u64, seq: i64, ordinal: u32) -> DedupeMark {
+        DedupeMark {
+            replay_generation,
+            position: Position::new(tx_id, seq),
+            ordinal,
+        }
+    }
+
+    #[test]
+    fn marks_order_like_their_strings_and_read_back() {
+        let marks = [
+            mark(0, 9, 900, 0),
+            mark(0, 10, 1, 0),
+            mark(0, 10, 1, 1),
+            mark(0, 10, 1, u32::MAX),
+            mark(0, 10, 2, 0),
+            mark(0, u64::MAX, i64::MAX, 0),
+            mark(1, 0, 0, 0),
+            mark(1, 9, 900, 3),
+            mark(9, u64::MAX, i64::MAX, u32::MAX),
+            mark(10, 0, 0, 0),
+            mark(i64::MAX, 1, 1, 0),
+        ];
+        for (i, a) in marks.iter().enumerate() {
+            assert_eq!(DedupeMark::parse(&a.to_string()), Some(*a), "{a}");
+            for b in &marks[i + 1..] {
+                assert!(a < b);
+                assert!(a.to_string() < b.to_string(), "{a} < {b}");
+            }
+        }
+        assert_eq!(
+            mark(0, 752, 1, 0).to_string(),
+            "00000000000000000752:0000000000000000001"
+        );
+        assert_eq!(
+            mark(3, 752, 1, 2).to_string(),
+            "r0000000000000000003:00000000000000000752:0000000000000000001:0000000002"
+        );
+        for bad in [
+            "",
+            "752:1",
+            "00000000000000000752:000000000000000000x",
+            "r0000000000000000000:00000000000000000752:0000000000000000001",
+            "00000000000000000752:0000000000000000001:0000000002:0000000003",
+            "00000000000000000752:0000000000000000001:2",
+        ] {
+            assert_eq!(DedupeMark::parse(bad), None, "{bad}");
+        }
+    }
+
+    /// Step 2 of a relay whose lease was taken between its steps 1 and 2 must not run: the
+    /// interleaving the race in tests/it/sink.rs only sometimes hits, made to happen here.
+    #[tokio::test]
+    async fn a_transaction_planned_before_a_takeover_does_not_run() {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let client = redis::Client::open(url).unwrap();
+        let pool = WatchConnections::new(client.clone(), AsyncConnectionConfig::new());
+        let prefix = format!("unit-watermark-{}:", uuid::Uuid::now_v7());
+        let keys = [StreamKeys {
+            stream: format!("{prefix}out"),
+            watermark: format!("{prefix}{{{prefix}out}}:outbox-watermark:g"),
+        }];
+        let batch = |seqs: std::ops::Range<i64>| {
+            vec![StreamAppend {
+                stream: "out".into(),
+                entries: seqs
+                    .map(|seq| Entry {
+                        position: Position::new(7, seq),
+                        ordinal: 0,
+                        fields: vec![("n", seq.to_string())],
+                    })
+                    .collect(),
+            }]
+        };
+        let writer = |epoch| Writer {
+            group: "g",
+            epoch,
+            replay_generation: 0,
+        };
+        pool.append(writer(1), &keys, &batch(0..2), 0)
+            .await
+            .unwrap();
+
+        // The old relay (epoch 1) reads its marks under WATCH and plans 2..4 …
+        let mut old = client.get_multiplexed_async_connection().await.unwrap();
+        let marks = watch(&mut old, &keys).await.unwrap();
+        let (planned, count) = transaction(writer(1), &keys, &batch(2..4), &marks, 0);
+        assert_eq!(count, 2);
+        // … the new one (epoch 2) claims the stream and appends 2..4 …
+        pool.append(writer(2), &keys, &batch(2..4), 0)
+            .await
+            .unwrap();
+        // … and the old plan is refused at EXEC.
+        let executed: Option<redis::Value> = planned.query_async(&mut old).await.unwrap();
+        assert_eq!(executed, None);
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let stream: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys[0].stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(stream.ids.len(), 4);
+        let fenced = pool.append(writer(1), &keys, &batch(4..5), 0).await;
+        assert!(fenced.is_err_and(|e| e.is_fenced()));
+        redis::cmd("DEL")
+            .arg(&keys[0].stream)
+            .arg(&keys[0].watermark)
+            .exec_async(&mut connection)
+            .await
+            .unwrap();
+    }
+}
