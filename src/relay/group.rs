@@ -548,14 +548,9 @@ impl GroupWorker {
             through,
             self.settings.lease_ttl,
         ));
-        // With a backlog (a prefetch running) the update runs while the next batch is handled
-        // and appended: a crash before it lands re-reads batches the watermark then skips.
-        // Otherwise it is awaited here.
-        if self.prefetch.is_none()
-            && let Some(step) = self.settle_advance(lease).await?
-        {
-            return Ok(step);
-        }
+        // The update runs while the next batch is read, handled and appended (or, when the
+        // next read finds nothing, until that read settles it): a crash before it lands
+        // re-reads batches the watermark then skips.
         times.cursor += advancing.elapsed();
         telemetry::stage_times(&self.name, &times);
         self.log_pass("batch forwarded", &plan.tally, Some(through));

@@ -11,11 +11,16 @@
 //! 2. Decide here which entries are new, then `MULTI`, their `XADD`s, the new watermarks
 //!    (`HSET`), `EXEC`. Redis runs it only when no watched hash changed since the `WATCH`:
 //!    every writer of a watermark (another relay of the group, the late script) changes it, so
-//!    an `EXEC` that runs saw the marks it was planned on. One that is refused goes back to 1.
+//!    an `EXEC` that runs saw the marks it was planned on.
+//!
+//! Step 1 for the next append is sent right behind each `EXEC`, in the same round trip: a
+//! refused `EXEC` comes back with the marks to plan again on, and a group's next batch to the
+//! same streams starts at step 2. So an append is one round trip, two the first time.
 //!
 //! No entry passes through a script: a pipelined `XADD` costs Redis about half the CPU of the
 //! same entry handed to Lua (measured in BENCHMARKS.md). `WATCH` belongs to a connection, so
-//! each append takes a connection of its own from [`WatchConnections`] for both round trips.
+//! each append takes a connection of its own from [`WatchConnections`], preferably the one
+//! already watching its streams.
 
 use std::sync::Mutex;
 
@@ -41,8 +46,28 @@ return 0";
 pub(super) struct WatchConnections {
     client: redis::Client,
     config: AsyncConnectionConfig,
-    idle: Mutex<Vec<MultiplexedConnection>>,
+    idle: Mutex<Vec<WatchConnection>>,
     claim: Script,
+}
+
+/// A connection of [`WatchConnections`] and what it watches now.
+struct WatchConnection {
+    connection: MultiplexedConnection,
+    /// Set by the `WATCH` that follows every `EXEC`: the next append to the same streams
+    /// starts at step 2, one round trip instead of two.
+    watching: Option<Watching>,
+}
+
+/// Watermark keys under `WATCH`, and what they held when the `WATCH` began.
+struct Watching {
+    keys: Vec<String>,
+    marks: Vec<Watermark>,
+}
+
+impl Watching {
+    fn covers(&self, keys: &[StreamKeys]) -> bool {
+        self.keys.len() == keys.len() && self.keys.iter().zip(keys).all(|(a, b)| *a == b.watermark)
+    }
 }
 
 impl WatchConnections {
@@ -55,23 +80,31 @@ impl WatchConnections {
         }
     }
 
-    async fn take(&self) -> Result<MultiplexedConnection, RedisError> {
-        let idle = self
-            .idle
-            .lock()
-            .expect("watch connection pool poisoned")
-            .pop();
+    /// An idle connection, preferably one already watching `keys`; a new one if none is idle.
+    async fn take(&self, keys: &[StreamKeys]) -> Result<WatchConnection, RedisError> {
+        let idle = {
+            let mut idle = self.idle.lock().expect("watch connection pool poisoned");
+            let watching = idle
+                .iter()
+                .position(|c| c.watching.as_ref().is_some_and(|w| w.covers(keys)));
+            match watching {
+                Some(index) => Some(idle.swap_remove(index)),
+                None => idle.pop(),
+            }
+        };
         match idle {
             Some(connection) => Ok(connection),
-            None => {
-                self.client
+            None => Ok(WatchConnection {
+                connection: self
+                    .client
                     .get_multiplexed_async_connection_with_config(&self.config)
-                    .await
-            }
+                    .await?,
+                watching: None,
+            }),
         }
     }
 
-    fn give_back(&self, connection: MultiplexedConnection) {
+    fn give_back(&self, connection: WatchConnection) {
         self.idle
             .lock()
             .expect("watch connection pool poisoned")
@@ -86,12 +119,12 @@ impl WatchConnections {
         appends: &[StreamAppend],
         max_len: u64,
     ) -> Result<u64, SinkError> {
-        let mut connection = self.take().await.map_err(SinkError::Redis)?;
+        let mut connection = self.take(keys).await.map_err(SinkError::Redis)?;
         let result = self
             .append_watched(&mut connection, writer, keys, appends, max_len)
             .await;
-        // A connection that failed may be closed or mid-reply; a refused append has sent
-        // UNWATCH; the others ended with EXEC, which forgets the watched keys.
+        // A connection that failed may be closed or mid-reply: dropped. The others watch what
+        // `watching` says (nothing after a refusal, which sent UNWATCH).
         if !matches!(result, Err(SinkError::Redis(_))) {
             self.give_back(connection);
         }
@@ -117,14 +150,18 @@ struct Watermark {
 impl WatchConnections {
     async fn append_watched(
         &self,
-        connection: &mut MultiplexedConnection,
+        watch_connection: &mut WatchConnection,
         writer: Writer<'_>,
         keys: &[StreamKeys],
         appends: &[StreamAppend],
         max_len: u64,
     ) -> Result<u64, SinkError> {
+        let connection = &mut watch_connection.connection;
+        let mut marks = match watch_connection.watching.take() {
+            Some(watching) if watching.covers(keys) => watching.marks,
+            _ => watch(connection, keys).await?,
+        };
         for _ in 0..WATCH_ATTEMPTS {
-            let marks = watch(connection, keys).await?;
             if let Some((append, mark)) = appends
                 .iter()
                 .zip(&marks)
@@ -140,20 +177,24 @@ impl WatchConnections {
                 });
             }
             if marks.iter().any(|mark| mark.epoch < writer.epoch) {
-                unwatch(connection).await?;
                 self.claim(connection, writer, keys, &marks).await?;
+                marks = watch(connection, keys).await?;
                 continue;
             }
-            let (transaction, appended) = transaction(writer, keys, appends, &marks, max_len);
-            if transaction.cmd_iter().next().is_none() {
-                unwatch(connection).await?;
+            let Some((transaction, appended)) = transaction(writer, keys, appends, &marks, max_len)
+            else {
+                // Nothing new: the WATCH (and what it read) stays good for the next append.
+                watch_connection.watching = Some(watching(keys, marks));
                 return Ok(0);
-            }
-            let executed: Option<redis::Value> = transaction
-                .query_async(connection)
+            };
+            let mut replies: Vec<redis::Value> = transaction
+                .query_async(&mut *connection)
                 .await
                 .map_err(SinkError::Redis)?;
-            if executed.is_some() {
+            let executed = !matches!(replies.first(), Some(redis::Value::Nil));
+            marks = read_marks(replies.drain(1..), keys)?;
+            if executed {
+                watch_connection.watching = Some(watching(keys, marks));
                 return Ok(appended);
             }
             tracing::debug!(
@@ -161,6 +202,7 @@ impl WatchConnections {
                 "a watched watermark changed; reading it again"
             );
         }
+        unwatch(connection).await?;
         Err(SinkError::Contended {
             attempts: WATCH_ATTEMPTS,
         })
@@ -191,12 +233,15 @@ impl WatchConnections {
     }
 }
 
-/// Step 1: `WATCH` the watermarks and read them.
-async fn watch(
-    connection: &mut MultiplexedConnection,
-    keys: &[StreamKeys],
-) -> Result<Vec<Watermark>, SinkError> {
-    let mut pipe = redis::pipe();
+fn watching(keys: &[StreamKeys], marks: Vec<Watermark>) -> Watching {
+    Watching {
+        keys: keys.iter().map(|k| k.watermark.clone()).collect(),
+        marks,
+    }
+}
+
+/// `WATCH` the watermark keys and read them (appended to `pipe`: one reply per key).
+fn watch_and_read(pipe: &mut redis::Pipeline, keys: &[StreamKeys]) {
     pipe.cmd("WATCH").ignore();
     for key in keys {
         pipe.arg(&key.watermark);
@@ -207,13 +252,34 @@ async fn watch(
             .arg("position")
             .arg("epoch");
     }
-    let read: Vec<(Option<String>, Option<i64>)> = pipe
+}
+
+/// Step 1: forget what the connection watched, `WATCH` the watermarks and read them.
+async fn watch(
+    connection: &mut MultiplexedConnection,
+    keys: &[StreamKeys],
+) -> Result<Vec<Watermark>, SinkError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("UNWATCH").ignore();
+    watch_and_read(&mut pipe, keys);
+    let replies: Vec<redis::Value> = pipe
         .query_async(connection)
         .await
         .map_err(SinkError::Redis)?;
-    read.into_iter()
+    read_marks(replies, keys)
+}
+
+/// The watermarks from the `HMGET` replies of [`watch_and_read`].
+fn read_marks(
+    replies: impl IntoIterator<Item = redis::Value>,
+    keys: &[StreamKeys],
+) -> Result<Vec<Watermark>, SinkError> {
+    let marks = replies
+        .into_iter()
         .zip(keys)
-        .map(|((position, epoch), key)| {
+        .map(|(reply, key)| {
+            let (position, epoch): (Option<String>, Option<i64>) =
+                redis::from_redis_value(reply).map_err(|e| SinkError::Redis(e.into()))?;
             let position = position
                 .map(|text| {
                     DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
@@ -227,7 +293,9 @@ async fn watch(
                 epoch: epoch.unwrap_or(0),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, SinkError>>()?;
+    debug_assert_eq!(marks.len(), keys.len());
+    Ok(marks)
 }
 
 async fn unwatch(connection: &mut MultiplexedConnection) -> Result<(), SinkError> {
@@ -237,18 +305,19 @@ async fn unwatch(connection: &mut MultiplexedConnection) -> Result<(), SinkError
         .map_err(SinkError::Redis)
 }
 
-/// Step 2: the `MULTI … EXEC` of the entries past each watermark, and the new watermarks
-/// (their epochs already are `writer`'s: step 1 claimed them); with how many entries it adds.
-/// Empty when there is nothing to write.
+/// Step 2: `MULTI`, the `XADD`s of the entries past each watermark, the new watermarks (their
+/// epochs already are `writer`'s: step 1 claimed them), `EXEC`; then step 1 for the next
+/// append (`WATCH` and read again). Replies: `EXEC`'s (nil when refused), then one per key.
+/// `None` when there is nothing to write; otherwise with how many entries it adds.
 fn transaction(
     writer: Writer<'_>,
     keys: &[StreamKeys],
     appends: &[StreamAppend],
     marks: &[Watermark],
     max_len: u64,
-) -> (redis::Pipeline, u64) {
+) -> Option<(redis::Pipeline, u64)> {
     let mut pipe = redis::pipe();
-    pipe.atomic();
+    pipe.cmd("MULTI").ignore();
     let mut appended = 0;
     for ((append, key), mark) in appends.iter().zip(keys).zip(marks) {
         let mut last = None;
@@ -270,7 +339,12 @@ fn transaction(
                 .ignore();
         }
     }
-    (pipe, appended)
+    if appended == 0 {
+        return None;
+    }
+    pipe.cmd("EXEC");
+    watch_and_read(&mut pipe, keys);
+    Some((pipe, appended))
 }
 
 /// `XADD stream [MAXLEN ~ n] * field value …`.
@@ -448,15 +522,18 @@ mod tests {
         // The old relay (epoch 1) reads its marks under WATCH and plans 2..4 …
         let mut old = client.get_multiplexed_async_connection().await.unwrap();
         let marks = watch(&mut old, &keys).await.unwrap();
-        let (planned, count) = transaction(writer(1), &keys, &batch(2..4), &marks, 0);
+        let (planned, count) = transaction(writer(1), &keys, &batch(2..4), &marks, 0).unwrap();
         assert_eq!(count, 2);
         // … the new one (epoch 2) claims the stream and appends 2..4 …
         pool.append(writer(2), &keys, &batch(2..4), 0)
             .await
             .unwrap();
         // … and the old plan is refused at EXEC.
-        let executed: Option<redis::Value> = planned.query_async(&mut old).await.unwrap();
-        assert_eq!(executed, None);
+        let replies: Vec<redis::Value> = planned.query_async(&mut old).await.unwrap();
+        assert_eq!(replies[0], redis::Value::Nil);
+        // What it read again behind the refused EXEC names the new epoch.
+        let again = read_marks(replies.into_iter().skip(1), &keys).unwrap();
+        assert_eq!(again[0].epoch, 2);
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let stream: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(&keys[0].stream)

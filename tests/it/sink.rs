@@ -117,3 +117,23 @@ async fn two_relays_racing_on_one_stream_never_duplicate_an_entry() {
         "old relay fenced at {old_fenced:?}"
     );
 }
+
+#[tokio::test]
+async fn a_relay_that_kept_watching_between_batches_still_sees_the_takeover() {
+    // The old relay's connection keeps watching its watermark between two of its batches (it
+    // plans the second on what it read after the first); the new relay writes in between.
+    let redis = TestRedis::new();
+    let (old, new) = (sink(&redis).await, sink(&redis).await);
+    old.append(writer(1, 0), &batch(1..=3), &[]).await.unwrap();
+    new.append(writer(2, 0), &batch(1..=4), &[]).await.unwrap();
+    let refused = old
+        .append(writer(1, 0), &batch(4..=6), &[])
+        .await
+        .unwrap_err();
+    assert!(refused.is_fenced(), "{refused}");
+    assert_eq!(redis.numbers("out").await, [1, 2, 3, 4]);
+    // And the new relay's next batches go on (its connection was watching too).
+    new.append(writer(2, 0), &batch(5..=6), &[]).await.unwrap();
+    new.append(writer(2, 0), &batch(7..=7), &[]).await.unwrap();
+    assert_eq!(redis.numbers("out").await, [1, 2, 3, 4, 5, 6, 7]);
+}
