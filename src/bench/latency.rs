@@ -1,6 +1,10 @@
 //! `bench latency`: a steady rate of single-message transactions for a while, forwarded by a
 //! real `outbox-relay run` process; a consumer blocked on XREAD notes when each entry arrives.
 //! Latency = entry received − `COMMIT` returned to the publisher, both on this process's clock.
+//! The first second (`warmup`) publishes at the rate too but is not counted: it measures how
+//! the relay leaves idle polling (up to `idle_poll_ms` for the first message), not the steady
+//! state. The publishers' COMMIT durations are reported next to it: a message is read only once
+//! every transaction older than it has ended, so a slow commit delays the messages after it.
 //!
 //! Then, with the relay caught up and nothing published, its idle cost: transactions per
 //! second in the scratch database and the CPU of its Postgres backends ([`IdleCost`]).
@@ -34,6 +38,9 @@ pub struct LatencyBench {
     /// Messages per second, each in its own transaction.
     pub rate: u64,
     pub duration: Duration,
+    /// Publishing at the rate before `duration` begins, not counted: the relay leaves its idle
+    /// polling, connections and caches fill.
+    pub warmup: Duration,
     pub payload_bytes: usize,
     /// Publishing tasks sharing the rate.
     pub publishers: u64,
@@ -53,6 +60,9 @@ pub struct LatencyBenchReport {
     pub publish_elapsed: Duration,
     /// Commit → entry latencies, sorted.
     pub latencies: Vec<Duration>,
+    /// How long the publishers' COMMITs took, sorted: a message is read only once every
+    /// transaction older than it has ended, so a slow commit delays the messages after it.
+    pub commit_durations: Vec<Duration>,
     /// What the relay cost Postgres while idle (`None` when not watched).
     pub idle: Option<IdleCost>,
 }
@@ -60,11 +70,12 @@ pub struct LatencyBenchReport {
 impl LatencyBenchReport {
     /// The `q` quantile (0.0..=1.0) of the latencies.
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let index = ((self.latencies.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        self.latencies[index]
+        quantile(&self.latencies, q)
+    }
+
+    /// The `q` quantile of the publishers' COMMIT durations.
+    pub fn commit_quantile(&self, q: f64) -> Duration {
+        quantile(&self.commit_durations, q)
     }
 
     /// Messages delivered per second next to the rate asked for.
@@ -98,6 +109,14 @@ impl LatencyBenchReport {
                 "ms",
             ));
         }
+        for (name, q) in [("p99", 0.99), ("max", 1.0)] {
+            lines.push(Line::figure(
+                "latency",
+                format!("publisher COMMIT {name}"),
+                self.commit_quantile(q).as_secs_f64() * 1000.0,
+                "ms",
+            ));
+        }
         if let Some(idle) = &self.idle {
             lines.push(Line::figure(
                 "latency",
@@ -117,6 +136,7 @@ impl LatencyBenchReport {
             parameters: json!({
                 "rate": s.rate,
                 "seconds": s.duration.as_secs_f64(),
+                "warmup_seconds": s.warmup.as_secs_f64(),
                 "payload_bytes": s.payload_bytes,
                 "publishers": s.publishers,
                 "wakeup": match s.wakeup { Wakeup::Poll => "poll", Wakeup::Notify => "notify" },
@@ -129,17 +149,34 @@ impl LatencyBenchReport {
                 "published": self.published,
                 "publish_seconds": self.publish_elapsed.as_secs_f64(),
                 "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99), "max": ms(1.0)},
+                "commit_ms": {
+                    "p50": self.commit_quantile(0.5).as_secs_f64() * 1000.0,
+                    "p99": self.commit_quantile(0.99).as_secs_f64() * 1000.0,
+                    "max": self.commit_quantile(1.0).as_secs_f64() * 1000.0,
+                },
                 "idle": self.idle,
             }),
         }
     }
 }
 
-/// When each message's commit returned, and when its entry arrived, by message id.
+/// The `q` quantile (0.0..=1.0) of `sorted`; zero when it is empty.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize]
+}
+
+/// When each message's commit returned, and when its entry arrived, by message id; and how
+/// long each COMMIT took.
 #[derive(Default)]
 struct Observations {
     committed: HashMap<String, Instant>,
     received: HashMap<String, Instant>,
+    commit_durations: Vec<Duration>,
+    /// Messages committed before this were the warm-up.
+    measure_from: Option<Instant>,
 }
 
 type Shared = Arc<Mutex<Observations>>;
@@ -187,7 +224,8 @@ impl LatencyBench {
         relay
             .wait_for_lease(pool, GROUP, Duration::from_secs(15))
             .await?;
-        let expected = (self.rate as f64 * self.duration.as_secs_f64()).round() as u64;
+        let expected =
+            (self.rate as f64 * (self.warmup + self.duration).as_secs_f64()).round() as u64;
         progress.phase("publishing at a steady rate", Some(expected));
         let observations: Shared = Arc::default();
         let stream_key = format!("{}{STREAM}", redis.prefix);
@@ -198,7 +236,7 @@ impl LatencyBench {
         ));
         let publishing = self.publish(pool, &observations);
         tokio::pin!(publishing);
-        let (published, publish_elapsed) = loop {
+        let (all_published, publish_elapsed) = loop {
             tokio::select! {
                 result = &mut publishing => break result?,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
@@ -207,7 +245,7 @@ impl LatencyBench {
             }
         };
         let all_received = tokio::time::timeout(Duration::from_secs(30), async {
-            while (lock(&observations).received.len() as u64) < published {
+            while (lock(&observations).received.len() as u64) < all_published {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -220,23 +258,39 @@ impl LatencyBench {
             Some(idle_cost(database.admin(), database.name(), relay.pid(), self.idle).await?)
         };
         relay.stop().await?;
-        let latencies: Vec<Duration> = {
+        let (published, latencies, mut commit_durations) = {
             let observations = lock(&observations);
-            observations
+            let measured = |committed: &Instant| {
+                observations
+                    .measure_from
+                    .is_some_and(|from| *committed >= from)
+            };
+            let published = observations
+                .committed
+                .values()
+                .filter(|c| measured(c))
+                .count();
+            let latencies: Vec<Duration> = observations
                 .received
                 .iter()
                 .filter_map(|(id, received)| {
                     let committed = observations.committed.get(id)?;
-                    Some(received.saturating_duration_since(*committed))
+                    measured(committed).then(|| received.saturating_duration_since(*committed))
                 })
-                .collect()
+                .collect();
+            (
+                published as u64,
+                latencies,
+                observations.commit_durations.clone(),
+            )
         };
+        commit_durations.sort_unstable();
         if all_received.is_err() {
             return Err(phase(
                 "check",
                 format!(
-                    "only {} of {published} entries arrived within 30 s of the last commit",
-                    latencies.len()
+                    "only {} of {all_published} entries arrived within 30 s of the last commit",
+                    lock(&observations).received.len()
                 ),
             ));
         }
@@ -247,6 +301,7 @@ impl LatencyBench {
             published,
             publish_elapsed,
             latencies,
+            commit_durations,
             idle,
         })
     }
@@ -261,8 +316,9 @@ impl LatencyBench {
         let publishers = self.publishers.max(1);
         let per_task_rate = (self.rate as f64 / publishers as f64).max(0.001);
         let period = Duration::from_secs_f64(1.0 / per_task_rate);
-        let per_task = (per_task_rate * self.duration.as_secs_f64()).round() as u64;
+        let per_task = (per_task_rate * (self.warmup + self.duration).as_secs_f64()).round() as u64;
         let started = Instant::now();
+        lock(observations).measure_from = Some(started + self.warmup);
         let mut tasks = tokio::task::JoinSet::new();
         for task in 0..publishers {
             let (pool, payload, observations) =
@@ -280,11 +336,12 @@ impl LatencyBench {
                         .publish_in_tx(&mut tx, Message::new(TOPIC, &payload))
                         .await
                         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                    let committing = Instant::now();
                     tx.commit().await?;
                     let committed = Instant::now();
-                    lock(&observations)
-                        .committed
-                        .insert(id.to_string(), committed);
+                    let mut observations = lock(&observations);
+                    observations.committed.insert(id.to_string(), committed);
+                    observations.commit_durations.push(committed - committing);
                 }
                 Ok::<_, sqlx::Error>(per_task)
             });
@@ -295,7 +352,7 @@ impl LatencyBench {
                 .map_err(|e| phase("publish", e))?
                 .map_err(|e| phase("publish", e))?;
         }
-        Ok((published, started.elapsed()))
+        Ok((published, started.elapsed().saturating_sub(self.warmup)))
     }
 }
 
