@@ -1,23 +1,28 @@
-//! Shared reads of the outbox: the groups of one relay process that stand at (or near) the same
-//! cursor read each row from Postgres once, not once per group.
+//! Shared reads of the outbox: the groups of one relay process read each row from Postgres once,
+//! not once per group.
 //!
-//! The tail keeps the most recent reads as a run of contiguous segments, each holding every
-//! visible row after its start up to its last row (a read returns all committed rows past a
-//! position below the snapshot xmin, and no row can appear there later, so a segment never goes
-//! stale). A group whose cursor lies inside the run takes its batch from there; a group at the
-//! head reads the next segment for everyone (one read at a time, the others wait for it and
-//! then find its rows); a group behind the run reads for itself.
+//! The tail keeps recent reads as segments, each holding every visible row after its start up
+//! to its last row (a read returns all committed rows past a position below the snapshot xmin,
+//! and no row can appear there later, so a segment never goes stale). Segments that follow each
+//! other (one starts where another ends) form runs. A group whose cursor lies inside a segment
+//! takes its batch from there, walking on through the segments that follow; any other group
+//! reads the batch after its cursor for everyone and keeps it as a new segment. Reads are made
+//! one at a time, so groups at the same place wait for one read and then find its rows: the
+//! group ahead extends its run, and groups that fell behind it (one started later, one's
+//! handler is slower) share a run of their own until they catch up.
 //!
 //! ```text
-//!   behind the run ── own read           [seg 1][seg 2][seg 3] ◀── head: one shared read
-//!                                          ▲ groups inside take rows from here
+//!   laggards ──▶ [seg][seg]        leaders ──▶ [seg][seg][seg] ◀── next read
 //! ```
+//!
+//! A segment goes once every group of the process has passed it, or when the segments hold
+//! more than 128 batches of rows (oldest first).
 //!
 //! Every read is fenced by the leases of all the process's active groups, and a segment
 //! remembers which of them were leased when it was read: a group that was not (a pause, a
 //! replay, a takeover came first) does not take rows from it, and learns at its own read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
@@ -34,17 +39,20 @@ pub(super) struct SharedTail {
     owner: String,
     /// Whether to keep segments at all (one group has no one to share with).
     shared: bool,
-    /// How many rows the run may hold before its oldest segments go.
+    /// How many rows the segments may hold before the oldest go, needed or not.
     max_rows: usize,
     leases: Mutex<HashMap<String, i64>>,
-    run: Mutex<Run>,
-    /// One head read at a time.
-    head_read: tokio::sync::Mutex<()>,
+    /// Where each leased group last read from: a segment all of them have passed goes.
+    cursors: Mutex<HashMap<String, Position>>,
+    segments: Mutex<Segments>,
+    /// One read at a time.
+    reading: tokio::sync::Mutex<()>,
 }
 
+/// Segments by the position they start after.
 #[derive(Default)]
-struct Run {
-    segments: VecDeque<Segment>,
+struct Segments {
+    by_start: BTreeMap<Position, Segment>,
     rows: usize,
 }
 
@@ -67,10 +75,11 @@ impl SharedTail {
             pool,
             owner,
             shared: groups > 1,
-            max_rows: batch_size.saturating_mul(32),
+            max_rows: batch_size.saturating_mul(128),
             leases: Mutex::new(HashMap::new()),
-            run: Mutex::new(Run::default()),
-            head_read: tokio::sync::Mutex::new(()),
+            cursors: Mutex::new(HashMap::new()),
+            segments: Mutex::new(Segments::default()),
+            reading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -82,6 +91,7 @@ impl SharedTail {
     /// `group` no longer holds a lease.
     pub fn release(&self, group: &str) {
         lock(&self.leases).remove(group);
+        lock(&self.cursors).remove(group);
     }
 
     /// Up to `limit` rows after `cursor` for `group`.
@@ -91,16 +101,11 @@ impl SharedTail {
                 .read_for(&[group.to_owned()], group, cursor, limit)
                 .await;
         }
+        self.note_cursor(group, cursor);
         if let Some(rows) = self.cached(group, cursor, limit) {
             return Ok(Some(rows));
         }
-        if !self.at_or_past_head(cursor) {
-            // Behind the run: a read of its own, kept out of the run.
-            return self
-                .read_for(&[group.to_owned()], group, cursor, limit)
-                .await;
-        }
-        let _one_at_a_time = self.head_read.lock().await;
+        let _one_at_a_time = self.reading.lock().await;
         if let Some(rows) = self.cached(group, cursor, limit) {
             return Ok(Some(rows));
         }
@@ -109,8 +114,8 @@ impl SharedTail {
         self.read_for(&leased, group, cursor, limit).await
     }
 
-    /// Reads for `groups` (fenced by their leases), keeps the rows when they extend the run,
-    /// and returns what `group` gets.
+    /// Reads for `groups` (fenced by their leases), keeps the rows as a segment when others
+    /// may want them, and returns what `group` gets.
     async fn read_for(
         &self,
         groups: &[String],
@@ -135,21 +140,36 @@ impl SharedTail {
             return Ok(None);
         }
         if self.shared && groups.len() > 1 && !visible.rows.is_empty() {
-            self.extend(cursor, visible.rows.clone(), visible.leased);
+            self.keep(cursor, visible.rows.clone(), visible.leased);
         }
         Ok(Some(visible.rows))
     }
 
-    /// Rows after `cursor` from the run, if it covers `cursor` and `group` was leased when
-    /// they were read.
+    fn note_cursor(&self, group: &str, cursor: Position) {
+        let mut cursors = lock(&self.cursors);
+        match cursors.get_mut(group) {
+            Some(noted) => *noted = cursor,
+            None => {
+                cursors.insert(group.to_owned(), cursor);
+            }
+        }
+    }
+
+    /// The lowest cursor any group read from last (`None`: no group has read).
+    fn slowest_cursor(&self) -> Option<Position> {
+        lock(&self.cursors).values().min().copied()
+    }
+
+    /// Rows after `cursor` from the segments, if one covers `cursor` and `group` was leased
+    /// when it was read; walking on through the segments that follow it.
     fn cached(&self, group: &str, cursor: Position, limit: usize) -> Option<Vec<OutboxRow>> {
-        let run = lock(&self.run);
-        let start = run
-            .segments
-            .iter()
-            .position(|s| s.after <= cursor && cursor < s.last())?;
+        let segments = lock(&self.segments);
+        let (_, mut segment) = segments.by_start.range(..=cursor).next_back()?;
+        if cursor >= segment.last() {
+            return None;
+        }
         let mut rows = Vec::with_capacity(limit);
-        for segment in run.segments.iter().skip(start) {
+        loop {
             if !segment.leased.iter().any(|g| g == group) {
                 break;
             }
@@ -159,35 +179,50 @@ impl SharedTail {
                 }
                 rows.push(row.clone());
             }
+            match segments.by_start.get(&segment.last()) {
+                Some(next) => segment = next,
+                None => break,
+            }
         }
         (!rows.is_empty()).then_some(rows)
     }
 
-    /// Whether `cursor` is at the run's head (or past it, or the run is empty).
-    fn at_or_past_head(&self, cursor: Position) -> bool {
-        let run = lock(&self.run);
-        run.segments.back().is_none_or(|s| cursor >= s.last())
-    }
-
-    /// Adds a segment read after `after`: at the head when it continues the run, otherwise as
-    /// a new run.
-    fn extend(&self, after: Position, rows: Vec<OutboxRow>, leased: Vec<String>) {
-        let mut run = lock(&self.run);
-        let continues = run.segments.back().is_some_and(|s| s.last() == after);
-        if !continues {
-            run.segments.clear();
-            run.rows = 0;
+    /// Keeps a read after `after` as a segment (up to where the next segment starts, so the
+    /// two follow each other), then drops what every group has passed and, past the row
+    /// budget, the oldest.
+    fn keep(&self, after: Position, mut rows: Vec<OutboxRow>, leased: Vec<String>) {
+        let slowest = self.slowest_cursor();
+        let mut segments = lock(&self.segments);
+        let next_start = segments
+            .by_start
+            .range(after..)
+            .map(|(start, _)| *start)
+            .find(|start| *start > after);
+        if let Some(next) = next_start
+            && rows.last().is_some_and(|r| r.position > next)
+        {
+            rows.retain(|r| r.position <= next);
         }
-        run.rows += rows.len();
-        run.segments.push_back(Segment {
+        if rows.is_empty() || segments.by_start.contains_key(&after) {
+            return;
+        }
+        segments.rows += rows.len();
+        segments.by_start.insert(
             after,
-            rows: Arc::new(rows),
-            leased: Arc::new(leased),
-        });
-        while run.rows > self.max_rows && run.segments.len() > 1 {
-            if let Some(oldest) = run.segments.pop_front() {
-                run.rows -= oldest.rows.len();
+            Segment {
+                after,
+                rows: Arc::new(rows),
+                leased: Arc::new(leased),
+            },
+        );
+        let segments = &mut *segments;
+        while let Some(entry) = segments.by_start.first_entry() {
+            let passed = slowest.is_some_and(|s| entry.get().last() <= s);
+            if !passed && segments.rows <= self.max_rows {
+                break;
             }
+            let oldest = entry.remove();
+            segments.rows -= oldest.rows.len();
         }
     }
 }
@@ -209,7 +244,7 @@ mod tests {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/never")
             .expect("a lazy pool never connects");
-        // max_rows = batch_size × 32
+        // max_rows = batch_size × 128
         SharedTail::new(pool, "me".into(), 2, max_batches)
     }
 
@@ -229,34 +264,68 @@ mod tests {
     async fn a_group_takes_rows_only_from_reads_made_while_it_held_its_lease() {
         let tail = tail(10);
         let at = |seq| Position::new(50, seq);
-        tail.extend(at(0), rows(1..=3), names(&["a"]));
+        tail.keep(at(0), rows(1..=3), names(&["a"]));
         assert_eq!(seqs(tail.cached("a", at(0), 10)), Some(vec![1, 2, 3]));
         assert_eq!(seqs(tail.cached("a", at(1), 2)), Some(vec![2, 3]));
         assert_eq!(seqs(tail.cached("b", at(0), 10)), None, "b was not leased");
-        // The next read continues the run; b was leased for it, so b starts there.
-        tail.extend(at(3), rows(4..=5), names(&["a", "b"]));
+        // The next read follows on; b was leased for it, so b starts there.
+        tail.keep(at(3), rows(4..=5), names(&["a", "b"]));
         assert_eq!(seqs(tail.cached("a", at(2), 10)), Some(vec![3, 4, 5]));
         assert_eq!(seqs(tail.cached("b", at(3), 10)), Some(vec![4, 5]));
         assert_eq!(seqs(tail.cached("b", at(2), 10)), None);
-        // At the head, or outside the run: nothing cached.
-        assert!(tail.at_or_past_head(at(5)));
-        assert!(!tail.at_or_past_head(at(4)));
+        // At the end of the segments, or outside them: nothing cached.
         assert_eq!(seqs(tail.cached("a", at(5), 10)), None);
-        // A read that does not continue the run starts a new one.
-        tail.extend(at(9), rows(10..=11), names(&["a"]));
-        assert_eq!(seqs(tail.cached("a", at(2), 10)), None);
+        assert_eq!(seqs(tail.cached("a", at(7), 10)), None);
+        // A read elsewhere is a segment of its own; the walk stops at a gap.
+        tail.keep(at(9), rows(10..=11), names(&["a"]));
+        assert_eq!(seqs(tail.cached("a", at(2), 10)), Some(vec![3, 4, 5]));
         assert_eq!(seqs(tail.cached("a", at(9), 10)), Some(vec![10, 11]));
     }
 
     #[tokio::test]
-    async fn the_run_keeps_at_most_its_row_budget() {
-        let tail = tail(1); // 32 rows
+    async fn groups_behind_share_a_run_that_joins_the_one_ahead() {
+        let tail = tail(10);
         let at = |seq| Position::new(50, seq);
-        for start in (0..100).step_by(10) {
-            tail.extend(at(start), rows(start + 1..=start + 10), names(&["a"]));
+        let both = || names(&["a", "b"]);
+        tail.keep(at(20), rows(21..=30), both());
+        // A laggard reads 1..=25: kept up to where the run ahead starts, so the two join.
+        tail.keep(at(0), rows(1..=25), both());
+        assert_eq!(lock(&tail.segments).rows, 30);
+        assert_eq!(
+            seqs(tail.cached("b", at(15), 10)),
+            Some((16..=25).collect::<Vec<_>>())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_segments_keep_at_most_their_row_budget() {
+        let tail = tail(1); // 128 rows
+        let at = |seq| Position::new(50, seq);
+        for start in (0..300).step_by(10) {
+            tail.keep(at(start), rows(start + 1..=start + 10), names(&["a"]));
         }
-        let run = lock(&tail.run);
-        assert!(run.rows <= 32, "{} rows kept", run.rows);
-        assert_eq!(run.segments.back().map(Segment::last), Some(at(100)));
+        let segments = lock(&tail.segments);
+        assert!(segments.rows <= 128, "{} rows kept", segments.rows);
+        let newest = segments.by_start.last_key_value().map(|(_, s)| s.last());
+        assert_eq!(newest, Some(at(300)));
+    }
+
+    #[tokio::test]
+    async fn a_segment_goes_once_every_group_has_passed_it() {
+        let tail = tail(10);
+        let at = |seq| Position::new(50, seq);
+        tail.note_cursor("a", at(25));
+        tail.note_cursor("b", at(15));
+        for start in [0, 10, 20] {
+            tail.keep(at(start), rows(start + 1..=start + 10), names(&["a", "b"]));
+        }
+        // 1..=10 is behind both groups; b still needs 16..=20.
+        assert_eq!(lock(&tail.segments).rows, 20);
+        assert_eq!(seqs(tail.cached("b", at(15), 3)), Some(vec![16, 17, 18]));
+        assert_eq!(seqs(tail.cached("a", at(5), 3)), None);
+        // Once b has moved on (or let its lease go), the next read drops what it passed.
+        tail.release("b");
+        tail.keep(at(30), rows(31..=40), names(&["a"]));
+        assert_eq!(lock(&tail.segments).rows, 20, "21..=40 kept for a");
     }
 }
