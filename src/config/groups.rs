@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::check::positive_ms;
 use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute, redact_url};
 use crate::handler::http::HttpHandler;
+use crate::relay::entry_fields::{EntryField, EntryFields};
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::{Action, DEFAULT_HANDLER_TIMEOUT, Route, StreamTemplate};
 use crate::retry::RetryPolicy;
@@ -62,14 +63,51 @@ pub(super) fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<G
             .enumerate()
             .filter_map(|(r, route)| check_route(route, &format!("{at}.routes[{r}]"), errors))
             .collect();
+        let entry_fields = check_entry_fields(group.entry_fields.as_deref(), &at, errors);
         groups.push(GroupConfig {
             name: group.name.clone(),
             routes,
             ordering,
             dead_letter_stream: group.dead_letter_stream.clone(),
+            entry_fields,
         });
     }
     groups
+}
+
+/// `entry_fields`: known names, each once, `payload` among them; unset = all.
+fn check_entry_fields(
+    names: Option<&[String]>,
+    at: &str,
+    errors: &mut ConfigErrors,
+) -> EntryFields {
+    let Some(names) = names else {
+        return EntryFields::default();
+    };
+    let mut fields = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match EntryField::parse(name) {
+            Some(field) if fields.contains(&field) => errors.push(
+                &format!("{at}.entry_fields[{i}]"),
+                format!("`{name}` is listed twice"),
+            ),
+            Some(field) => fields.push(field),
+            None => errors.push(
+                &format!("{at}.entry_fields[{i}]"),
+                format!(
+                    "unknown field `{name}`; expected some of {}",
+                    EntryFields::default().names().join(", ")
+                ),
+            ),
+        }
+    }
+    if !fields.contains(&EntryField::Payload) {
+        errors.push(
+            &format!("{at}.entry_fields"),
+            "must include `payload` (an entry without its payload says nothing)",
+        );
+    }
+    EntryFields::from_fields(fields)
 }
 
 const HANDLERS: &str = "expected `forward`, `drop` or `http`";

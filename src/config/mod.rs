@@ -24,6 +24,7 @@ pub use url::{ConnectionUrl, redact_url};
 
 use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
+use crate::relay::entry_fields::EntryFields;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::Route;
 use check::{check_postgres_tls_files, check_publish, check_redis, check_registry, check_relay};
@@ -148,6 +149,8 @@ pub struct GroupConfig {
     pub ordering: OrderingMode,
     /// A stream (named without the key prefix) that receives a copy of each dead letter.
     pub dead_letter_stream: Option<String>,
+    /// The fields its stream entries carry.
+    pub entry_fields: EntryFields,
 }
 
 impl GroupConfig {
@@ -158,6 +161,7 @@ impl GroupConfig {
             routes,
             ordering: OrderingMode::default(),
             dead_letter_stream: None,
+            entry_fields: EntryFields::default(),
         }
     }
 }
@@ -399,6 +403,17 @@ mod tests {
                     }],
                     ..RawGroup::default()
                 },
+                RawGroup {
+                    name: "trimmed".into(),
+                    routes: vec![RawRoute {
+                        topics: vec!["*".into()],
+                        handler: "forward".into(),
+                        stream: Some("out".into()),
+                        ..RawRoute::default()
+                    }],
+                    entry_fields: Some(vec!["id".into(), "bogus".into(), "id".into()]),
+                    ..RawGroup::default()
+                },
             ],
         };
         let errors = Config::from_raw(raw).unwrap_err();
@@ -422,8 +437,18 @@ mod tests {
                 "groups[1].routes",
                 "groups[2].name",
                 "groups[2].routes[0].stream",
+                "groups[3].entry_fields[1]",
+                "groups[3].entry_fields[2]",
+                "groups[3].entry_fields",
             ]
         );
+        let text = errors.to_string();
+        assert!(
+            text.contains("unknown field `bogus`; expected some of id, topic, key, payload"),
+            "{text}"
+        );
+        assert!(text.contains("`id` is listed twice"), "{text}");
+        assert!(text.contains("must include `payload`"), "{text}");
     }
 
     #[test]

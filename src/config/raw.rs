@@ -140,6 +140,10 @@ pub struct RawGroup {
     /// reason in its `error` field. Unset: dead letters stay in `outbox.deliveries` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_stream: Option<String>,
+    /// The fields of this group's stream entries (default: all of DESIGN §6); `payload` must
+    /// be one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_fields: Option<Vec<String>>,
     /// `[[groups.routes]]`: topic patterns and what to do with them, first match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,

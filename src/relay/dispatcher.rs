@@ -13,6 +13,7 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::entry_fields::{EntryFields, traceparent};
 use super::ordering::OrderingMode;
 use super::route::{Action, Route, route_for};
 use crate::handler::{DecodedMessage, Handler, HandlerError};
@@ -33,6 +34,8 @@ pub struct Dispatcher {
     pub registry: Option<Registry>,
     /// Draws jitter for retry delays from `[0, 1)`; tests pass a fixed one.
     pub jitter: fn() -> f64,
+    /// The fields its stream entries carry.
+    pub entry_fields: EntryFields,
 }
 
 /// Why a message produced nothing without failing.
@@ -78,6 +81,7 @@ impl Dispatcher {
             dead_letter_stream,
             registry: None,
             jitter: rand::random::<f64>,
+            entry_fields: EntryFields::default(),
         }
     }
 
@@ -186,12 +190,23 @@ impl Dispatcher {
         }
     }
 
-    /// A stream entry for `row` carrying `payload`: see [`fields`].
+    /// The same dispatcher writing only `entry_fields` into stream entries.
+    pub fn with_entry_fields(mut self, entry_fields: EntryFields) -> Dispatcher {
+        self.entry_fields = entry_fields;
+        self
+    }
+
+    /// The fields of `row`'s stream entry carrying `payload` (see [`EntryFields::of`]).
+    pub fn fields(&self, row: &OutboxRow, payload: String) -> Fields {
+        self.entry_fields.of(&self.group, row, payload)
+    }
+
+    /// A stream entry for `row` carrying `payload`.
     pub fn entry(&self, row: &OutboxRow, payload: String, ordinal: u32) -> Entry {
         Entry {
             position: row.position,
             ordinal,
-            fields: fields(&self.group, row, payload),
+            fields: self.fields(row, payload),
         }
     }
 }
@@ -239,44 +254,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-/// The fields of a message's stream entry: `id`, `topic`, `key` (when set), `payload` and
-/// `headers` (JSON text), `position`, `schema_version` (when set), `created_at` (RFC 3339),
-/// `group`, and `traceparent` when the headers carry one.
-pub fn fields(group: &str, row: &OutboxRow, payload: String) -> Fields {
-    let mut fields = Vec::with_capacity(10);
-    fields.push(("id", row.id.to_string()));
-    fields.push(("topic", row.topic.clone()));
-    if let Some(key) = &row.key {
-        fields.push(("key", key.clone()));
-    }
-    fields.push(("payload", payload));
-    fields.push(("headers", row.headers.clone()));
-    fields.push(("position", row.position.to_string()));
-    if let Some(version) = row.schema_version {
-        fields.push(("schema_version", version.to_string()));
-    }
-    fields.push((
-        "created_at",
-        row.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    ));
-    fields.push(("group", group.to_owned()));
-    if let Some(traceparent) = traceparent(&row.headers) {
-        fields.push(("traceparent", traceparent));
-    }
-    fields
-}
-
-/// The `traceparent` header, if any (parsing the headers only when the name occurs).
-fn traceparent(headers_json: &str) -> Option<String> {
-    if !headers_json.contains("\"traceparent\"") {
-        return None;
-    }
-    let headers: std::collections::HashMap<String, String> =
-        serde_json::from_str(headers_json).ok()?;
-    headers.get("traceparent").cloned()
 }
 
 #[cfg(test)]
@@ -424,7 +401,8 @@ mod tests {
         let mut r = row(7, "orders.created", Some("order-1"));
         r.schema_version = Some(3);
         r.headers = r#"{"traceparent": "00-abc-def-01", "x": "y"}"#.into();
-        let names: Vec<&str> = fields("notifications", &r, r.payload.clone())
+        let names: Vec<&str> = EntryFields::default()
+            .of("notifications", &r, r.payload.clone())
             .iter()
             .map(|(n, _)| *n)
             .collect();
@@ -443,7 +421,8 @@ mod tests {
                 "traceparent"
             ]
         );
-        let values: HashMap<&str, String> = fields("notifications", &r, "{}".into())
+        let values: HashMap<&str, String> = EntryFields::default()
+            .of("notifications", &r, "{}".into())
             .into_iter()
             .collect();
         assert_eq!(values["position"], "100:7");
@@ -451,7 +430,8 @@ mod tests {
         assert_eq!(values["created_at"], "2023-11-14T22:13:20.000123Z");
         assert_eq!(values["traceparent"], "00-abc-def-01");
         let plain = row(1, "t", None);
-        let names: Vec<&str> = fields("g", &plain, plain.payload.clone())
+        let names: Vec<&str> = EntryFields::default()
+            .of("g", &plain, plain.payload.clone())
             .iter()
             .map(|(n, _)| *n)
             .collect();

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod dispatcher;
+pub mod entry_fields;
 mod group;
 pub mod ordering;
 pub mod plan;
@@ -182,7 +183,8 @@ impl Relay {
                     group.ordering,
                     group.dead_letter_stream,
                 )
-                .with_registry(self.registry.clone()),
+                .with_registry(self.registry.clone())
+                .with_entry_fields(group.entry_fields),
                 name: group.name,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),

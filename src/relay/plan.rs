@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use uuid::Uuid;
 
-use super::dispatcher::{Dispatcher, Outcome, Skip, fields};
+use super::dispatcher::{Dispatcher, Outcome, Skip};
 use super::ordering::{Chain, OrderingMode, Parked};
 use super::route::Action;
 use crate::position::Position;
@@ -262,7 +262,7 @@ impl Dispatcher {
         let Some(stream) = &self.dead_letter_stream else {
             return;
         };
-        let mut entry_fields = fields(&self.group, row, row.payload.clone());
+        let mut entry_fields = self.fields(row, row.payload.clone());
         entry_fields.push(("error", error.to_owned()));
         entry_fields.push(("attempts", attempts.to_string()));
         let entry = LateEntry {

@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
-use super::dispatcher::{Dispatcher, Outcome, Skip, fields};
+use super::dispatcher::{Dispatcher, Outcome, Skip};
 use super::ordering::OrderingMode;
 use super::plan::{Tally, push_late, run_concurrently};
 use crate::registry::RegistryError;
@@ -130,7 +130,7 @@ impl Dispatcher {
             let ordinal = ordinals.entry(stream.clone()).or_insert(0);
             let entry = LateEntry {
                 token: format!("{}:{ordinal}", row.id),
-                fields: fields(&self.group, row, payload),
+                fields: self.fields(row, payload),
             };
             *ordinal += 1;
             push_late(late, &stream, entry);

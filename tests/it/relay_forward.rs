@@ -183,3 +183,48 @@ async fn a_replayed_batch_adds_nothing() {
         .collect();
     assert_eq!(order, (0..=20).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_group_with_trimmed_entry_fields_writes_only_those() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let groups = r#"
+[[groups]]
+name = "lean"
+entry_fields = ["position", "payload", "key"]
+[[groups.routes]]
+topics = ["*"]
+handler = "forward"
+stream = "out"
+"#;
+    let relay = InProcessRelay::start(&relay_toml(&db, &redis, "idle_poll_ms = 2", groups)).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    publish_batch_in_tx(
+        &mut tx,
+        &[
+            Message::new("orders.created", json!({"n": 1})).key("order-1"),
+            Message::new("orders.created", json!({"n": 2})),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(Duration::from_secs(10), "both entries", || async {
+        (redis.stream_len("out").await == 2).then_some(())
+    })
+    .await;
+    let entries = redis.entries("out").await;
+    let names = |i: usize| {
+        let mut names: Vec<&str> = entries[i].fields.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    };
+    assert_eq!(names(0), ["key", "payload", "position"]);
+    assert_eq!(
+        names(1),
+        ["payload", "position"],
+        "no key field without a key"
+    );
+    assert_eq!(redis.numbers("out").await, [1, 2]);
+    relay.stop().await;
+}
