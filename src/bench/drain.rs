@@ -100,10 +100,11 @@ impl DrainBenchReport {
             stages
                 .seconds
                 .iter()
-                .map(|(name, seconds)| {
+                .zip(stages.shares(wall))
+                .map(|((name, seconds), (_, share))| {
                     (
                         name.clone(),
-                        json!({"seconds": seconds, "share_of_wall": seconds / wall.max(f64::EPSILON)}),
+                        json!({"seconds": seconds, "share_of_wall": share}),
                     )
                 })
                 .collect::<serde_json::Map<_, _>>()

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::backlog::{Backlog, wait_until_passed};
 use super::drain::DrainBench;
 use super::pg_activity::settled_table_counters;
-use super::relay_process::{RelayProcess, RelayScratch, phase};
+use super::relay_process::{RelayScratch, phase};
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
 
@@ -238,12 +238,7 @@ impl FanoutBench {
             Some(self.messages),
         );
         let started = Instant::now();
-        let mut relay = RelayProcess::start(
-            &self.relay_exe,
-            &scratch.database_url,
-            &scratch.redis_url,
-            &toml,
-        )?;
+        let mut relay = scratch.start_relay(&self.relay_exe, &toml)?;
         wait_until_passed(&pool, &names, last, &mut relay, progress).await?;
         let elapsed = started.elapsed();
         relay.stop().await?;

@@ -139,7 +139,7 @@ impl LatencyBenchReport {
                 "warmup_seconds": s.warmup.as_secs_f64(),
                 "payload_bytes": s.payload_bytes,
                 "publishers": s.publishers,
-                "wakeup": match s.wakeup { Wakeup::Poll => "poll", Wakeup::Notify => "notify" },
+                "wakeup": s.wakeup.as_str(),
                 "idle_poll_ms": s.idle_poll_ms,
                 "idle_seconds": s.idle.as_secs_f64(),
             }),
@@ -206,10 +206,7 @@ impl LatencyBench {
                 .await
                 .map_err(|e| phase("install the NOTIFY trigger", e))?;
         }
-        let wakeup = match self.wakeup {
-            Wakeup::Poll => "poll",
-            Wakeup::Notify => "notify",
-        };
+        let wakeup = self.wakeup.as_str();
         let idle_poll = self
             .idle_poll_ms
             .map(|ms| format!("idle_poll_ms = {ms}\n"))

@@ -73,6 +73,11 @@ impl RelayScratch {
         })
     }
 
+    /// `outbox-relay run` (the binary `exe`) on this scratch database and Redis, with `toml`.
+    pub fn start_relay(&self, exe: &Path, toml: &str) -> Result<RelayProcess, BenchError> {
+        RelayProcess::start(exe, &self.database_url, &self.redis_url, toml)
+    }
+
     /// Deletes the keys and drops the database; failures are logged.
     pub async fn remove(self) {
         self.redis.clean().await;

@@ -69,9 +69,13 @@ impl RetryBenchReport {
             / self.retried.max(1) as f64
     }
 
+    /// `outbox.deliveries` rows written per retried message.
+    pub fn delivery_rows_per_retry(&self) -> f64 {
+        self.delivery_rows_written as f64 / self.retried.max(1) as f64
+    }
+
     pub fn summary(&self) -> Summary {
         let s = &self.settings;
-        let retried = self.retried.max(1) as f64;
         Summary {
             scenario: "retry",
             parameters: json!({
@@ -99,7 +103,7 @@ impl RetryBenchReport {
                 Line::figure(
                     "retry",
                     "deliveries rows written per retried message",
-                    self.delivery_rows_written as f64 / retried,
+                    self.delivery_rows_per_retry(),
                     "rows/msg",
                 ),
             ],
@@ -198,12 +202,7 @@ impl RetryBench {
         };
         progress.phase(&what, Some(self.messages));
         let started = Instant::now();
-        let mut relay = RelayProcess::start(
-            &self.relay_exe,
-            &scratch.database_url,
-            &scratch.redis_url,
-            &toml,
-        )?;
+        let mut relay = scratch.start_relay(&self.relay_exe, &toml)?;
         let done = self
             .wait_until_settled(&pool, group, last, endpoint, &mut relay, progress)
             .await;

@@ -9,9 +9,8 @@
 use std::collections::BTreeMap;
 
 use outbox_relay::config::{
-    Config, ConfigErrors, Overrides, RawConfig, RawRoute, Wakeup, redact_url,
+    Config, ConfigErrors, Overrides, REDACTED, RawConfig, RawRoute, redact_url,
 };
-use outbox_relay::registry::Unregistered;
 use outbox_relay::relay::route::Route;
 use outbox_relay::sink::Sink;
 use outbox_relay::store;
@@ -19,7 +18,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 /// What replaces a secret in the output.
-const REDACTED: &str = "REDACTED";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -127,7 +125,7 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
         },
         "relay": {
             "batch_size": config.relay.batch_size,
-            "wakeup": match config.relay.wakeup { Wakeup::Poll => "poll", Wakeup::Notify => "notify" },
+            "wakeup": config.relay.wakeup.as_str(),
             "idle_poll_ms": config.relay.idle_poll.as_millis() as u64,
             "lease_ttl_ms": config.relay.lease_ttl.as_millis() as u64,
             "max_backoff_ms": config.relay.max_backoff.as_millis() as u64,
@@ -135,10 +133,7 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
         },
         "http": { "listen": config.http.listen.map(|addr| addr.to_string()) },
         "registry": {
-            "unregistered": match config.registry.unregistered {
-                Unregistered::Allow => "allow",
-                Unregistered::Reject => "reject",
-            },
+            "unregistered": config.registry.unregistered.as_str(),
         },
         "groups": raw.groups.iter().zip(&config.groups).map(|(raw_group, group)| json!({
             "name": group.name,

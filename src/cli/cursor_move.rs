@@ -69,9 +69,7 @@ pub async fn move_cursor(
     let spinner = super::spinner("counting the messages the cursor moves over");
     let mut tx = pool.begin().await?;
     let Some(locked) = store::consumer_groups_lock(&mut tx, group).await? else {
-        anyhow::bail!(
-            "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
-        );
+        return Err(super::no_such_group(group));
     };
     let from = locked.cursor;
     let to = resolve(&mut tx, target, from).await?;

@@ -84,7 +84,7 @@ async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if groups.is_empty() {
-        println!("no consumer groups yet (a group is created by its first `outbox-relay run`)");
+        println!("{}", super::NO_GROUPS_YET);
         return Ok(());
     }
     let mut table = super::table([
@@ -142,9 +142,7 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
     let change = store::consumer_groups_pause(&pool, group, paused).await;
     pool.close().await;
     let Some(change) = change? else {
-        anyhow::bail!(
-            "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
-        );
+        return Err(super::no_such_group(group));
     };
     match (paused, change.was_paused) {
         (true, true) => println!("group `{group}` was already paused"),

@@ -182,6 +182,17 @@ pub struct Failure {
 pub struct UsageError(String);
 
 /// A usage error saying `what`.
+/// The error for a group name that has no row in `outbox.consumer_groups`.
+pub fn no_such_group(group: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
+    )
+}
+
+/// What listing commands print when no group has a row yet.
+pub const NO_GROUPS_YET: &str =
+    "no consumer groups yet (a group is created by its first `outbox-relay run`)";
+
 pub fn usage(what: impl Into<String>) -> anyhow::Error {
     UsageError(what.into()).into()
 }

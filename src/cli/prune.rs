@@ -31,7 +31,7 @@ pub struct Args {
 #[derive(Debug, Default, serde::Serialize)]
 struct PruneReport {
     dry_run: bool,
-    cutoff: Option<chrono::DateTime<chrono::Utc>>,
+    cutoff: chrono::DateTime<chrono::Utc>,
     /// The slowest group: nothing past its cursor is pruned.
     horizon: Option<Horizon>,
     deleted: i64,
@@ -59,7 +59,7 @@ async fn prune(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<PruneReport> 
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(args.older_than)?;
     let mut report = PruneReport {
         dry_run: args.dry_run,
-        cutoff: Some(cutoff),
+        cutoff,
         horizon: store::consumer_groups_slowest(pool).await?,
         ..PruneReport::default()
     };
@@ -102,8 +102,7 @@ fn print(report: &PruneReport) {
     };
     let cutoff = report
         .cutoff
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default();
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if report.dry_run {
         println!(
             "dry run: {} messages written before {cutoff} would be deleted",

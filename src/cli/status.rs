@@ -38,9 +38,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     if let Some(group) = &args.group
         && groups.is_empty()
     {
-        anyhow::bail!(
-            "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
-        );
+        return Err(super::no_such_group(group));
     }
     let status = Status {
         groups,
@@ -57,7 +55,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 fn print_table(status: &Status) {
     if status.groups.is_empty() {
-        println!("no consumer groups yet (a group is created by its first `outbox-relay run`)");
+        println!("{}", super::NO_GROUPS_YET);
         return;
     }
     let now = chrono::Utc::now();

@@ -20,7 +20,7 @@ pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
     Overrides, RawConfig, RawGroup, RawHttp, RawPublish, RawRedis, RawRegistry, RawRelay, RawRoute,
 };
-pub use url::{ConnectionUrl, redact_url};
+pub use url::{ConnectionUrl, REDACTED, redact_url};
 
 use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
@@ -111,6 +111,16 @@ pub enum Wakeup {
     /// LISTEN for the trigger installed by `outbox-relay notify on`, polling every
     /// `idle_poll_ms` (default 500) as the fallback for a lost notification.
     Notify,
+}
+
+impl Wakeup {
+    /// The configuration value: `poll` or `notify`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wakeup::Poll => "poll",
+            Wakeup::Notify => "notify",
+        }
+    }
 }
 
 /// `idle_poll` when `wakeup = "notify"` and `idle_poll_ms` is not set.

@@ -65,7 +65,8 @@ impl fmt::Debug for ConnectionUrl {
     }
 }
 
-const REDACTED: &str = "REDACTED";
+/// What stands for a secret wherever one is shown.
+pub const REDACTED: &str = "REDACTED";
 
 /// Redacts the password of any URL-shaped string; text that does not parse is not echoed.
 pub fn redact_url(url: &str) -> String {

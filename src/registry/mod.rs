@@ -45,6 +45,16 @@ pub enum Unregistered {
     Reject,
 }
 
+impl Unregistered {
+    /// The configuration value: `allow` or `reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unregistered::Allow => "allow",
+            Unregistered::Reject => "reject",
+        }
+    }
+}
+
 impl FromStr for Unregistered {
     type Err = String;
 

@@ -280,8 +280,7 @@ impl GroupWorker {
         };
         let retries_due = self.retries.due_now(Instant::now());
         // Anything but a forward batch settles the last cursor update first.
-        if self.pending_advance.is_some()
-            && (retries_due || self.retries.parked.halts_group())
+        if (retries_due || self.retries.parked.halts_group())
             && let Some(step) = self.settle_advance(lease).await?
         {
             return Ok(step);

@@ -220,9 +220,7 @@ impl Dispatcher {
                     delay,
                 }) => {
                     plan.tally.retrying += 1;
-                    let counts = plan.by_topic.of(&row.topic);
-                    counts.failed += 1;
-                    counts.retrying += 1;
+                    plan.by_topic.of(&row.topic).failed_to_retry();
                     plan.failures.push(failure(
                         DeliveryStatus::Retrying,
                         attempts,
@@ -235,9 +233,7 @@ impl Dispatcher {
                 }
                 Step::Handled(Outcome::Dead { error, attempts }) => {
                     plan.tally.dead += 1;
-                    let counts = plan.by_topic.of(&row.topic);
-                    counts.failed += 1;
-                    counts.dead += 1;
+                    plan.by_topic.of(&row.topic).failed_for_good();
                     self.dead_letter_copy(&mut plan.late, row, &error, attempts);
                     plan.failures
                         .push(failure(DeliveryStatus::Dead, attempts, Some(error), None));

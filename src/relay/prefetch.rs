@@ -18,12 +18,47 @@ use tokio::task::JoinHandle;
 
 use super::tail::{ReadResult, SharedTail};
 use crate::position::Position;
-use crate::store::{self, LeaseHolder};
+use crate::store::{self, LeaseHolder, OutboxRow};
+
+/// A Postgres task running in the background, aborted when dropped before it was waited for.
+struct Background<T> {
+    task: JoinHandle<Result<T, sqlx::Error>>,
+    /// What it does, for the error when the task itself failed (a panic).
+    what: &'static str,
+}
+
+impl<T: Send + 'static> Background<T> {
+    fn spawn(
+        what: &'static str,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    ) -> Self {
+        Background {
+            task: tokio::spawn(work),
+            what,
+        }
+    }
+
+    async fn wait(mut self) -> Result<T, sqlx::Error> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => Err(sqlx::Error::Protocol(format!(
+                "{} failed: {join}",
+                self.what
+            ))),
+        }
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// A read of the batch after `after`, running.
 pub(super) struct Prefetch {
     after: Position,
-    task: JoinHandle<ReadResult>,
+    read: Background<Option<Vec<OutboxRow>>>,
 }
 
 impl Prefetch {
@@ -31,34 +66,25 @@ impl Prefetch {
     pub fn start(tail: &Arc<SharedTail>, group: &str, after: Position, limit: usize) -> Self {
         let tail = Arc::clone(tail);
         let group = group.to_owned();
-        let task = tokio::spawn(async move { tail.read(&group, after, limit).await });
-        Prefetch { after, task }
+        let read = Background::spawn("the prefetch read", async move {
+            tail.read(&group, after, limit).await
+        });
+        Prefetch { after, read }
     }
 
     /// The prefetched read, if it read from `cursor`; `None` (and the read is dropped)
     /// otherwise.
-    pub async fn take(mut self, cursor: Position) -> Option<ReadResult> {
+    pub async fn take(self, cursor: Position) -> Option<ReadResult> {
         if self.after != cursor {
             return None;
         }
-        Some(match (&mut self.task).await {
-            Ok(result) => result,
-            Err(join) => Err(sqlx::Error::Protocol(format!(
-                "the prefetch read failed: {join}"
-            ))),
-        })
-    }
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.task.abort();
+        Some(self.read.wait().await)
     }
 }
 
 /// A cursor update (fenced by the lease, renewing it) running in the background.
 pub(super) struct PendingAdvance {
-    task: JoinHandle<Result<bool, sqlx::Error>>,
+    update: Background<bool>,
 }
 
 impl PendingAdvance {
@@ -75,7 +101,7 @@ impl PendingAdvance {
             holder.owner.to_owned(),
             holder.epoch,
         );
-        let task = tokio::spawn(async move {
+        let update = Background::spawn("the cursor update", async move {
             let holder = LeaseHolder {
                 group: &group,
                 owner: &owner,
@@ -83,22 +109,11 @@ impl PendingAdvance {
             };
             store::consumer_groups_cursor_advance(&pool, holder, to, ttl).await
         });
-        PendingAdvance { task }
+        PendingAdvance { update }
     }
 
     /// Whether the update matched (false: the lease was no longer held).
-    pub async fn wait(mut self) -> Result<bool, sqlx::Error> {
-        match (&mut self.task).await {
-            Ok(result) => result,
-            Err(join) => Err(sqlx::Error::Protocol(format!(
-                "the cursor update failed: {join}"
-            ))),
-        }
-    }
-}
-
-impl Drop for PendingAdvance {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub async fn wait(self) -> Result<bool, sqlx::Error> {
+        self.update.wait().await
     }
 }

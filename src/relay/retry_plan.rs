@@ -85,9 +85,7 @@ impl Dispatcher {
                     delay,
                 } => {
                     plan.tally.retrying += 1;
-                    let counts = plan.by_topic.of(&row.topic);
-                    counts.failed += 1;
-                    counts.retrying += 1;
+                    plan.by_topic.of(&row.topic).failed_to_retry();
                     Settlement::Retry {
                         attempts: attempts as i32,
                         error,
@@ -96,9 +94,7 @@ impl Dispatcher {
                 }
                 Outcome::Dead { error, attempts } => {
                     plan.tally.dead += 1;
-                    let counts = plan.by_topic.of(&row.topic);
-                    counts.failed += 1;
-                    counts.dead += 1;
+                    plan.by_topic.of(&row.topic).failed_for_good();
                     self.dead_letter_copy(&mut plan.late, row, &error, attempts);
                     Settlement::Dead {
                         attempts: attempts as i32,

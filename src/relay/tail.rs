@@ -23,6 +23,7 @@
 //! replay, a takeover came first) does not take rows from it, and learns at its own read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
@@ -56,17 +57,11 @@ struct Segments {
     rows: usize,
 }
 
+/// Every visible row after the position it is keyed by, up to `last` (never empty).
 struct Segment {
-    /// Every visible row after this position up to the last row is in `rows`.
-    after: Position,
+    last: Position,
     rows: Arc<Vec<OutboxRow>>,
     leased: Arc<Vec<String>>,
-}
-
-impl Segment {
-    fn last(&self) -> Position {
-        self.rows.last().map_or(self.after, |row| row.position)
-    }
 }
 
 impl SharedTail {
@@ -165,7 +160,7 @@ impl SharedTail {
     fn cached(&self, group: &str, cursor: Position, limit: usize) -> Option<Vec<OutboxRow>> {
         let segments = lock(&self.segments);
         let (_, mut segment) = segments.by_start.range(..=cursor).next_back()?;
-        if cursor >= segment.last() {
+        if cursor >= segment.last {
             return None;
         }
         let mut rows = Vec::with_capacity(limit);
@@ -179,7 +174,7 @@ impl SharedTail {
                 }
                 rows.push(row.clone());
             }
-            match segments.by_start.get(&segment.last()) {
+            match segments.by_start.get(&segment.last) {
                 Some(next) => segment = next,
                 None => break,
             }
@@ -195,29 +190,30 @@ impl SharedTail {
         let mut segments = lock(&self.segments);
         let next_start = segments
             .by_start
-            .range(after..)
-            .map(|(start, _)| *start)
-            .find(|start| *start > after);
-        if let Some(next) = next_start
-            && rows.last().is_some_and(|r| r.position > next)
-        {
+            .range((Excluded(after), Unbounded))
+            .next()
+            .map(|(start, _)| *start);
+        if let Some(next) = next_start {
             rows.retain(|r| r.position <= next);
         }
-        if rows.is_empty() || segments.by_start.contains_key(&after) {
+        let Some(last) = rows.last().map(|r| r.position) else {
+            return;
+        };
+        if segments.by_start.contains_key(&after) {
             return;
         }
         segments.rows += rows.len();
         segments.by_start.insert(
             after,
             Segment {
-                after,
+                last,
                 rows: Arc::new(rows),
                 leased: Arc::new(leased),
             },
         );
         let segments = &mut *segments;
         while let Some(entry) = segments.by_start.first_entry() {
-            let passed = slowest.is_some_and(|s| entry.get().last() <= s);
+            let passed = slowest.is_some_and(|s| entry.get().last <= s);
             if !passed && segments.rows <= self.max_rows {
                 break;
             }
@@ -306,7 +302,7 @@ mod tests {
         }
         let segments = lock(&tail.segments);
         assert!(segments.rows <= 128, "{} rows kept", segments.rows);
-        let newest = segments.by_start.last_key_value().map(|(_, s)| s.last());
+        let newest = segments.by_start.last_key_value().map(|(_, s)| s.last);
         assert_eq!(newest, Some(at(300)));
     }
 

@@ -16,6 +16,7 @@
 //! generation, so the entries a replay sends again pass the filter once, and a crash during the
 //! replay still adds nothing twice.
 
+mod dedupe_mark;
 mod keys;
 mod watermark;
 
@@ -29,8 +30,8 @@ use redis::{
     TlsCertificates,
 };
 
+pub use dedupe_mark::DedupeMark;
 pub use keys::{hash_tag, late_token_key, watermark_key};
-pub use watermark::DedupeMark;
 use watermark::{StreamKeys, WatchConnections};
 
 use crate::config::{ConnectionUrl, RedisSettings, RedisTls};

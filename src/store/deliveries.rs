@@ -369,13 +369,11 @@ pub async fn deliveries_dead_list(
     limit: usize,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    dead_letters(
-        pool,
-        include_str!("sql/deliveries_dead_list.sql"),
+    let query = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_list.sql")),
         filter,
-        Trailing::Limit(limit),
-    )
-    .await
+    );
+    dead_letters(pool, query.bind(limit)).await
 }
 
 /// Dead letters matching `filter` become due now (attempts kept); returns them.
@@ -383,13 +381,11 @@ pub async fn deliveries_dead_retry(
     pool: &PgPool,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    dead_letters(
-        pool,
-        include_str!("sql/deliveries_dead_retry.sql"),
+    let query = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_retry.sql")),
         filter,
-        Trailing::Nothing,
-    )
-    .await
+    );
+    dead_letters(pool, query).await
 }
 
 /// Deletes the dead letters matching `filter`; returns them. An empty filter is refused by
@@ -399,36 +395,15 @@ pub async fn deliveries_dead_discard(
     filter: &DeadLetterFilter,
     all_matching: bool,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    dead_letters(
-        pool,
-        include_str!("sql/deliveries_dead_discard.sql"),
+    let query = bind_filter(
+        sqlx::query(include_str!("sql/deliveries_dead_discard.sql")),
         filter,
-        Trailing::AllMatching(all_matching),
-    )
-    .await
+    );
+    dead_letters(pool, query.bind(all_matching)).await
 }
 
-/// What a dead-letter statement takes after its filter, as `$5`.
-enum Trailing {
-    Nothing,
-    Limit(i64),
-    AllMatching(bool),
-}
-
-/// Runs a dead-letter statement: the filter is `$1`–`$4`, then the trailing argument; the rows
-/// it returns are dead letters.
-async fn dead_letters(
-    pool: &PgPool,
-    statement: &'static str,
-    filter: &DeadLetterFilter,
-    trailing: Trailing,
-) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    let query = bind_filter(sqlx::query(statement), filter);
-    let query = match trailing {
-        Trailing::Nothing => query,
-        Trailing::Limit(limit) => query.bind(limit),
-        Trailing::AllMatching(all) => query.bind(all),
-    };
+/// Runs a dead-letter statement; the rows it returns are dead letters.
+async fn dead_letters(pool: &PgPool, query: PgQuery<'_>) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let rows = query.fetch_all(pool).await?;
     rows.iter().map(dead_letter).collect()
 }

@@ -105,6 +105,20 @@ pub struct TopicCounts {
     pub dead: u64,
 }
 
+impl TopicCounts {
+    /// A handler failure that will be tried again.
+    pub fn failed_to_retry(&mut self) {
+        self.failed += 1;
+        self.retrying += 1;
+    }
+
+    /// A handler failure that is final.
+    pub fn failed_for_good(&mut self) {
+        self.failed += 1;
+        self.dead += 1;
+    }
+}
+
 /// Per-topic counts of one pass: one entry per distinct topic (a batch has few), in order of
 /// first appearance.
 #[derive(Debug, Default)]

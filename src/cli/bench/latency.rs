@@ -87,7 +87,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         print_report(report);
         report.summary()
     };
-    conclude(progress, scratch, report, show, &args.out).await
+    conclude(progress, scratch.remove(), report, show, &args.out).await
 }
 
 fn print_report(report: &LatencyBenchReport) {

@@ -68,17 +68,17 @@ fn relay_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("finding the outbox-relay binary to run as the relay")
 }
 
-/// After a scenario that ran in `scratch`: clears the progress, removes the scratch database
-/// and keys whatever happened, then (on success) prints the report and the summary.
+/// After a scenario: clears the progress, removes its scratch database (and keys) with
+/// `cleanup` whatever happened, then (on success) prints the report and the summary.
 async fn conclude<R>(
     progress: TerminalProgress,
-    scratch: outbox_relay::bench::RelayScratch,
+    cleanup: impl std::future::Future<Output = ()>,
     report: Result<R, outbox_relay::bench::BenchError>,
     show: impl FnOnce(&R) -> Summary,
     out: &JsonOut,
 ) -> anyhow::Result<()> {
     progress.finish();
-    scratch.remove().await;
+    cleanup.await;
     let report = report?;
     finish(&show(&report), out)
 }

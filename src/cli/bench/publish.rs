@@ -1,10 +1,10 @@
 //! `outbox-relay bench publish`
 
 use outbox_relay::Publisher;
-use outbox_relay::bench::{PublishBench, ScratchDatabase};
+use outbox_relay::bench::{Comparison, PublishBench, PublishBenchReport, ScratchDatabase};
 use outbox_relay::config::Config;
 
-use super::{JsonOut, TerminalProgress, finish};
+use super::{JsonOut, TerminalProgress, conclude};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,27 +63,25 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let report = bench
         .run(&scratch.pool, Publisher::new(config.publish), &progress)
         .await;
-    progress.finish();
-    scratch.drop().await;
-    let report = report?;
+    let show = |report: &PublishBenchReport| {
+        print_pair(&bench, &report.single, &report.batch);
+        if let Some(notify) = &report.notify {
+            println!("with the NOTIFY trigger (ceiling: the same calls without it):");
+            print_pair(&bench, &notify.single, &notify.batch);
+        }
+        report.summary()
+    };
+    conclude(progress, scratch.drop(), report, show, &args.out).await
+}
+
+/// The single-message and the batch comparison, a line each.
+fn print_pair(bench: &PublishBench, single: &Comparison, batch: &Comparison) {
     println!(
-        "publish_in_tx        {:>6} tx × 1   from {} tasks: {}",
-        bench.single_messages, bench.concurrency, report.single
+        "publish_in_tx        {:>6} tx × 1   from {} tasks: {single}",
+        bench.single_messages, bench.concurrency
     );
     println!(
-        "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {}",
-        bench.batches, bench.batch_size, bench.concurrency, report.batch
+        "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {batch}",
+        bench.batches, bench.batch_size, bench.concurrency
     );
-    if let Some(notify) = report.notify {
-        println!("with the NOTIFY trigger (ceiling: the same calls without it):");
-        println!(
-            "publish_in_tx        {:>6} tx × 1   from {} tasks: {}",
-            bench.single_messages, bench.concurrency, notify.single
-        );
-        println!(
-            "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {}",
-            bench.batches, bench.batch_size, bench.concurrency, notify.batch
-        );
-    }
-    finish(&report.summary(), &args.out)
 }

@@ -73,7 +73,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         print_report(report);
         report.summary()
     };
-    conclude(progress, scratch, report, show, &args.out).await
+    conclude(progress, scratch.remove(), report, show, &args.out).await
 }
 
 fn print_report(report: &RetryBenchReport) {
@@ -87,6 +87,6 @@ fn print_report(report: &RetryBenchReport) {
     println!(
         "outbox.deliveries rows written {} ({:.2} per retried message)",
         report.delivery_rows_written,
-        report.delivery_rows_written as f64 / report.retried.max(1) as f64
+        report.delivery_rows_per_retry()
     );
 }
