@@ -119,6 +119,8 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
             "key_prefix": config.redis.key_prefix,
             "max_len": config.redis.max_len,
             "response_timeout_ms": config.redis.response_timeout.as_millis() as u64,
+            "wait_replicas": config.redis.wait_replicas,
+            "wait_timeout_ms": config.redis.wait_timeout.as_millis() as u64,
             "tls_ca_file": path(tls.ca_file.as_ref()),
             "tls_client_cert_file": path(tls.client.as_ref().map(|c| &c.cert_file)),
             "tls_client_key_file": path(tls.client.as_ref().map(|c| &c.key_file)),

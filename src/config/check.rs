@@ -45,6 +45,10 @@ pub(super) fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSet
     if let Some(ms) = positive_ms(raw.response_timeout_ms, "redis.response_timeout_ms", errors) {
         redis.response_timeout = ms;
     }
+    redis.wait_replicas = raw.wait_replicas.unwrap_or(0);
+    if let Some(ms) = positive_ms(raw.wait_timeout_ms, "redis.wait_timeout_ms", errors) {
+        redis.wait_timeout = ms;
+    }
     if let Some(path) = &raw.tls_ca_file {
         check_pem_file(path, Pem::Certificate, "redis.tls_ca_file", errors);
         redis.tls.ca_file = Some(path.clone());

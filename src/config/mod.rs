@@ -63,6 +63,10 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub max_len: Option<u64>,
     pub response_timeout: Duration,
+    /// Replicas that must acknowledge an append (`WAIT`) before the cursor moves; 0: none.
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take.
+    pub wait_timeout: Duration,
     /// Certificates for a `rediss://` URL; all unset means the default trust roots.
     pub tls: RedisTls,
 }
@@ -73,6 +77,8 @@ impl Default for RedisSettings {
             key_prefix: String::new(),
             max_len: None,
             response_timeout: Duration::from_secs(5),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             tls: RedisTls::default(),
         }
     }

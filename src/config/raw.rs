@@ -66,6 +66,14 @@ pub struct RawRedis {
     /// How long one Redis call may take before it is retried (default 5000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_timeout_ms: Option<u64>,
+    /// After each append, wait until this many replicas acknowledged it (`WAIT`) before the
+    /// cursor moves; a shortfall means the batch is appended (and waited for) again later
+    /// (default 0: no wait).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_replicas: Option<u32>,
+    /// How long one `WAIT` for `wait_replicas` may take (default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_ms: Option<u64>,
     /// With a `rediss://` URL: the CA certificate(s), PEM, that signed the server's certificate,
     /// e.g. `/etc/outbox-relay/redis-ca.pem`. Unset: the public web roots (webpki-roots) and the
     /// system's trust store.

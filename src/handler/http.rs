@@ -83,6 +83,11 @@ impl HttpHandler {
 
 #[async_trait::async_trait]
 impl Handler for HttpHandler {
+    /// A webhook's answer is not appended anywhere: nothing to re-derive after a Redis loss.
+    fn has_outputs(&self) -> bool {
+        false
+    }
+
     async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError> {
         let response = self
             .client

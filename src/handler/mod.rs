@@ -144,4 +144,11 @@ pub trait Handler: Send + Sync + 'static {
     /// possibly after a crash (outputs already appended are not appended twice, but the
     /// handler's own side effects may repeat: make them idempotent, e.g. keyed by `message.id`).
     async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError>;
+
+    /// Whether this handler may return outputs (default true). When Redis lost entries the
+    /// relay had appended, it calls handlers again to re-derive them; one that never returns
+    /// outputs (the built-in `http`) says false here and is not called again for that.
+    fn has_outputs(&self) -> bool {
+        true
+    }
 }

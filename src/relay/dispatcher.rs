@@ -104,6 +104,16 @@ impl Dispatcher {
             .map_err(|rejection| rejection.to_string()))
     }
 
+    /// Whether handling `row` again re-derives the entries it had (for re-appending what
+    /// Redis lost): `forward` routes always, handlers that may return outputs.
+    pub fn rederives(&self, row: &OutboxRow) -> bool {
+        match self.route(row).map(|r| &r.action) {
+            Some(Action::Forward { .. }) => true,
+            Some(Action::Call { handler, .. }) => handler.has_outputs(),
+            Some(Action::Drop) | None => false,
+        }
+    }
+
     /// The route that takes `row`, if any (first match).
     pub fn route(&self, row: &OutboxRow) -> Option<&Route> {
         route_for(&self.routes, &row.topic)
@@ -161,6 +171,14 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// The outcome of `row`'s `attempt`-th try when its outputs could not be appended
+    /// (`error`, e.g. a stream key of the wrong type): its route's retry policy decides, as
+    /// for a retryable handler failure.
+    pub fn append_failure(&self, row: &OutboxRow, attempt: u32, error: &str) -> Outcome {
+        let retry = self.route(row).map(|r| r.retry).unwrap_or_default();
+        self.failure(&retry, "append", HandlerError::retryable(error), attempt)
     }
 
     fn failure(

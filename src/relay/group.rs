@@ -26,15 +26,16 @@ use std::collections::HashSet;
 use super::RelayError;
 use super::dispatcher::Dispatcher;
 use super::ordering::{OrderingMode, Parked};
-use super::plan::Tally;
+use super::plan::{BatchPlan, Tally};
 use super::prefetch::{PendingAdvance, Prefetch};
+use super::repair::StreamMarks;
 use super::stall::StallWatch;
 use super::tail::{ReadResult, SharedTail};
 use super::wakeup::{CHASE_POLL, Wakeup};
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::registry::RegistryError;
-use crate::sink::{LateAppend, Sink, StreamAppend, Writer};
+use crate::sink::{LateAppend, Sink, SinkError, StreamAppend, Writer, WrongType};
 use crate::store::{self, LeaseHolder, OutboxRow};
 use crate::telemetry::{self, Health, StageTimes, WorkerHealth};
 
@@ -69,6 +70,12 @@ pub(super) struct GroupWorker {
     pub idle_streak: u32,
     /// The state last reported (written again only when it changes).
     pub reported: WorkerHealth,
+    /// How far the group appended to each stream (see `repair`).
+    pub marks: StreamMarks,
+    /// When the marks were last compared with Redis for every stream.
+    pub marks_checked_at: Instant,
+    /// Dead deliveries may wait for their dead-letter copy (see `append_dead_letters`).
+    pub dead_letters_pending: bool,
 }
 
 /// What an active worker knows of its group's delivery rows (rebuilt on every takeover).
@@ -248,7 +255,10 @@ impl GroupWorker {
 
     /// Wraps a Postgres error with this group and what it was doing (the name is copied only
     /// when there is an error).
-    fn store_error(&self, operation: &'static str) -> impl FnOnce(sqlx::Error) -> RelayError + '_ {
+    pub(super) fn store_error(
+        &self,
+        operation: &'static str,
+    ) -> impl FnOnce(sqlx::Error) -> RelayError + '_ {
         move |source| RelayError::Store {
             group: self.name.clone(),
             operation,
@@ -257,7 +267,7 @@ impl GroupWorker {
     }
 
     /// Wraps a schema registry failure (Postgres unreachable, an unusable stored schema).
-    fn registry_error(&self) -> impl FnOnce(RegistryError) -> RelayError + '_ {
+    pub(super) fn registry_error(&self) -> impl FnOnce(RegistryError) -> RelayError + '_ {
         move |source| RelayError::Registry {
             group: self.name.clone(),
             source,
@@ -279,8 +289,9 @@ impl GroupWorker {
             return self.try_acquire().await;
         };
         let retries_due = self.retries.due_now(Instant::now());
+        let halted = halts_reading(self.dispatcher.ordering, &self.retries.parked);
         // Anything but a forward batch settles the last cursor update first.
-        if (retries_due || self.retries.parked.halts_group())
+        if (retries_due || halted)
             && let Some(step) = self.settle_advance(lease).await?
         {
             return Ok(step);
@@ -288,7 +299,13 @@ impl GroupWorker {
         if retries_due && let Some(step) = self.retry_pass(lease).await? {
             return Ok(step);
         }
-        if self.dispatcher.ordering == OrderingMode::Strict && self.retries.parked.halts_group() {
+        if retries_due && let Some(step) = self.append_dead_letters(lease).await? {
+            return Ok(step);
+        }
+        if let Some(step) = self.check_stream_marks(lease, false).await? {
+            return Ok(step);
+        }
+        if halted {
             return self.renew_if_due(lease).await;
         }
         self.forward_batch(lease).await
@@ -325,14 +342,23 @@ impl GroupWorker {
         if due.is_empty() {
             return Ok(None);
         }
-        let plan = self
+        let mut plan = self
             .dispatcher
             .retry_pass(&due)
             .await
             .map_err(self.registry_error())?;
-        if let Some(step) = self.append(lease, &[], &plan.late).await? {
-            return Ok(Some(step));
-        }
+        let copies_pending = match self.append(lease, &[], &plan.late).await {
+            Ok(()) => Vec::new(),
+            Err(AppendFailure::Unwritable(wrong)) => {
+                self.report_unwritable(&wrong);
+                let pending = plan.fail_streams(&self.dispatcher, &due, &wrong);
+                self.dead_letters_pending |= !pending.is_empty();
+                pending
+            }
+            Err(AppendFailure::Step(step)) => return Ok(Some(step)),
+            Err(AppendFailure::Lost(_)) => unreachable!("late entries are not compared"),
+            Err(AppendFailure::Error(error)) => return Err(error),
+        };
         let appended_at = chrono::Utc::now();
         let released: Vec<&str> = plan.released_keys.iter().map(String::as_str).collect();
         let settled = store::deliveries_settle(
@@ -340,6 +366,7 @@ impl GroupWorker {
             self.holder(&lease),
             &plan.settlements,
             &released,
+            &copies_pending,
         )
         .await
         .map_err(self.store_error("record the retry results"))?;
@@ -361,40 +388,142 @@ impl GroupWorker {
         Ok((due.len() >= self.settings.batch_size || !released.is_empty()).then_some(Step::Busy))
     }
 
-    /// Appends, or says the lease is lost (`Some(Standby)`).
+    /// Appends; a refusal the caller can act on comes back as an [`AppendFailure`].
     async fn append(
         &mut self,
         lease: Lease,
         appends: &[StreamAppend],
         late: &[LateAppend],
-    ) -> Result<Option<Step>, RelayError> {
-        match self
-            .sink
-            .append(
-                Writer {
-                    group: &self.name,
-                    epoch: lease.epoch,
-                    replay_generation: lease.replay_generation,
-                },
-                appends,
-                late,
-            )
-            .await
-        {
-            Ok(_) => Ok(None),
+    ) -> Result<(), AppendFailure> {
+        let writer = Writer {
+            group: &self.name,
+            epoch: lease.epoch,
+            replay_generation: lease.replay_generation,
+        };
+        match self.sink.append(writer, appends, late).await {
+            Ok(_) => Ok(()),
             Err(error) if error.is_fenced() => {
-                tracing::warn!(group = %self.name, epoch = lease.epoch, error = %error, "lease lost (fenced in Redis); standing by");
-                self.state = State::Standby;
-                Ok(Some(Step::Standby))
+                tracing::warn!(group = %self.name, epoch = lease.epoch, error = %error, "fenced in Redis");
+                Err(AppendFailure::Step(
+                    self.lost_lease(lease, "fenced in Redis"),
+                ))
             }
-            Err(source) => Err(RelayError::Sink {
+            Err(SinkError::WrongType(wrong)) => Err(AppendFailure::Unwritable(wrong)),
+            Err(SinkError::Lost(lost)) => Err(AppendFailure::Lost(lost)),
+            Err(source) => Err(AppendFailure::Error(RelayError::Sink {
                 group: self.name.clone(),
                 source,
-            }),
+            })),
         }
     }
 
-    fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
+    /// Appends a first pass's entries. A stream whose key is not a stream fails its messages
+    /// (recorded, then the rest is appended); a stream Redis lost entries of is repaired
+    /// first. `Some(step)` when the lease went meanwhile.
+    async fn append_batch(
+        &mut self,
+        lease: Lease,
+        rows: &[OutboxRow],
+        plan: &mut BatchPlan,
+    ) -> Result<Option<Step>, RelayError> {
+        loop {
+            self.marks.expect(&mut plan.appends);
+            let wrong = match self.append(lease, &plan.appends, &plan.late).await {
+                Ok(()) => return Ok(None),
+                Err(AppendFailure::Unwritable(wrong)) => wrong,
+                Err(AppendFailure::Lost(lost)) => {
+                    if let Some(step) = self.repair(lease, &lost).await? {
+                        return Ok(Some(step));
+                    }
+                    continue;
+                }
+                Err(AppendFailure::Step(step)) => return Ok(Some(step)),
+                Err(AppendFailure::Error(error)) => return Err(error),
+            };
+            self.report_unwritable(&wrong);
+            let failed = plan.fail_streams(&self.dispatcher, rows, &wrong);
+            // Dead-letter copies refused stay pending in their dead rows, for a later pass.
+            let refused = |late: &LateAppend| wrong.iter().any(|w| w.stream == late.stream);
+            if plan.late.iter().any(refused) {
+                self.dead_letters_pending = true;
+                plan.late.retain(|late| !refused(late));
+            }
+            if failed.is_empty() {
+                continue;
+            }
+            let recorded = store::deliveries_record(
+                &self.pool,
+                self.holder(&lease),
+                &failed,
+                self.dispatcher.dead_letter_stream.is_some(),
+            )
+            .await
+            .map_err(self.store_error("record failed deliveries"))?;
+            if !recorded {
+                return Ok(Some(self.lost_lease(lease, "delivery insert fenced")));
+            }
+            self.retries.recorded_through = self
+                .retries
+                .recorded_through
+                .max(failed.iter().map(|f| f.position).max());
+            for delay in failed.iter().filter_map(|f| f.delay) {
+                self.retries.retry_in(delay);
+            }
+            plan.apply_parks(&mut self.retries.parked);
+        }
+    }
+
+    /// One ERROR per unwritable stream key: a person must fix it.
+    fn report_unwritable(&self, wrong: &[WrongType]) {
+        for stream in wrong {
+            tracing::error!(group = %self.name, stream = %stream.stream, error = %stream,
+                "cannot append: the stream key is not a stream; its messages follow their route's retry policy until the key is fixed");
+        }
+    }
+
+    /// Appends the dead-letter copies still pending (a crash between recording a dead row and
+    /// the append, or a dead-letter stream key of the wrong type), then clears them.
+    async fn append_dead_letters(&mut self, lease: Lease) -> Result<Option<Step>, RelayError> {
+        if !self.dead_letters_pending {
+            return Ok(None);
+        }
+        let pending = store::deliveries_dead_letter_pending(
+            &self.pool,
+            self.holder(&lease),
+            self.settings.batch_size,
+        )
+        .await
+        .map_err(self.store_error("read the pending dead-letter copies"))?;
+        self.dead_letters_pending = pending.len() >= self.settings.batch_size;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let mut late = Vec::new();
+        for (delivery, error) in &pending {
+            let attempts = u32::try_from(delivery.attempts).unwrap_or(0);
+            self.dispatcher
+                .dead_letter_copy(&mut late, &delivery.row, error, attempts);
+        }
+        let ids: Vec<uuid::Uuid> = pending.iter().map(|(d, _)| d.row.id).collect();
+        match self.append(lease, &[], &late).await {
+            Ok(()) => {}
+            Err(AppendFailure::Unwritable(wrong)) => {
+                self.report_unwritable(&wrong);
+                self.dead_letters_pending = true;
+                return Ok(None);
+            }
+            Err(AppendFailure::Step(step)) => return Ok(Some(step)),
+            Err(AppendFailure::Lost(_)) => unreachable!("late entries are not compared"),
+            Err(AppendFailure::Error(error)) => return Err(error),
+        }
+        store::deliveries_dead_letter_copied(&self.pool, &self.name, &ids)
+            .await
+            .map_err(self.store_error("clear the pending dead-letter copies"))?;
+        tracing::info!(group = %self.name, copies = ids.len(), "pending dead-letter copies appended");
+        Ok(None)
+    }
+
+    pub(super) fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
         self.prefetch = None;
         self.pending_advance = None;
         self.tail.release(&self.name);
@@ -456,12 +585,23 @@ impl GroupWorker {
             .await
             .map_err(self.store_error("read the recorded deliveries"))?;
         self.refresh_parked().await?;
-        self.state = State::Active(Lease {
+        let marks = store::stream_marks_of_group(&self.pool, &self.name)
+            .await
+            .map_err(self.store_error("read the stream marks"))?;
+        self.marks = StreamMarks::load(marks);
+        // A crash may have come between recording a dead row and appending its copy.
+        self.dead_letters_pending = self.dispatcher.dead_letter_stream.is_some();
+        let lease = Lease {
             epoch: acquired.epoch,
             replay_generation: acquired.replay_generation,
             cursor: acquired.cursor,
             renew_at: Instant::now() + self.settings.lease_ttl / 3,
-        });
+        };
+        self.state = State::Active(lease);
+        // Redis may have lost appends while no relay held the group.
+        if let Some(step) = self.check_stream_marks(lease, true).await? {
+            return Ok(step);
+        }
         Ok(Step::Busy)
     }
 
@@ -500,7 +640,7 @@ impl GroupWorker {
         };
         let recorded = self.recorded_among(&rows).await?;
         let planning = Instant::now();
-        let plan = self
+        let mut plan = self
             .dispatcher
             .first_pass(&rows, &recorded, &self.retries.parked)
             .await
@@ -509,10 +649,14 @@ impl GroupWorker {
         times.handle = planning.elapsed().saturating_sub(plan.decode_time);
         let recording = Instant::now();
         if let Some(last_failure) = plan.failures.last() {
-            let recorded =
-                store::deliveries_record(&self.pool, self.holder(&lease), &plan.failures)
-                    .await
-                    .map_err(self.store_error("record failed deliveries"))?;
+            let recorded = store::deliveries_record(
+                &self.pool,
+                self.holder(&lease),
+                &plan.failures,
+                self.dispatcher.dead_letter_stream.is_some(),
+            )
+            .await
+            .map_err(self.store_error("record failed deliveries"))?;
             if !recorded {
                 return Ok(self.lost_lease(lease, "delivery insert fenced"));
             }
@@ -528,10 +672,12 @@ impl GroupWorker {
         }
         times.cursor = recording.elapsed();
         let appending = Instant::now();
-        if let Some(step) = self.append(lease, &plan.appends, &plan.late).await? {
+        if let Some(step) = self.append_batch(lease, &rows, &mut plan).await? {
             return Ok(step);
         }
         times.append = appending.elapsed();
+        self.dead_letters_copied(&plan).await?;
+        let marks = self.marks.raise(&plan.appends, lease.replay_generation);
         let appended_at = chrono::Utc::now();
         let Some(through) = plan.through else {
             return self.renew_if_due(lease).await;
@@ -546,6 +692,7 @@ impl GroupWorker {
             self.holder(&lease),
             through,
             self.settings.lease_ttl,
+            marks,
         ));
         // The update runs while the next batch is read, handled and appended (or, when the
         // next read finds nothing, until that read settles it): a crash before it lands
@@ -570,6 +717,21 @@ impl GroupWorker {
                 Step::Trickle
             },
         )
+    }
+
+    /// Clears the pending flag of the dead rows whose dead-letter copy `plan` appended.
+    async fn dead_letters_copied(&self, plan: &BatchPlan) -> Result<(), RelayError> {
+        let copied: Vec<uuid::Uuid> = plan
+            .late
+            .iter()
+            .flat_map(|late| late.entries.iter().map(|e| e.message_id))
+            .collect();
+        if copied.is_empty() {
+            return Ok(());
+        }
+        store::deliveries_dead_letter_copied(&self.pool, &self.name, &copied)
+            .await
+            .map_err(self.store_error("clear the pending dead-letter copies"))
     }
 
     /// Waits for the cursor update still in flight, if any; `Some(Standby)` when it found the
@@ -610,9 +772,7 @@ impl GroupWorker {
         .await
         .map_err(self.store_error("renew the lease"))?;
         if !renewed {
-            tracing::warn!(group = %self.name, epoch = lease.epoch, "lease lost (taken over or group paused); standing by");
-            self.state = State::Standby;
-            return Ok(Step::Standby);
+            return Ok(self.lost_lease(lease, "renewal found it taken over or the group paused"));
         }
         lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
         self.state = State::Active(lease);
@@ -640,6 +800,24 @@ impl GroupWorker {
             self.state = State::Standby;
         }
     }
+}
+
+/// Why an append did not go through, for the pass to act on.
+enum AppendFailure {
+    /// The lease is gone (fenced in Redis): the step to return.
+    Step(Step),
+    /// Stream keys that are not streams.
+    Unwritable(Vec<WrongType>),
+    /// Redis lost entries the group had appended to these streams.
+    Lost(Vec<crate::sink::LostAppends>),
+    Error(RelayError),
+}
+
+/// Whether the worker must not read new messages now: only a `strict` group with something
+/// parked stops (a parked key under `key` ordering holds back its own key, nothing else, so
+/// the cursor update keeps running beside the next batch).
+fn halts_reading(ordering: OrderingMode, parked: &Parked) -> bool {
+    ordering == OrderingMode::Strict && parked.halts_group()
 }
 
 /// From each `created_at` to `appended_at` (0 for a clock that went backwards).
@@ -670,6 +848,18 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod idle_ramp_tests {
     use super::*;
+    use crate::relay::ordering::Chain;
+
+    #[test]
+    fn only_a_strict_group_with_a_parked_message_stops_reading() {
+        let mut parked = Parked::default();
+        assert!(!halts_reading(OrderingMode::Strict, &parked));
+        parked.park(&Chain::Key("a".into()));
+        assert!(!halts_reading(OrderingMode::Key, &parked));
+        assert!(!halts_reading(OrderingMode::None, &parked));
+        parked.park(&Chain::Group);
+        assert!(halts_reading(OrderingMode::Strict, &parked));
+    }
 
     #[test]
     fn empty_reads_wait_1_ms_then_double_up_to_a_bound() {

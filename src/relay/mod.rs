@@ -13,6 +13,7 @@ mod group;
 pub mod ordering;
 pub mod plan;
 mod prefetch;
+mod repair;
 pub mod retry_plan;
 pub mod route;
 mod stall;
@@ -202,6 +203,9 @@ impl Relay {
                 health: self.health.clone(),
                 idle_streak: 0,
                 reported: WorkerHealth::Starting,
+                marks: repair::StreamMarks::default(),
+                marks_checked_at: std::time::Instant::now(),
+                dead_letters_pending: false,
             };
             workers.spawn(worker.run(shutdown.clone()));
         }

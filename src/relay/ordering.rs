@@ -103,6 +103,11 @@ impl Parked {
     pub fn halts_group(&self) -> bool {
         self.any
     }
+
+    /// True when nothing is parked (no message has to look up its chain).
+    pub fn is_empty(&self) -> bool {
+        !self.any
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use super::ordering::{Chain, OrderingMode, Parked};
 use super::route::Action;
 use crate::position::Position;
 use crate::registry::RegistryError;
-use crate::sink::{LateAppend, LateEntry, StreamAppend};
+use crate::sink::{LateAppend, LateEntry, StreamAppend, WrongType};
 use crate::store::{DeliveryStatus, NewDelivery, OutboxRow};
 use crate::telemetry::TopicTally;
 
@@ -74,6 +74,125 @@ impl BatchPlan {
             parked.park(chain);
         }
     }
+
+    /// The messages with an entry for one of the `unwritable` streams (keys that are not
+    /// streams) become failures of their first attempt, decided by their routes' retry
+    /// policies: their entries leave every stream (a retry appends them all again, as late
+    /// entries), and later messages of their chains wait as for any failure (`key`: blocked
+    /// rows; `strict`: the cursor stops at the first of them). Returns the new delivery rows,
+    /// to be recorded before the rest is appended; dead-letter copies go to `late`.
+    pub fn fail_streams(
+        &mut self,
+        dispatcher: &Dispatcher,
+        rows: &[OutboxRow],
+        unwritable: &[WrongType],
+    ) -> Vec<NewDelivery> {
+        let failing: HashMap<Position, &WrongType> = self
+            .appends
+            .iter()
+            .filter_map(|a| Some((a, unwritable.iter().find(|w| w.stream == a.stream)?)))
+            .flat_map(|(a, wrong)| a.entries.iter().map(move |e| (e.position, wrong)))
+            .collect();
+        let mut failed = Vec::new();
+        let mut waiting: HashSet<Chain> = HashSet::new();
+        let mut taken: HashSet<Position> = HashSet::new();
+        for (i, row) in rows.iter().enumerate() {
+            if self.through.is_none_or(|through| row.position > through) {
+                break;
+            }
+            let chain = dispatcher.ordering.chain(i, row);
+            let delivered = self
+                .appends
+                .iter()
+                .any(|a| a.entries.iter().any(|e| e.position == row.position));
+            if !delivered {
+                continue;
+            }
+            let topic = self.by_topic.of(&row.topic);
+            if waiting.contains(&chain) {
+                topic.forwarded -= 1;
+                self.tally.delivered -= 1;
+                self.tally.blocked += 1;
+                taken.insert(row.position);
+                failed.push(new_delivery(row, DeliveryStatus::Blocked, 0, None, None));
+                continue;
+            }
+            let Some(wrong) = failing.get(&row.position) else {
+                continue;
+            };
+            topic.forwarded -= 1;
+            self.tally.delivered -= 1;
+            taken.insert(row.position);
+            match dispatcher.append_failure(row, 1, &wrong.to_string()) {
+                Outcome::Retry {
+                    error,
+                    attempts,
+                    delay,
+                } => {
+                    self.by_topic.of(&row.topic).failed_to_retry();
+                    self.tally.retrying += 1;
+                    failed.push(new_delivery(
+                        row,
+                        DeliveryStatus::Retrying,
+                        attempts,
+                        Some(error),
+                        Some(delay),
+                    ));
+                    if dispatcher.ordering != OrderingMode::None {
+                        self.parks.push(chain.clone());
+                        waiting.insert(chain);
+                    }
+                }
+                Outcome::Dead { error, attempts } => {
+                    self.by_topic.of(&row.topic).failed_for_good();
+                    self.tally.dead += 1;
+                    dispatcher.dead_letter_copy(&mut self.late, row, &error, attempts);
+                    failed.push(new_delivery(
+                        row,
+                        DeliveryStatus::Dead,
+                        attempts,
+                        Some(error),
+                        None,
+                    ));
+                }
+                Outcome::Delivered(_) | Outcome::Skipped(_) => unreachable!("a failure"),
+            }
+            if dispatcher.ordering == OrderingMode::Strict && waiting.contains(&Chain::Group) {
+                // The group stops here: what lies after it is read again once this is done.
+                self.through = Some(row.position);
+                self.handled = i + 1;
+                break;
+            }
+        }
+        let through = self.through;
+        for append in &mut self.appends {
+            append.entries.retain(|e| {
+                !taken.contains(&e.position) && through.is_none_or(|t| e.position <= t)
+            });
+        }
+        self.appends.retain(|a| !a.entries.is_empty());
+        self.failures.extend(failed.iter().cloned());
+        failed
+    }
+}
+
+/// A delivery row for `row`.
+fn new_delivery(
+    row: &OutboxRow,
+    status: DeliveryStatus,
+    attempts: u32,
+    error: Option<String>,
+    delay: Option<std::time::Duration>,
+) -> NewDelivery {
+    NewDelivery {
+        message_id: row.id,
+        position: row.position,
+        key: row.key.clone(),
+        status,
+        attempts: attempts as i32,
+        last_error: error,
+        delay,
+    }
 }
 
 /// What a chain's messages came to, by their index in the batch.
@@ -110,7 +229,7 @@ impl Dispatcher {
             let calls_handler = matches!(route.map(|r| &r.action), Some(Action::Call { .. }));
             // The common case — nothing parked, no handler call pending in this batch, none
             // needed — is handled at once, without working out the message's chain.
-            if calls_handler || !chain_index.is_empty() || parked.halts_group() {
+            if calls_handler || !chain_index.is_empty() || !parked.is_empty() {
                 let chain = self.ordering.chain(i, row);
                 if parked.holds(&chain) {
                     steps[i] = Some(match self.ordering {
@@ -184,15 +303,8 @@ impl Dispatcher {
         let mut plan = BatchPlan::default();
         let mut streams = StreamIndex::default();
         for (i, (row, step)) in rows.iter().zip(steps).enumerate() {
-            let failure = |status, attempts, error: Option<String>, delay| NewDelivery {
-                message_id: row.id,
-                position: row.position,
-                key: row.key.clone(),
-                status,
-                attempts: attempts as i32,
-                last_error: error,
-                delay,
-            };
+            let failure =
+                |status, attempts, error, delay| new_delivery(row, status, attempts, error, delay);
             match step {
                 Step::NotReached => break,
                 Step::Recorded => plan.tally.recorded += 1,
@@ -262,6 +374,7 @@ impl Dispatcher {
         entry_fields.push(("error", error.to_owned()));
         entry_fields.push(("attempts", attempts.to_string()));
         let entry = LateEntry {
+            message_id: row.id,
             token: format!("dead:{}:{attempts}", row.id),
             fields: entry_fields,
         };
@@ -315,6 +428,7 @@ impl StreamIndex {
                     appends.push(StreamAppend {
                         stream,
                         entries: Vec::new(),
+                        appended_through: None,
                     });
                     appends.len() - 1
                 }

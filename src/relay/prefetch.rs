@@ -88,12 +88,13 @@ pub(super) struct PendingAdvance {
 }
 
 impl PendingAdvance {
-    /// Starts moving `holder`'s group cursor to `to`.
+    /// Starts moving `holder`'s group cursor to `to`, and its stream marks to `marks`.
     pub fn start(
         pool: &PgPool,
         holder: LeaseHolder<'_>,
         to: Position,
         ttl: std::time::Duration,
+        marks: Vec<store::StreamMark>,
     ) -> Self {
         let pool = pool.clone();
         let (group, owner, epoch) = (
@@ -107,7 +108,7 @@ impl PendingAdvance {
                 owner: &owner,
                 epoch,
             };
-            store::consumer_groups_cursor_advance(&pool, holder, to, ttl).await
+            store::consumer_groups_cursor_advance(&pool, holder, to, ttl, &marks).await
         });
         PendingAdvance { update }
     }

@@ -12,7 +12,7 @@ use super::dispatcher::{Dispatcher, Outcome, Skip};
 use super::ordering::OrderingMode;
 use super::plan::{Tally, push_late, run_concurrently};
 use crate::registry::RegistryError;
-use crate::sink::{LateAppend, LateEntry};
+use crate::sink::{LateAppend, LateEntry, WrongType};
 use crate::store::{DueDelivery, OutboxRow, Settlement};
 use crate::telemetry::TopicTally;
 
@@ -28,6 +28,80 @@ pub struct RetryPlan {
     pub by_topic: TopicTally,
     /// `created_at` of every message with entries to append, for the latency histogram.
     pub delivered_at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl RetryPlan {
+    /// The late entries for the `unwritable` streams (keys that are not streams) were not
+    /// appended: a message with such an entry fails this attempt instead (its route's retry
+    /// policy decides; its key is not released), and a dead letter whose copy was refused
+    /// keeps it pending. Its entries in other streams may be there already: their tokens make
+    /// the next attempt skip them. Returns the ids whose dead-letter copy is pending.
+    pub fn fail_streams(
+        &mut self,
+        dispatcher: &Dispatcher,
+        due: &[DueDelivery],
+        unwritable: &[WrongType],
+    ) -> Vec<Uuid> {
+        let mut copies_pending = Vec::new();
+        for append in &self.late {
+            let Some(wrong) = unwritable.iter().find(|w| w.stream == append.stream) else {
+                continue;
+            };
+            for entry in &append.entries {
+                let Some((_, settlement)) = self
+                    .settlements
+                    .iter_mut()
+                    .find(|(id, _)| *id == entry.message_id)
+                else {
+                    continue;
+                };
+                if matches!(settlement, Settlement::Dead { .. }) {
+                    copies_pending.push(entry.message_id);
+                    continue;
+                }
+                let Some(delivery) = due.iter().find(|d| d.row.id == entry.message_id) else {
+                    continue;
+                };
+                let attempt = u32::try_from(delivery.attempts)
+                    .unwrap_or(0)
+                    .saturating_add(1);
+                self.tally.delivered = self.tally.delivered.saturating_sub(1);
+                *settlement =
+                    match dispatcher.append_failure(&delivery.row, attempt, &wrong.to_string()) {
+                        Outcome::Retry {
+                            error,
+                            attempts,
+                            delay,
+                        } => {
+                            self.tally.retrying += 1;
+                            Settlement::Retry {
+                                attempts: attempts as i32,
+                                error,
+                                delay,
+                            }
+                        }
+                        Outcome::Dead { error, attempts } => {
+                            self.tally.dead += 1;
+                            // Its copy goes with the next pass over pending dead letters.
+                            copies_pending.push(entry.message_id);
+                            Settlement::Dead {
+                                attempts: attempts as i32,
+                                error,
+                            }
+                        }
+                        Outcome::Delivered(_) | Outcome::Skipped(_) => unreachable!("a failure"),
+                    };
+                if let Some(key) = &delivery.row.key
+                    && matches!(settlement, Settlement::Retry { .. })
+                {
+                    self.released_keys.retain(|k| k != key);
+                }
+            }
+        }
+        copies_pending.sort();
+        copies_pending.dedup();
+        copies_pending
+    }
 }
 
 impl Dispatcher {
@@ -125,6 +199,7 @@ impl Dispatcher {
         for (stream, payload) in outputs {
             let ordinal = ordinals.entry(stream.clone()).or_insert(0);
             let entry = LateEntry {
+                message_id: row.id,
                 token: format!("{}:{ordinal}", row.id),
                 fields: self.fields(row, payload),
             };

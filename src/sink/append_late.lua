@@ -40,6 +40,11 @@ local stored_epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
 if epoch < stored_epoch then
   return redis.error_reply('OUTBOX_FENCED lease epoch ' .. epoch .. ' is older than epoch ' .. stored_epoch)
 end
+-- A key of another type would fail every XADD after its token was set: refuse before writing.
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return redis.error_reply('OUTBOX_WRONGTYPE ' .. kind)
+end
 
 local appended = 0
 local entry = 0

@@ -32,7 +32,7 @@ use redis::{
 
 pub use dedupe_mark::DedupeMark;
 pub use keys::{hash_tag, late_token_key, watermark_key};
-use watermark::{StreamKeys, WatchConnections};
+use watermark::{ReplicaWait, StreamKeys, WatchConnections};
 
 use crate::config::{ConnectionUrl, RedisSettings, RedisTls};
 use crate::position::Position;
@@ -53,6 +53,8 @@ pub type Fields = Vec<(&'static str, String)>;
 /// — and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateEntry {
+    /// The message the entry comes from (a failed append is charged to it).
+    pub message_id: uuid::Uuid,
     pub token: String,
     pub fields: Fields,
 }
@@ -82,6 +84,52 @@ pub struct Writer<'a> {
 pub struct StreamAppend {
     pub stream: String,
     pub entries: Vec<Entry>,
+    /// How far the group has appended to this stream before, as far as the caller knows (from
+    /// Postgres and its own appends). A watermark in Redis behind it means Redis lost
+    /// acknowledged entries: the append is refused with [`SinkError::Lost`] so the caller can
+    /// re-append the gap first. `None`: nothing to compare (a repair, or nothing known).
+    pub appended_through: Option<DedupeMark>,
+}
+
+/// A stream key that holds something other than a stream: no entry can be appended there
+/// until an operator fixes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongType {
+    /// The stream's name (without the key prefix), as routes name it.
+    pub stream: String,
+    /// The Redis key.
+    pub key: String,
+    /// What the key holds (`string`, `hash`, …, as `TYPE` says).
+    pub kind: String,
+}
+
+impl std::fmt::Display for WrongType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WRONGTYPE: {} holds a {}, not a stream",
+            self.key, self.kind
+        )
+    }
+}
+
+/// A stream whose watermark in Redis is behind what the group appended there (Redis
+/// restarted empty or from an older snapshot, or failed over to a replica that lagged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostAppends {
+    pub stream: String,
+    /// What the watermark in Redis holds now (`None`: gone).
+    pub redis_mark: Option<DedupeMark>,
+    /// How far the group had appended.
+    pub appended_through: DedupeMark,
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +150,24 @@ pub enum SinkError {
     /// A watermark holds something this relay never writes: a bug, or another program's key.
     #[error("watermark `{key}` holds `{value}`, which is not a position this relay writes")]
     CorruptWatermark { key: String, value: String },
+    /// Stream keys that are not streams: nothing was appended to them (see
+    /// [`SinkError::WrongType`]'s entries for which).
+    #[error("append refused: {}", join(.0))]
+    WrongType(Vec<WrongType>),
+    /// Redis holds less than the group appended to these streams: nothing was appended; the
+    /// caller re-appends the gap, then this batch.
+    #[error("Redis lost appended entries of stream(s) {}", .0.iter().map(|l| l.stream.as_str()).collect::<Vec<_>>().join(", "))]
+    Lost(Vec<LostAppends>),
+    /// Fewer replicas than `[redis] wait_replicas` acknowledged the append within
+    /// `wait_timeout_ms`: it is in the master, but the cursor must not move yet.
+    #[error(
+        "append acknowledged by {acked} of {wanted} replica(s) within {timeout_ms} ms ([redis] wait_replicas); it will be appended and waited for again"
+    )]
+    NotReplicated {
+        acked: i64,
+        wanted: u32,
+        timeout_ms: u64,
+    },
     /// The watched watermarks changed under every attempt (other writers kept appending).
     #[error("append gave up after {attempts} attempts: the stream's watermark kept changing")]
     Contended { attempts: usize },
@@ -181,6 +247,8 @@ pub struct Sink {
     max_len: u64,
     watch: Arc<WatchConnections>,
     late_script: Script,
+    /// `[redis] wait_replicas` and `wait_timeout_ms`, when set.
+    wait: Option<ReplicaWait>,
 }
 
 impl Sink {
@@ -203,8 +271,14 @@ impl Sink {
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(fail)?;
+        let wait = (settings.wait_replicas > 0).then_some(ReplicaWait {
+            replicas: settings.wait_replicas,
+            timeout: settings.wait_timeout,
+        });
+        // A WAIT rides behind the EXEC on the same connection: its reply may take that long more.
+        let watch_timeout = settings.response_timeout + wait.map_or(Duration::ZERO, |w| w.timeout);
         let watch_config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(settings.response_timeout))
+            .set_response_timeout(Some(watch_timeout))
             .set_connection_timeout(Some(settings.response_timeout));
         Ok(Sink {
             connection,
@@ -212,6 +286,7 @@ impl Sink {
             max_len: settings.max_len.unwrap_or(0),
             watch: Arc::new(WatchConnections::new(client, watch_config)),
             late_script: Script::new(include_str!("append_late.lua")),
+            wait,
         })
     }
 
@@ -251,7 +326,7 @@ impl Sink {
                 .collect();
             appended += self
                 .watch
-                .append(writer, &keys, appends, self.max_len)
+                .append(writer, &keys, appends, self.max_len, self.wait)
                 .await?;
         }
         if !late.is_empty() {
@@ -263,26 +338,79 @@ impl Sink {
         })
     }
 
+    /// Appends the late entries, one script call per stream in one pipeline. Streams whose key
+    /// is not a stream get nothing (the script checks before writing) and come back in
+    /// [`SinkError::WrongType`] once the others are appended.
     async fn append_late(&self, writer: Writer<'_>, late: &[LateAppend]) -> Result<u64, SinkError> {
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for append in late {
             pipe.invoke_script(&self.late_invocation(writer, append));
         }
+        if let Some(wait) = self.wait {
+            pipe.cmd("WAIT")
+                .arg(wait.replicas)
+                .arg(wait.timeout.as_millis() as u64);
+        }
         let mut connection = self.connection.clone();
-        let result: Result<Vec<u64>, RedisError> = match pipe.query_async(&mut connection).await {
-            // After a Redis restart or failover the script cache is empty: load and go again.
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.late_script
-                    .prepare_invoke()
-                    .load_async(&mut connection)
-                    .await
-                    .map_err(SinkError::Redis)?;
-                pipe.query_async(&mut connection).await
-            }
-            other => other,
+        let mut replies: Vec<redis::Value> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(SinkError::Redis)?;
+        // After a Redis restart or failover the script cache is empty: load and go again.
+        if replies.iter().any(is_no_script) {
+            self.late_script
+                .prepare_invoke()
+                .load_async(&mut connection)
+                .await
+                .map_err(SinkError::Redis)?;
+            replies = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(SinkError::Redis)?;
+        }
+        let waited = match self.wait {
+            Some(_) => replies.pop(),
+            None => None,
         };
-        let counts = result.map_err(|e| classify(e, late.iter().map(|a| a.stream.as_str())))?;
-        Ok(counts.iter().sum())
+        let mut appended = 0;
+        let mut wrong = Vec::new();
+        for (append, reply) in late.iter().zip(replies) {
+            match reply {
+                redis::Value::Int(count) => appended += count as u64,
+                redis::Value::ServerError(error) => {
+                    let text = error.details().unwrap_or_default().to_owned();
+                    match error.code() {
+                        "OUTBOX_WRONGTYPE" => wrong.push(WrongType {
+                            stream: append.stream.clone(),
+                            key: self.stream_key(&append.stream),
+                            kind: text,
+                        }),
+                        "OUTBOX_FENCED" => {
+                            return Err(SinkError::Fenced {
+                                stream: append.stream.clone(),
+                                detail: text,
+                            });
+                        }
+                        _ => return Err(SinkError::Redis(error.into())),
+                    }
+                }
+                other => {
+                    return Err(SinkError::Redis(RedisError::from((
+                        ErrorKind::Parse,
+                        "unexpected reply to the late append",
+                        format!("{other:?}"),
+                    ))));
+                }
+            }
+        }
+        if let (Some(wait), Some(reply)) = (self.wait, waited) {
+            wait.check(reply)?;
+        }
+        if !wrong.is_empty() {
+            return Err(SinkError::WrongType(wrong));
+        }
+        Ok(appended)
     }
 
     fn late_invocation<'a>(
@@ -321,6 +449,39 @@ impl Sink {
         invocation
     }
 
+    /// What `group`'s watermark beside each of `streams` holds (`None`: no watermark), for
+    /// comparing with what the group appended ([`StreamAppend::appended_through`]).
+    pub async fn watermarks(
+        &self,
+        group: &str,
+        streams: &[&str],
+    ) -> Result<Vec<Option<DedupeMark>>, SinkError> {
+        let mut pipe = redis::pipe();
+        for stream in streams {
+            pipe.cmd("HGET")
+                .arg(watermark_key(&self.key_prefix, stream, group))
+                .arg("position");
+        }
+        let mut connection = self.connection.clone();
+        let texts: Vec<Option<String>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(SinkError::Redis)?;
+        texts
+            .into_iter()
+            .zip(streams)
+            .map(|(text, stream)| {
+                text.map(|text| {
+                    DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
+                        key: watermark_key(&self.key_prefix, stream, group),
+                        value: text,
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<(), SinkError> {
         let mut connection = self.connection.clone();
@@ -332,20 +493,9 @@ impl Sink {
     }
 }
 
-fn classify<'a>(error: RedisError, streams: impl Iterator<Item = &'a str>) -> SinkError {
-    let text = error.to_string();
-    if text.contains("OUTBOX_FENCED") {
-        let stream = streams.collect::<Vec<_>>().join(", ");
-        let detail = text
-            .split("OUTBOX_FENCED")
-            .nth(1)
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        SinkError::Fenced { stream, detail }
-    } else {
-        SinkError::Redis(error)
-    }
+/// True for a `NOSCRIPT` reply (the server does not have the script cached).
+fn is_no_script(reply: &redis::Value) -> bool {
+    matches!(reply, redis::Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
 }
 
 /// Deletes every key that starts with `prefix` (SCAN, then UNLINK) and says how many there

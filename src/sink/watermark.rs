@@ -17,6 +17,15 @@
 //! refused `EXEC` comes back with the marks to plan again on, and a group's next batch to the
 //! same streams starts at step 2. So an append is one round trip, two the first time.
 //!
+//! Step 1 also reads each stream key's `TYPE`. Redis does not roll back an `EXEC` whose
+//! commands fail when they run, so a key that is not a stream would take the new watermark
+//! past entries never written: such a key refuses the append before `MULTI`
+//! ([`SinkError::WrongType`]). Every reply of the `EXEC` is read all the same; should an
+//! `XADD` fail there (the key changed type after step 1), the watermark is set back to the
+//! last entry that was written ([`RESTORE_MARK`]) and the append is refused the same way.
+//! A watermark behind what the caller says the group appended ([`SinkError::Lost`]) refuses
+//! the append too, so the caller re-appends the gap first.
+//!
 //! No entry passes through a script: a pipelined `XADD` costs Redis about half the CPU of the
 //! same entry handed to Lua (measured in BENCHMARKS.md). `WATCH` belongs to a connection, so
 //! each append takes a connection of its own from [`WatchConnections`], preferably the one
@@ -24,10 +33,12 @@
 
 use std::sync::Mutex;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, Script};
+use std::time::Duration;
 
-use super::{DedupeMark, Entry, SinkError, StreamAppend, Writer};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, Script, Value};
+
+use super::{DedupeMark, Entry, LostAppends, SinkError, StreamAppend, Writer, WrongType};
 
 /// How often an append goes back to step 1 (after a claim, or when its watched watermarks
 /// changed) before it gives up with an error; the relay then retries the batch.
@@ -40,6 +51,37 @@ if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') < epoch then
 end
 return 0";
 
+/// Sets the `position` of the watermark hash `KEYS[1]` back to `ARGV[2]` (removes it when
+/// empty) if it still holds `ARGV[1]`, what a transaction whose `XADD`s failed wrote there.
+const RESTORE_MARK: &str = "if redis.call('HGET', KEYS[1], 'position') == ARGV[1] then
+  if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'position')
+  else redis.call('HSET', KEYS[1], 'position', ARGV[2]) end
+  return 1
+end
+return 0";
+
+/// `[redis] wait_replicas`: how many replicas must acknowledge an append, within how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReplicaWait {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl ReplicaWait {
+    /// The `WAIT` reply: enough replicas, or [`SinkError::NotReplicated`].
+    pub(super) fn check(self, reply: Value) -> Result<(), SinkError> {
+        let acked: i64 = redis::from_redis_value(reply).map_err(|e| SinkError::Redis(e.into()))?;
+        if acked < i64::from(self.replicas) {
+            return Err(SinkError::NotReplicated {
+                acked,
+                wanted: self.replicas,
+                timeout_ms: self.timeout.as_millis() as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Connections for appends under `WATCH`: each one serves a single append at a time. One that
 /// failed is dropped, never reused, so a reconnect can never lose a `WATCH` silently.
 pub(super) struct WatchConnections {
@@ -47,6 +89,7 @@ pub(super) struct WatchConnections {
     config: AsyncConnectionConfig,
     idle: Mutex<Vec<WatchConnection>>,
     claim: Script,
+    restore_mark: Script,
 }
 
 /// A connection of [`WatchConnections`] and what it watches now.
@@ -76,6 +119,7 @@ impl WatchConnections {
             config,
             idle: Mutex::new(Vec::new()),
             claim: Script::new(CLAIM),
+            restore_mark: Script::new(RESTORE_MARK),
         }
     }
 
@@ -117,10 +161,11 @@ impl WatchConnections {
         keys: &[StreamKeys],
         appends: &[StreamAppend],
         max_len: u64,
+        wait: Option<ReplicaWait>,
     ) -> Result<u64, SinkError> {
         let mut connection = self.take(keys).await.map_err(SinkError::Redis)?;
         let result = self
-            .append_watched(&mut connection, writer, keys, appends, max_len)
+            .append_watched(&mut connection, writer, keys, appends, max_len, wait)
             .await;
         // A connection that failed may be closed or mid-reply: dropped. The others watch what
         // `watching` says (nothing after a refusal, which sent UNWATCH).
@@ -144,6 +189,8 @@ struct Watermark {
     position: Option<DedupeMark>,
     /// The highest lease epoch that wrote here (0: none).
     epoch: i64,
+    /// What the stream key holds when that is not a stream (`None`: a stream, or nothing).
+    wrong_type: Option<String>,
 }
 
 impl WatchConnections {
@@ -154,6 +201,7 @@ impl WatchConnections {
         keys: &[StreamKeys],
         appends: &[StreamAppend],
         max_len: u64,
+        wait: Option<ReplicaWait>,
     ) -> Result<u64, SinkError> {
         let connection = &mut watch_connection.connection;
         let mut marks = match watch_connection.watching.take() {
@@ -180,31 +228,97 @@ impl WatchConnections {
                 marks = watch(connection, keys).await?;
                 continue;
             }
-            let Some((transaction, appended)) = transaction(writer, keys, appends, &marks, max_len)
-            else {
+            if let Some(refusal) = refusal(keys, appends, &marks) {
+                unwatch(connection).await?;
+                return Err(refusal);
+            }
+            let Some(planned) = transaction(writer, keys, appends, &marks, max_len, wait) else {
                 // Nothing new: the WATCH (and what it read) stays good for the next append.
                 watch_connection.watching = Some(watching(keys, marks));
                 return Ok(0);
             };
-            let mut replies: Vec<redis::Value> = transaction
+            let mut replies: Vec<Value> = planned
+                .pipe
                 .query_async(&mut *connection)
                 .await
                 .map_err(SinkError::Redis)?;
-            let executed = !matches!(replies.first(), Some(redis::Value::Nil));
-            marks = read_marks(replies.drain(1..), keys)?;
-            if executed {
-                watch_connection.watching = Some(watching(keys, marks));
-                return Ok(appended);
+            if replies.len() != 1 + usize::from(wait.is_some()) + 2 * keys.len() {
+                return Err(unexpected_reply("the append transaction", &replies));
             }
-            tracing::debug!(
-                group = writer.group,
-                "a watched watermark changed; reading it again"
-            );
+            let mut replies = replies.drain(..);
+            let exec = replies.next().expect("counted");
+            let waited = wait.map(|w| (w, replies.next().expect("counted")));
+            marks = read_marks(replies, keys)?;
+            let results = match exec {
+                // A watched watermark changed since the WATCH: plan again on what was read.
+                Value::Nil => {
+                    tracing::debug!(
+                        group = writer.group,
+                        "a watched watermark changed; reading it again"
+                    );
+                    continue;
+                }
+                Value::Array(results) => results,
+                // EXECABORT and the like: nothing ran.
+                Value::ServerError(error) => return Err(SinkError::Redis(error.into())),
+                other => return Err(unexpected_reply("EXEC", &[other])),
+            };
+            let failed = planned.failed_streams(&results)?;
+            if !failed.is_empty() {
+                // Our own repair writes a watched key: watch afresh next time.
+                self.restore_marks(connection, keys, &failed).await?;
+                return Err(SinkError::WrongType(
+                    failed
+                        .iter()
+                        .map(|f| WrongType {
+                            stream: appends[f.index].stream.clone(),
+                            key: keys[f.index].stream.clone(),
+                            kind: marks[f.index]
+                                .wrong_type
+                                .clone()
+                                .unwrap_or_else(|| f.error.clone()),
+                        })
+                        .collect(),
+                ));
+            }
+            watch_connection.watching = Some(watching(keys, marks));
+            if let Some((wait, reply)) = waited {
+                wait.check(reply)?;
+            }
+            return Ok(planned.appended);
         }
         unwatch(connection).await?;
         Err(SinkError::Contended {
             attempts: WATCH_ATTEMPTS,
         })
+    }
+
+    /// Sets each failed stream's watermark back to the last entry the transaction did write
+    /// there (or to what it was before), unless someone wrote it since.
+    async fn restore_marks(
+        &self,
+        connection: &mut MultiplexedConnection,
+        keys: &[StreamKeys],
+        failed: &[FailedStream],
+    ) -> Result<(), SinkError> {
+        for stream in failed {
+            let restored: i64 = self
+                .restore_mark
+                .key(&keys[stream.index].watermark)
+                .arg(stream.wrote.to_string())
+                .arg(
+                    stream
+                        .written_through
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                )
+                .invoke_async(connection)
+                .await
+                .map_err(SinkError::Redis)?;
+            tracing::warn!(stream = %keys[stream.index].stream, error = %stream.error, restored = restored == 1,
+                "an XADD of the append transaction failed; its watermark was set back");
+        }
+        Ok(())
     }
 
     /// Raises the epoch of the watermarks older than `writer`'s to it (once per stream and
@@ -239,7 +353,8 @@ fn watching(keys: &[StreamKeys], marks: Vec<Watermark>) -> Watching {
     }
 }
 
-/// `WATCH` the watermark keys and read them (appended to `pipe`: one reply per key).
+/// `WATCH` the watermark keys and read them, and the stream keys' types (appended to `pipe`:
+/// two replies per key, the `HMGET`s then the `TYPE`s).
 fn watch_and_read(pipe: &mut redis::Pipeline, keys: &[StreamKeys]) {
     pipe.cmd("WATCH").ignore();
     for key in keys {
@@ -250,6 +365,9 @@ fn watch_and_read(pipe: &mut redis::Pipeline, keys: &[StreamKeys]) {
             .arg(&key.watermark)
             .arg("position")
             .arg("epoch");
+    }
+    for key in keys {
+        pipe.cmd("TYPE").arg(&key.stream);
     }
 }
 
@@ -268,17 +386,25 @@ async fn watch(
     read_marks(replies, keys)
 }
 
-/// The watermarks from the `HMGET` replies of [`watch_and_read`].
+/// The watermarks from the replies of [`watch_and_read`].
 fn read_marks(
-    replies: impl IntoIterator<Item = redis::Value>,
+    replies: impl IntoIterator<Item = Value>,
     keys: &[StreamKeys],
 ) -> Result<Vec<Watermark>, SinkError> {
-    let marks = replies
-        .into_iter()
+    let replies: Vec<Value> = replies.into_iter().collect();
+    if replies.len() != 2 * keys.len() {
+        return Err(unexpected_reply("the watermark read", &replies));
+    }
+    let (hashes, types) = replies.split_at(keys.len());
+    hashes
+        .iter()
+        .zip(types)
         .zip(keys)
-        .map(|(reply, key)| {
+        .map(|((hash, kind), key)| {
             let (position, epoch): (Option<String>, Option<i64>) =
-                redis::from_redis_value(reply).map_err(|e| SinkError::Redis(e.into()))?;
+                redis::from_redis_value_ref(hash).map_err(|e| SinkError::Redis(e.into()))?;
+            let kind: String =
+                redis::from_redis_value_ref(kind).map_err(|e| SinkError::Redis(e.into()))?;
             let position = position
                 .map(|text| {
                     DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
@@ -290,11 +416,59 @@ fn read_marks(
             Ok(Watermark {
                 position,
                 epoch: epoch.unwrap_or(0),
+                wrong_type: (kind != "stream" && kind != "none").then_some(kind),
             })
         })
-        .collect::<Result<Vec<_>, SinkError>>()?;
-    debug_assert_eq!(marks.len(), keys.len());
-    Ok(marks)
+        .collect()
+}
+
+/// A reply of a shape this module never asks for (an error reply where a value belongs,
+/// a count that does not match).
+fn unexpected_reply(what: &str, replies: &[Value]) -> SinkError {
+    SinkError::Redis(RedisError::from((
+        ErrorKind::Parse,
+        "unexpected reply",
+        format!("{what}: {replies:?}"),
+    )))
+}
+
+/// Why the append must not run on these marks: stream keys that are not streams, or
+/// watermarks behind what the group appended (Redis lost entries).
+fn refusal(
+    keys: &[StreamKeys],
+    appends: &[StreamAppend],
+    marks: &[Watermark],
+) -> Option<SinkError> {
+    let wrong: Vec<WrongType> = appends
+        .iter()
+        .zip(keys)
+        .zip(marks)
+        .filter_map(|((append, key), mark)| {
+            Some(WrongType {
+                stream: append.stream.clone(),
+                key: key.stream.clone(),
+                kind: mark.wrong_type.clone()?,
+            })
+        })
+        .collect();
+    if !wrong.is_empty() {
+        return Some(SinkError::WrongType(wrong));
+    }
+    let lost: Vec<LostAppends> = appends
+        .iter()
+        .zip(marks)
+        .filter_map(|(append, mark)| {
+            let through = append.appended_through?;
+            mark.position
+                .is_none_or(|m| m < through)
+                .then(|| LostAppends {
+                    stream: append.stream.clone(),
+                    redis_mark: mark.position,
+                    appended_through: through,
+                })
+        })
+        .collect();
+    (!lost.is_empty()).then_some(SinkError::Lost(lost))
 }
 
 async fn unwatch(connection: &mut MultiplexedConnection) -> Result<(), SinkError> {
@@ -304,21 +478,94 @@ async fn unwatch(connection: &mut MultiplexedConnection) -> Result<(), SinkError
         .map_err(SinkError::Redis)
 }
 
+/// A planned step 2, and what each command queued in it stands for.
+struct Planned {
+    pipe: redis::Pipeline,
+    /// How many entries it adds.
+    appended: u64,
+    /// Per queued command, in order: the index of its stream and, for an `XADD`, its
+    /// entry's mark (`None` for a watermark `HSET`).
+    queued: Vec<(usize, Option<DedupeMark>)>,
+    /// Per stream: the watermark before, and what the transaction writes there.
+    marks: Vec<Option<(Option<DedupeMark>, DedupeMark)>>,
+}
+
+/// A stream whose `XADD`s failed inside an `EXEC` that ran.
+struct FailedStream {
+    index: usize,
+    /// The watermark the transaction wrote there.
+    wrote: DedupeMark,
+    /// The last entry that was written (or the watermark before the transaction).
+    written_through: Option<DedupeMark>,
+    error: String,
+}
+
+impl Planned {
+    /// The streams with a failed `XADD` among `results` (the `EXEC` reply, one per queued
+    /// command).
+    fn failed_streams(&self, results: &[Value]) -> Result<Vec<FailedStream>, SinkError> {
+        if results.len() != self.queued.len() {
+            return Err(unexpected_reply("EXEC", results));
+        }
+        let mut failed: Vec<FailedStream> = Vec::new();
+        let mut written: Vec<Option<DedupeMark>> = self
+            .marks
+            .iter()
+            .map(|m| m.and_then(|(before, _)| before))
+            .collect();
+        for (&(index, entry), result) in self.queued.iter().zip(results) {
+            let error = match result {
+                Value::ServerError(error) => error.to_string(),
+                _ => {
+                    if let Some(mark) = entry
+                        && failed.iter().all(|f| f.index != index)
+                    {
+                        written[index] = Some(mark);
+                    }
+                    continue;
+                }
+            };
+            if failed.iter().any(|f| f.index == index) {
+                continue;
+            }
+            // Only the replicated write of a WAIT without new entries has no mark: it failed.
+            let Some((_, wrote)) = self.marks[index] else {
+                return Err(unexpected_reply("EXEC", results));
+            };
+            failed.push(FailedStream {
+                index,
+                wrote,
+                written_through: None,
+                error,
+            });
+        }
+        for stream in &mut failed {
+            stream.written_through = written[stream.index];
+        }
+        Ok(failed)
+    }
+}
+
 /// Step 2: `MULTI`, the `XADD`s of the entries past each watermark, the new watermarks (their
-/// epochs already are `writer`'s: step 1 claimed them), `EXEC`; then step 1 for the next
-/// append (`WATCH` and read again). Replies: `EXEC`'s (nil when refused), then one per key.
-/// `None` when there is nothing to write; otherwise with how many entries it adds.
+/// epochs already are `writer`'s: step 1 claimed them), `EXEC`, then `WAIT` for replicas
+/// (`wait`); then step 1 for the next append (`WATCH` and read again). Replies: `EXEC`'s (nil
+/// when refused), `WAIT`'s, then two per key. `None` when there is nothing to write and
+/// nothing to wait for.
 fn transaction(
     writer: Writer<'_>,
     keys: &[StreamKeys],
     appends: &[StreamAppend],
     marks: &[Watermark],
     max_len: u64,
-) -> Option<(redis::Pipeline, u64)> {
+    wait: Option<ReplicaWait>,
+) -> Option<Planned> {
     let mut pipe = redis::pipe();
+    pipe.ignore_errors();
     pipe.cmd("MULTI").ignore();
+    let mut planned_marks = vec![None; appends.len()];
+    let mut queued = Vec::new();
     let mut appended = 0;
-    for ((append, key), mark) in appends.iter().zip(keys).zip(marks) {
+    for (index, ((append, key), mark)) in appends.iter().zip(keys).zip(marks).enumerate() {
         let mut last = None;
         for entry in &append.entries {
             let position = DedupeMark::of(writer.replay_generation, entry);
@@ -327,6 +574,7 @@ fn transaction(
             }
             debug_assert!(last.is_none_or(|l| l < position), "entries must ascend");
             pipe.add_command(xadd(&key.stream, max_len, entry)).ignore();
+            queued.push((index, Some(position)));
             appended += 1;
             last = Some(position);
         }
@@ -336,14 +584,36 @@ fn transaction(
                 .arg("position")
                 .arg(last.to_string())
                 .ignore();
+            queued.push((index, None));
+            planned_marks[index] = Some((mark.position, last));
         }
     }
     if appended == 0 {
-        return None;
+        let (Some(_), Some(key)) = (wait, keys.first()) else {
+            return None;
+        };
+        // Entries already there may not have reached the replicas yet (an earlier WAIT fell
+        // short): one replicated write whose acknowledgement covers everything before it.
+        pipe.cmd("HSET")
+            .arg(&key.watermark)
+            .arg("epoch")
+            .arg(writer.epoch)
+            .ignore();
+        queued.push((0, None));
     }
     pipe.cmd("EXEC");
+    if let Some(wait) = wait {
+        pipe.cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis() as u64);
+    }
     watch_and_read(&mut pipe, keys);
-    Some((pipe, appended))
+    Some(Planned {
+        pipe,
+        appended,
+        queued,
+        marks: planned_marks,
+    })
 }
 
 /// `XADD stream [MAXLEN ~ n] * field value …`.
@@ -388,6 +658,7 @@ mod tests {
                         fields: vec![("n", seq.to_string())],
                     })
                     .collect(),
+                appended_through: None,
             }]
         };
         let writer = |epoch| Writer {
@@ -395,21 +666,21 @@ mod tests {
             epoch,
             replay_generation: 0,
         };
-        pool.append(writer(1), &keys, &batch(0..2), 0)
+        pool.append(writer(1), &keys, &batch(0..2), 0, None)
             .await
             .unwrap();
 
         // The old relay (epoch 1) reads its marks under WATCH and plans 2..4 …
         let mut old = client.get_multiplexed_async_connection().await.unwrap();
         let marks = watch(&mut old, &keys).await.unwrap();
-        let (planned, count) = transaction(writer(1), &keys, &batch(2..4), &marks, 0).unwrap();
-        assert_eq!(count, 2);
+        let planned = transaction(writer(1), &keys, &batch(2..4), &marks, 0, None).unwrap();
+        assert_eq!(planned.appended, 2);
         // … the new one (epoch 2) claims the stream and appends 2..4 …
-        pool.append(writer(2), &keys, &batch(2..4), 0)
+        pool.append(writer(2), &keys, &batch(2..4), 0, None)
             .await
             .unwrap();
         // … and the old plan is refused at EXEC.
-        let replies: Vec<redis::Value> = planned.query_async(&mut old).await.unwrap();
+        let replies: Vec<redis::Value> = planned.pipe.query_async(&mut old).await.unwrap();
         assert_eq!(replies[0], redis::Value::Nil);
         // What it read again behind the refused EXEC names the new epoch.
         let again = read_marks(replies.into_iter().skip(1), &keys).unwrap();
@@ -423,7 +694,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stream.ids.len(), 4);
-        let fenced = pool.append(writer(1), &keys, &batch(4..5), 0).await;
+        let fenced = pool.append(writer(1), &keys, &batch(4..5), 0, None).await;
         assert!(fenced.is_err_and(|e| e.is_fenced()));
         redis::cmd("DEL")
             .arg(&keys[0].stream)

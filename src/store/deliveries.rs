@@ -169,10 +169,13 @@ async fn begin_fenced(
 
 /// Records a batch's first-pass failures, fenced by the lease. False: the lease is gone and
 /// nothing was written.
+/// `dead_letter_stream`: the group has one, so each dead row is recorded with its copy pending
+/// (see [`deliveries_dead_letter_copied`]).
 pub async fn deliveries_record(
     pool: &PgPool,
     holder: LeaseHolder<'_>,
     records: &[NewDelivery],
+    dead_letter_stream: bool,
 ) -> Result<bool, sqlx::Error> {
     let Some(mut tx) = begin_fenced(pool, &holder).await? else {
         return Ok(false);
@@ -201,10 +204,51 @@ pub async fn deliveries_record(
         .bind(tx_ids)
         .bind(seqs)
         .bind(keys)
+        .bind(dead_letter_stream)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Up to `limit` dead deliveries of `group` whose dead-letter copy is still to be appended,
+/// with their messages and last errors (empty when the lease is gone).
+pub async fn deliveries_dead_letter_pending(
+    pool: &PgPool,
+    holder: LeaseHolder<'_>,
+    limit: usize,
+) -> Result<Vec<(DueDelivery, String)>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/deliveries_dead_letter_pending.sql"))
+        .bind(holder.group)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(holder.owner)
+        .bind(holder.epoch)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let delivery = DueDelivery {
+                attempts: row.try_get("attempts")?,
+                row: outbox_row(row)?,
+            };
+            let error: Option<String> = row.try_get("last_error")?;
+            Ok((delivery, error.unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// The dead-letter copies of `ids` (dead deliveries of `group`) are appended.
+pub async fn deliveries_dead_letter_copied(
+    pool: &PgPool,
+    group: &str,
+    ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("sql/deliveries_dead_letter_copied.sql"))
+        .bind(group)
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Which of `ids` already have a delivery row in `group`.
@@ -281,6 +325,7 @@ pub async fn deliveries_settle(
     holder: LeaseHolder<'_>,
     settlements: &[(Uuid, Settlement)],
     released_keys: &[&str],
+    copies_pending: &[Uuid],
 ) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
     let Some(mut tx) = begin_fenced(pool, &holder).await? else {
         return Ok(None);
@@ -290,6 +335,10 @@ pub async fn deliveries_settle(
     let mut attempts: Vec<Option<i32>> = Vec::with_capacity(settlements.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(settlements.len());
     let mut delays: Vec<Option<i64>> = Vec::with_capacity(settlements.len());
+    let pending: Vec<bool> = settlements
+        .iter()
+        .map(|(id, _)| copies_pending.contains(id))
+        .collect();
     for (id, settlement) in settlements {
         ids.push(*id);
         let (status, tries, error, delay) = match settlement {
@@ -323,6 +372,7 @@ pub async fn deliveries_settle(
         .bind(attempts)
         .bind(errors)
         .bind(delays)
+        .bind(pending)
         .execute(&mut *tx)
         .await?;
     let released = if released_keys.is_empty() {

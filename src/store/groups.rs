@@ -132,23 +132,31 @@ pub async fn consumer_groups_lease_release(
     Ok(result.rows_affected() == 1)
 }
 
-/// Moves the cursor to `to` and renews the lease; false when the lease is no longer ours.
+/// Moves the cursor to `to`, renews the lease and raises the group's stream marks to `marks`
+/// (one statement); false when the lease is no longer ours (then nothing changed).
 pub async fn consumer_groups_cursor_advance(
     pool: &PgPool,
     holder: LeaseHolder<'_>,
     to: Position,
     ttl: Duration,
+    marks: &[super::StreamMark],
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(include_str!("sql/consumer_groups_cursor_advance.sql"))
+    let streams: Vec<&str> = marks.iter().map(|m| m.stream.as_str()).collect();
+    let lasts: Vec<&str> = marks.iter().map(|m| m.mark.as_str()).collect();
+    let firsts: Vec<&str> = marks.iter().map(|m| m.first_mark.as_str()).collect();
+    let moved: i64 = sqlx::query_scalar(include_str!("sql/consumer_groups_cursor_advance.sql"))
         .bind(holder.group)
         .bind(holder.owner)
         .bind(holder.epoch)
         .bind(to.tx_id.to_string())
         .bind(to.seq)
         .bind(millis(ttl))
-        .execute(pool)
+        .bind(&streams)
+        .bind(&lasts)
+        .bind(&firsts)
+        .fetch_one(pool)
         .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(moved == 1)
 }
 
 /// What `groups pause|resume` found before it changed anything.

@@ -121,6 +121,39 @@ pub async fn messages_last_position(pool: &sqlx::PgPool) -> Result<Option<Positi
         .transpose()
 }
 
+/// Up to `limit` messages in `(after, through]`, in position order (for re-appending what
+/// Redis lost: the range lies below what was appended, so every transaction in it ended).
+pub async fn messages_between(
+    pool: &sqlx::PgPool,
+    after: Position,
+    through: Position,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let rows = sqlx::query(include_str!("sql/messages_between.sql"))
+        .bind(after.tx_id.to_string())
+        .bind(after.seq)
+        .bind(through.tx_id.to_string())
+        .bind(through.seq)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(outbox_row).collect()
+}
+
+/// The position of the first message after `after`, `None` when there is none.
+pub async fn messages_oldest_after(
+    pool: &sqlx::PgPool,
+    after: Position,
+) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(include_str!("sql/messages_oldest_after.sql"))
+        .bind(after.tx_id.to_string())
+        .bind(after.seq)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|(tx_id, seq)| Ok(Position::new(super::decode_tx_id(&tx_id)?, seq)))
+        .transpose()
+}
+
 /// A row of `outbox.messages` as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {

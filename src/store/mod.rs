@@ -14,6 +14,7 @@ mod notify;
 mod prune;
 mod roles;
 mod schemas;
+mod stream_marks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,9 +29,10 @@ pub use cursor_moves::{
 pub use databases::{database_create, database_drop};
 pub use deliveries::{
     DeadLetter, DeadLetterFilter, DeliveryStatus, DueDelivery, MAX_ERROR_BYTES, NewDelivery,
-    ParkedKey, RetryNow, Settlement, deliveries_dead_discard, deliveries_dead_list,
-    deliveries_dead_retry, deliveries_due, deliveries_known, deliveries_parked, deliveries_record,
-    deliveries_recorded_through, deliveries_retry_now, deliveries_settle, truncate_error,
+    ParkedKey, RetryNow, Settlement, deliveries_dead_discard, deliveries_dead_letter_copied,
+    deliveries_dead_letter_pending, deliveries_dead_list, deliveries_dead_retry, deliveries_due,
+    deliveries_known, deliveries_parked, deliveries_record, deliveries_recorded_through,
+    deliveries_retry_now, deliveries_settle, truncate_error,
 };
 pub use groups::{
     AcquiredLease, GroupCursor, LeaseHolder, PauseChange, consumer_groups_cursor,
@@ -43,8 +45,9 @@ pub use inspect::{
     deliveries_stuck, messages_held_back, xmin_holder,
 };
 pub use messages::{
-    OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_fetch_visible,
-    messages_last_position, messages_of_current_transaction, messages_position,
+    OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_between, messages_fetch_visible,
+    messages_last_position, messages_of_current_transaction, messages_oldest_after,
+    messages_position,
 };
 pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
 pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
@@ -57,6 +60,7 @@ pub use schemas::{
     NewSchema, StoredSchema, schemas_get, schemas_insert, schemas_latest, schemas_list,
     schemas_lock_topic,
 };
+pub use stream_marks::{StreamMark, stream_marks_of_group};
 
 use crate::config::ConnectionUrl;
 

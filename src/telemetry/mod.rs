@@ -29,6 +29,7 @@ pub const RETRIES: &str = "outbox_retries_total";
 pub const DEAD_LETTERS: &str = "outbox_dead_letters_total";
 /// Relay steps that failed (Postgres or Redis unreachable, …) and are retried, by group.
 pub const RELAY_ERRORS: &str = "outbox_relay_errors_total";
+pub const APPENDS_REPAIRED: &str = "outbox_redis_appends_repaired_total";
 /// Time of one committed pass (read → handle → append → advance), by group and `pass`
 /// (`new` or `retry`).
 pub const BATCH_DURATION: &str = "outbox_batch_duration_seconds";
@@ -65,6 +66,10 @@ pub fn describe() {
     describe_counter!(RETRIES, "Failed handlings scheduled for another attempt");
     describe_counter!(DEAD_LETTERS, "Messages that went dead");
     describe_counter!(RELAY_ERRORS, "Relay steps that failed and are retried");
+    describe_counter!(
+        APPENDS_REPAIRED,
+        "Stream entries Redis lost and the relay appended again from the outbox"
+    );
     describe_histogram!(
         BATCH_DURATION,
         metrics::Unit::Seconds,
@@ -205,6 +210,13 @@ pub fn stage_times(group: &str, times: &StageTimes) {
         metrics::gauge!(STAGE_SECONDS, "group" => group.to_owned(), "stage" => stage)
             .increment(spent.as_secs_f64());
     }
+}
+
+/// Redis had lost `count` entries of `stream` that the group appended; they were appended
+/// again.
+pub fn appends_repaired(group: &str, stream: &str, count: u64) {
+    metrics::counter!(APPENDS_REPAIRED, "group" => group.to_owned(), "stream" => stream.to_owned())
+        .increment(count);
 }
 
 /// A relay step failed and will be retried.

@@ -12,6 +12,7 @@ mod migrate;
 mod operate;
 mod privileges;
 mod publish;
+mod redis_faults;
 mod registry;
 mod relay_crash;
 mod relay_faults;

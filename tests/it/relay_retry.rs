@@ -406,6 +406,7 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
     let late = [LateAppend {
         stream: "out".into(),
         entries: vec![LateEntry {
+            message_id: uuid::Uuid::nil(),
             token: "m-1:0".into(),
             fields: vec![("payload", r#"{"n": 1}"#.into())],
         }],
@@ -418,6 +419,7 @@ async fn a_retry_after_a_crash_between_append_and_row_update_adds_nothing() {
     let fenced_late = [LateAppend {
         stream: "out".into(),
         entries: vec![LateEntry {
+            message_id: uuid::Uuid::nil(),
             token: "m-2:0".into(),
             fields: vec![("payload", r#"{"n": 2}"#.into())],
         }],

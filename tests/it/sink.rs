@@ -37,6 +37,7 @@ fn batch(seqs: impl IntoIterator<Item = i64>) -> Vec<StreamAppend> {
                 fields: vec![("payload", format!(r#"{{"n": {seq}}}"#))],
             })
             .collect(),
+        appended_through: None,
     }]
 }
 

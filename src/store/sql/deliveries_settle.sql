@@ -3,11 +3,12 @@
 -- clock) or dead. Runs in a transaction after consumer_groups_lease_check, after the outputs
 -- were appended (late appends are deduplicated per message, so a crash before this commit
 -- makes the next attempt add nothing). Only rows still retrying are touched: an operator's
--- discard in between wins.
+-- discard in between wins. A dead row whose dead-letter copy could not be appended keeps it
+-- pending ($7).
 WITH settled AS (
-    SELECT s.message_id, s.status, s.attempts, s.last_error, s.delay_ms
-      FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::text[], $6::bigint[])
-           AS s (message_id, status, attempts, last_error, delay_ms)
+    SELECT s.message_id, s.status, s.attempts, s.last_error, s.delay_ms, s.copy_pending
+      FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::text[], $6::bigint[], $7::boolean[])
+           AS s (message_id, status, attempts, last_error, delay_ms, copy_pending)
 ), done AS (
     DELETE FROM outbox.deliveries d
      USING settled s
@@ -19,6 +20,7 @@ WITH settled AS (
        SET status = s.status,
            attempts = s.attempts,
            last_error = s.last_error,
+           dead_letter_pending = s.status = 'dead' AND s.copy_pending,
            next_attempt_at = CASE WHEN s.delay_ms IS NULL THEN NULL
                ELSE now() + make_interval(secs => s.delay_ms::double precision / 1000) END,
            updated_at = now()

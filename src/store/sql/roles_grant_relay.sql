@@ -7,6 +7,7 @@
 -- outbox.consumer_groups: INSERT (a group's row on its first run), UPDATE (cursor, lease),
 --   no DELETE (removing a group is an operator's act).
 -- outbox.deliveries: the retry state; a settled delivery's row is deleted.
+-- outbox.stream_marks: how far each group appended to each stream (moved with the cursor).
 -- outbox.schemas: SELECT, to decode every row through the version it names.
 -- The operator views (outbox.group_status, outbox.stuck, outbox.dead_letters,
 --   outbox.xmin_holder): SELECT, for the relay's lag gauges, its stall report, and for
@@ -21,5 +22,6 @@ GRANT USAGE ON SCHEMA outbox TO :"role";
 GRANT SELECT ON outbox.messages TO :"role";
 GRANT SELECT, INSERT, UPDATE ON outbox.consumer_groups TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.deliveries TO :"role";
+GRANT SELECT, INSERT, UPDATE ON outbox.stream_marks TO :"role";
 GRANT SELECT ON outbox.schemas TO :"role";
 GRANT SELECT ON outbox.group_status, outbox.stuck, outbox.dead_letters, outbox.xmin_holder TO :"role";

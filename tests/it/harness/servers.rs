@@ -209,6 +209,14 @@ impl PrivateRedis {
         redis
     }
 
+    /// A replica of the server on `master_port` (the master may come first or later).
+    pub fn start_replica_of(master_port: u16) -> PrivateRedis {
+        PrivateRedis::start_with(
+            false,
+            &["--replicaof", "127.0.0.1", &master_port.to_string()],
+        )
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -244,6 +252,18 @@ impl PrivateRedis {
 
     /// Starts it again on the same port after [`PrivateRedis::stop`].
     pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// SIGKILL, forget everything it stored (its append-only file), and start again empty on
+    /// the same port: a Redis that lost acknowledged writes.
+    pub fn restart_empty(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("recreate server dir");
         self.spawn();
     }
 
