@@ -114,6 +114,7 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
     json!({
         "database_url": config.database_url.redacted(),
         "redis_url": config.redis_url.as_ref().map(|u| u.redacted()),
+        "postgres": { "max_connections": config.postgres.max_connections },
         "publish": { "max_payload_bytes": config.publish.max_payload_bytes },
         "redis": {
             "key_prefix": config.redis.key_prefix,

@@ -46,14 +46,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    // Two per group (its reads and writes may overlap with a stall check), the LISTEN
-    // connection of wakeup = "notify", and one spare.
-    let connections = u32::try_from(groups.len())
-        .unwrap_or(u32::MAX)
-        .saturating_mul(2)
-        .saturating_add(2);
+    // One pool for every group, the LISTEN connection of wakeup = "notify" and the HTTP
+    // endpoints, capped whatever the number of groups (DESIGN §8).
     let connect = async {
-        let pool = store::connect(&config.database_url, connections).await?;
+        let pool = store::connect(&config.database_url, config.postgres.max_connections).await?;
         let sink = Sink::connect(redis_url, &config.redis).await?;
         anyhow::Ok((pool, sink))
     };

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, RawPublish, RawRedis, RawRegistry, RawRelay,
-    RedisClientCert, RedisSettings, RegistrySettings, RelaySettings, Wakeup,
+    ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, PostgresSettings, RawPostgres, RawPublish,
+    RawRedis, RawRegistry, RawRelay, RedisClientCert, RedisSettings, RegistrySettings,
+    RelaySettings, Wakeup,
 };
 use crate::publish::PublishLimits;
 
@@ -171,6 +172,41 @@ pub(super) fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySet
         relay.stall_report_interval = ms;
     }
     relay
+}
+
+/// The fewest connections the relay works with: one for everything, plus the one the
+/// `wakeup = "notify"` listener keeps for itself. Nothing in the relay holds a connection
+/// while it waits for another, so a pool this small is slow under load, never stuck.
+fn min_connections(wakeup: Wakeup) -> u32 {
+    match wakeup {
+        Wakeup::Poll => 1,
+        Wakeup::Notify => 2,
+    }
+}
+
+pub(super) fn check_postgres(
+    raw: &RawPostgres,
+    wakeup: Wakeup,
+    errors: &mut ConfigErrors,
+) -> PostgresSettings {
+    let mut postgres = PostgresSettings::default();
+    if let Some(max) = raw.max_connections {
+        let min = min_connections(wakeup);
+        if max < min {
+            let why = match wakeup {
+                Wakeup::Poll => String::new(),
+                Wakeup::Notify => {
+                    " with wakeup = \"notify\" (its LISTEN connection is held for good)".to_owned()
+                }
+            };
+            errors.push(
+                "postgres.max_connections",
+                format!("must be at least {min}{why}"),
+            );
+        }
+        postgres.max_connections = max;
+    }
+    postgres
 }
 
 pub(super) fn check_registry(raw: &RawRegistry, errors: &mut ConfigErrors) -> RegistrySettings {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
-    Overrides, RawConfig, RawGroup, RawHttp, RawPublish, RawRedis, RawRegistry, RawRelay, RawRoute,
+    Overrides, RawConfig, RawGroup, RawHttp, RawPostgres, RawPublish, RawRedis, RawRegistry,
+    RawRelay, RawRoute,
 };
 pub use url::{ConnectionUrl, REDACTED, redact_url};
 
@@ -27,7 +28,10 @@ use crate::registry::Unregistered;
 use crate::relay::entry_fields::EntryFields;
 use crate::relay::ordering::OrderingMode;
 use crate::relay::route::Route;
-use check::{check_postgres_tls_files, check_publish, check_redis, check_registry, check_relay};
+use check::{
+    check_postgres, check_postgres_tls_files, check_publish, check_redis, check_registry,
+    check_relay,
+};
 use groups::check_groups;
 
 /// The checked configuration.
@@ -35,12 +39,33 @@ use groups::check_groups;
 pub struct Config {
     pub database_url: ConnectionUrl,
     pub redis_url: Option<ConnectionUrl>,
+    pub postgres: PostgresSettings,
     pub publish: PublishLimits,
     pub redis: RedisSettings,
     pub relay: RelaySettings,
     pub registry: RegistrySettings,
     pub http: HttpSettings,
     pub groups: Vec<GroupConfig>,
+}
+
+/// `[postgres]`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// The cap on the relay's pool: every group, the LISTEN connection of `wakeup = "notify"`
+    /// and the HTTP endpoints share it.
+    pub max_connections: u32,
+}
+
+/// `[postgres] max_connections` when not set: room for the application beside a relay of
+/// any number of groups, on a server with the default `max_connections = 100`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// `[http]`, checked.
@@ -226,6 +251,7 @@ impl Config {
             );
         }
         let relay = check_relay(&raw.relay, &mut errors);
+        let postgres = check_postgres(&raw.postgres, relay.wakeup, &mut errors);
         let registry = check_registry(&raw.registry, &mut errors);
         let http = HttpSettings {
             listen: raw.http.listen.as_deref().and_then(|listen| {
@@ -247,6 +273,7 @@ impl Config {
             (Some(database_url), true) => Ok(Config {
                 database_url,
                 redis_url,
+                postgres,
                 publish,
                 redis,
                 relay,
@@ -374,6 +401,9 @@ mod tests {
                 wakeup: Some("push".into()),
                 ..RawRelay::default()
             },
+            postgres: RawPostgres {
+                max_connections: Some(0),
+            },
             registry: RawRegistry {
                 unregistered: Some("deny".into()),
             },
@@ -442,6 +472,7 @@ mod tests {
                 "publish.max_payload_bytes",
                 "redis.max_len",
                 "relay.wakeup",
+                "postgres.max_connections",
                 "registry.unregistered",
                 "http.listen",
                 "groups[0].ordering",
@@ -538,6 +569,49 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn postgres_max_connections_defaults_to_10_reads_every_layer_and_has_a_floor() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "outbox-relay.toml",
+                "database_url = \"postgres://h/db\"\n[postgres]\nmax_connections = 4\n",
+            )?;
+            let file = Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            };
+            assert_eq!(load(&file).unwrap().postgres.max_connections, 4);
+            jail.set_env("OUTBOX_POSTGRES__MAX_CONNECTIONS", "7");
+            assert_eq!(load(&file).unwrap().postgres.max_connections, 7);
+            Ok(())
+        });
+        let config = Config::from_toml("database_url = \"postgres://h/db\"").unwrap();
+        assert_eq!(config.postgres.max_connections, 10);
+        let checked = |toml: &str| {
+            Config::from_toml(&format!("database_url = \"postgres://h/db\"\n{toml}"))
+                .map(|config| config.postgres.max_connections)
+                .map_err(|errors| errors.to_string())
+        };
+        assert_eq!(checked("[postgres]\nmax_connections = 1\n"), Ok(1));
+        let zero = checked("[postgres]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            zero.contains("postgres.max_connections: must be at least 1"),
+            "{zero}"
+        );
+        let notify =
+            checked("[postgres]\nmax_connections = 1\n[relay]\nwakeup = \"notify\"\n").unwrap_err();
+        assert!(
+            notify
+                .contains("postgres.max_connections: must be at least 2 with wakeup = \"notify\""),
+            "{notify}"
+        );
+        assert_eq!(
+            checked("[postgres]\nmax_connections = 2\n[relay]\nwakeup = \"notify\"\n"),
+            Ok(2)
+        );
     }
 
     #[test]

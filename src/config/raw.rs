@@ -20,6 +20,9 @@ pub struct RawConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379` or `rediss://…` for TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// `[postgres]`: the relay's connections to Postgres.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub postgres: RawPostgres,
     /// `[publish]`: limits applied to messages published through outbox-relay.
     #[serde(default, skip_serializing_if = "is_default")]
     pub publish: RawPublish,
@@ -42,6 +45,17 @@ pub struct RawConfig {
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
+}
+
+/// `[postgres]` section.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    /// Most connections `outbox-relay run` opens to Postgres, shared by every group, the
+    /// `wakeup = "notify"` listener and the HTTP endpoints (default 10; at least 1, 2 with
+    /// `wakeup = "notify"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// `[publish]` section.

@@ -5,6 +5,7 @@ mod harness;
 mod bench;
 mod cli;
 mod config_check;
+mod connection_budget;
 mod demo;
 mod examples;
 mod inspect;
