@@ -133,6 +133,7 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
             "lease_ttl_ms": config.relay.lease_ttl.as_millis() as u64,
             "max_backoff_ms": config.relay.max_backoff.as_millis() as u64,
             "stall_report_interval_ms": config.relay.stall_report_interval.as_millis() as u64,
+            "shutdown_grace_ms": config.relay.shutdown_grace.as_millis() as u64,
         },
         "http": { "listen": config.http.listen.map(|addr| addr.to_string()) },
         "registry": {

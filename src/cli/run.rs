@@ -13,8 +13,9 @@ use outbox_relay::telemetry::Health;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Runs the relay for every configured consumer group until SIGTERM or SIGINT; then finishes
-/// the in-flight batch, releases the leases and exits 0.
+/// Runs the relay for every configured consumer group until SIGTERM or SIGINT; then stops
+/// reading, lets the work in flight finish within `[relay] shutdown_grace_ms` (abandoning the
+/// rest, unmarked, to the next owner), releases the leases and exits 0.
 ///
 /// Example: outbox-relay --config outbox-relay.toml run --http 127.0.0.1:9187
 #[derive(Debug, clap::Args)]
@@ -30,8 +31,8 @@ pub struct Args {
     http: Option<SocketAddr>,
 }
 
-/// How long the HTTP server may take to finish its requests after the relay stopped.
-const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long closing the Postgres connections may take once the relay stopped.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let redis_url = config.require_redis_url()?;
@@ -74,27 +75,40 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         tokio::spawn(super::http::serve(listener, probe, shutdown.clone()))
     });
     let registry = Registry::new(pool.clone(), config.registry.unregistered);
-    let result = Relay::new(pool.clone(), sink, config.relay.clone(), groups)
-        .registry(registry)
-        .from_now(args.from_now)
-        .health(health)
-        .run(shutdown.clone())
-        .await
-        .context("relay stopped");
-    // The relay also returns on an error: stop the HTTP server with it either way.
-    shutdown.cancel();
-    if let Some(server) = server {
-        stop_server(server).await;
-    }
+    let relay = async {
+        let result = Relay::new(pool.clone(), sink, config.relay.clone(), groups)
+            .registry(registry)
+            .from_now(args.from_now)
+            .health(health)
+            .run(shutdown.clone())
+            .await
+            .context("relay stopped");
+        // The relay also returns on an error: stop the HTTP server with it either way.
+        shutdown.cancel();
+        result
+    };
+    // The HTTP server stops beside the relay, within the same grace.
+    let server = async {
+        if let Some(server) = server {
+            shutdown.cancelled().await;
+            stop_server(server, config.relay.shutdown_grace).await;
+        }
+    };
+    let (result, ()) = tokio::join!(relay, server);
     signals.abort();
-    pool.close().await;
+    if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Postgres connections still closing; leaving them");
+    }
     tracing::info!("relay stopped");
     result
 }
 
-/// Waits for the HTTP server to finish its requests, at most [`HTTP_SHUTDOWN_GRACE`].
-async fn stop_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) {
-    match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, server).await {
+/// Waits for the HTTP server to finish its requests, at most `grace`.
+async fn stop_server(server: tokio::task::JoinHandle<anyhow::Result<()>>, grace: Duration) {
+    match tokio::time::timeout(grace, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => tracing::warn!(error = format!("{error:#}"), "HTTP server failed"),
         Ok(Err(error)) => tracing::warn!(%error, "HTTP server task failed"),

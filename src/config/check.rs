@@ -171,6 +171,9 @@ pub(super) fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySet
     ) {
         relay.stall_report_interval = ms;
     }
+    if let Some(ms) = raw.shutdown_grace_ms {
+        relay.shutdown_grace = Duration::from_millis(ms);
+    }
     relay
 }
 

@@ -166,6 +166,8 @@ pub struct RelaySettings {
     pub lease_ttl: Duration,
     pub max_backoff: Duration,
     pub stall_report_interval: Duration,
+    /// How long a stopping worker lets its in-flight step finish before abandoning it.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for RelaySettings {
@@ -177,6 +179,7 @@ impl Default for RelaySettings {
             lease_ttl: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             stall_report_interval: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -634,6 +637,23 @@ mod tests {
             relay("notify", Some(50)).idle_poll,
             Duration::from_millis(50)
         );
+    }
+
+    #[test]
+    fn shutdown_grace_defaults_to_five_seconds_and_may_be_zero() {
+        let grace = |ms: Option<u64>| {
+            let raw = RawRelay {
+                shutdown_grace_ms: ms,
+                ..RawRelay::default()
+            };
+            let mut errors = ConfigErrors::default();
+            let relay = check_relay(&raw, &mut errors);
+            assert!(errors.is_empty(), "{errors}");
+            relay.shutdown_grace
+        };
+        assert_eq!(grace(None), Duration::from_secs(5));
+        assert_eq!(grace(Some(1500)), Duration::from_millis(1500));
+        assert_eq!(grace(Some(0)), Duration::ZERO);
     }
 
     #[test]

@@ -125,6 +125,11 @@ pub struct RawRelay {
     /// How often a stalled group (xmin held back) is reported, in ms (default 10000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_report_interval_ms: Option<u64>,
+    /// On SIGTERM/SIGINT, how long in-flight work (a handler call, an append) may take to
+    /// finish, in ms (default 5000); what is still running then is abandoned, unmarked, for
+    /// the next owner. 0 abandons it at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// `[registry]` section.

@@ -44,6 +44,10 @@ use crate::telemetry::{self, Health, StageTimes, WorkerHealth};
 /// `idle_poll_ms`, when that is longer).
 pub const RETRY_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The longest a stopping worker waits for its last cursor update and the lease release (a
+/// lease it could not release expires after `lease_ttl_ms`).
+const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
+
 pub(super) struct GroupWorker {
     pub name: String,
     pub dispatcher: Dispatcher,
@@ -168,13 +172,18 @@ pub enum Step {
 }
 
 impl GroupWorker {
-    /// Runs until `shutdown` is cancelled, then releases the lease if held.
+    /// Runs until `shutdown` is cancelled: the step in flight then has `shutdown_grace` to
+    /// finish and is abandoned after it (see [`GroupWorker::step_within_grace`]); then the
+    /// lease is released (at most [`RELEASE_TIMEOUT`]) if held.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = super::backoff(self.settings.max_backoff);
         while !shutdown.is_cancelled() {
             // A notification from now on ends the idle wait after this step.
             self.notified_tx_id = self.wakeup.mark_seen();
-            let pause = match self.step().await {
+            let Some(stepped) = self.step_within_grace(&shutdown).await else {
+                break;
+            };
+            let pause = match stepped {
                 Ok(step) => {
                     backoff = super::backoff(self.settings.max_backoff);
                     self.report(match self.state {
@@ -210,8 +219,46 @@ impl GroupWorker {
                 _ = wait => {}
             }
         }
-        self.release().await;
+        if tokio::time::timeout(RELEASE_TIMEOUT, self.release())
+            .await
+            .is_err()
+        {
+            tracing::warn!(group = %self.name, timeout_ms = RELEASE_TIMEOUT.as_millis() as u64,
+                "could not release the lease in time; it will expire");
+        }
         self.report(WorkerHealth::Standby);
+    }
+
+    /// One [`step`](GroupWorker::step), raced against `shutdown`: once shutdown begins, the
+    /// step has `shutdown_grace` to finish. `None` when it did not, and was dropped.
+    ///
+    /// Dropping a step abandons its handler calls and Redis and Postgres requests where they
+    /// stand, as a crash would, and marks nothing done that was not: the cursor update of a
+    /// batch starts only after its append succeeded ([`PendingAdvance`]), so one still
+    /// pending is for appended entries and `release` lets it land; failures recorded before
+    /// the append are left to the retry path, as after a crash; entries appended without
+    /// their cursor update are skipped by the watermark when the next owner reads them again.
+    async fn step_within_grace(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Step, RelayError>> {
+        let grace = self.settings.shutdown_grace;
+        let finished = {
+            let step = self.step();
+            tokio::pin!(step);
+            tokio::select! {
+                stepped = &mut step => return Some(stepped),
+                () = shutdown.cancelled() => {}
+            }
+            tokio::time::timeout(grace, step).await
+        };
+        if finished.is_err() {
+            // The next batch's read, if one was started, is dropped (and aborted) too.
+            self.prefetch = None;
+            tracing::warn!(group = %self.name, grace_ms = grace.as_millis() as u64,
+                "shutdown grace over; abandoning the work in flight to the next owner");
+        }
+        finished.ok()
     }
 
     /// Publishes this worker's state (and the lease gauge) when it changed.

@@ -4,7 +4,8 @@
 //! ```text
 //!  Relay::run ──spawns──▶ one GroupWorker per group (lease → tail → dispatch → append → advance)
 //!       │                     ▲ each holds its group's lease; a second relay waits as standby
-//!       └── shutdown: workers finish the in-flight batch, release their leases, return
+//!       └── shutdown: workers finish the in-flight batch within `shutdown_grace` (abandoning
+//!           it, unmarked, after that), release their leases, return
 //! ```
 
 pub mod dispatcher;
@@ -142,8 +143,9 @@ impl Relay {
         self
     }
 
-    /// Runs every group until `shutdown` is cancelled; then each finishes its in-flight batch,
-    /// releases its lease, and this returns.
+    /// Runs every group until `shutdown` is cancelled; then each finishes its in-flight batch
+    /// within [`RelaySettings::shutdown_grace`] (abandoning it after that: nothing of it is
+    /// marked done, the next owner handles it), releases its lease, and this returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RelayError> {
         self.merge_custom_routes();
         for group in &self.groups {

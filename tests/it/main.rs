@@ -24,6 +24,7 @@ mod relay_notify;
 mod relay_order;
 mod relay_retry;
 mod relay_schema;
+mod relay_shutdown;
 mod relay_stall;
 mod runbook;
 mod sink;
