@@ -7,6 +7,7 @@ mod cli;
 mod config_check;
 mod demo;
 mod examples;
+mod http_secrets;
 mod inspect;
 mod migrate;
 mod operate;
