@@ -21,7 +21,9 @@ pub use raw::{
     Overrides, RawConfig, RawGroup, RawHttp, RawPostgres, RawPublish, RawRedis, RawRegistry,
     RawRelay, RawRoute,
 };
-pub use url::{ConnectionUrl, REDACTED, redact_url};
+pub use url::{
+    ConnectionUrl, REDACTED, WebhookUrl, redact_headers, redact_url, redact_webhook_url,
+};
 
 use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
@@ -795,6 +797,46 @@ mod tests {
         assert!(
             text.contains("--config") && text.contains("/nonexistent/outbox-relay.toml"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn webhook_urls_show_query_names_never_values() {
+        let url =
+            WebhookUrl::parse("https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1").unwrap();
+        let shown = "https://u:REDACTED@hooks.example/h?token=REDACTED&x=REDACTED";
+        assert_eq!(url.to_string(), shown);
+        assert_eq!(format!("{url:?}"), format!("WebhookUrl({shown:?})"));
+        assert_eq!(
+            url.expose().as_str(),
+            "https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1"
+        );
+        // Text quoting the URL, or echoing its query, loses the values.
+        let text = url.scrub(
+            "error for url (https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1); \
+             404: no route for /h?token=s3cret&x=1",
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.ends_with("no route for /h?token=REDACTED&x=REDACTED"),
+            "{text}"
+        );
+        assert_eq!(url.scrub("max=10"), "max=10");
+        // As written when there is nothing to hide; never echoed when it does not parse.
+        assert_eq!(redact_webhook_url("http://h/hook"), "http://h/hook");
+        assert_eq!(
+            redact_webhook_url("ftp://h/hook?token=s3cret"),
+            "ftp://h/hook?token=REDACTED"
+        );
+        assert_eq!(
+            redact_webhook_url("::bad?token=s3cret"),
+            "<unparseable URL>"
+        );
+        assert_eq!(redact_webhook_url("::bad"), "::bad");
+        let headers = redact_headers([("Authorization", "Bearer s3cret"), ("x-tenant", "acme")]);
+        assert_eq!(
+            headers.into_iter().collect::<Vec<_>>(),
+            [("Authorization", "REDACTED"), ("x-tenant", "REDACTED")]
         );
     }
 

@@ -1,6 +1,14 @@
-//! Connection URLs that may carry a password: [`ConnectionUrl`]'s `Display` and `Debug` never
-//! show it; only [`ConnectionUrl::expose`] hands the real text to a driver.
+//! Secrets in URLs and headers, and the one place that redacts them.
+//!
+//! - Connection URLs may carry a password: [`ConnectionUrl`]'s `Display` and `Debug` never
+//!   show it ([`redact_url`]); only [`ConnectionUrl::expose`] hands the real text to a driver.
+//! - An http route's URL may carry credentials in its query (`?token=…`) as well as a
+//!   password: [`WebhookUrl`] shows every query value as `REDACTED` (the names stay), and
+//!   [`WebhookUrl::scrub`] takes them out of any text that quotes them (an error, a response
+//!   body). Only the request itself is sent [`WebhookUrl::expose`].
+//! - An http route's header values are never shown: [`redact_headers`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A connection URL that may carry a password. `Display`/`Debug` redact it; only
@@ -68,23 +76,31 @@ impl fmt::Debug for ConnectionUrl {
 /// What stands for a secret wherever one is shown.
 pub const REDACTED: &str = "REDACTED";
 
-/// Redacts the password of any URL-shaped string; text that does not parse is not echoed.
+/// What stands for a URL that could not be parsed (it is not echoed: it may hold a secret).
+const UNPARSEABLE: &str = "<unparseable URL>";
+
+/// Redacts the password of any URL-shaped string (userinfo and a `password=` query
+/// parameter; the other parameters of a connection URL, such as `sslmode`, stay); text that
+/// does not parse is not echoed.
 pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return "<unparseable URL>".to_owned();
-    };
-    if parsed.password().is_some() {
-        // Only fails for URLs that cannot have a password, which have none to hide.
-        let _ = parsed.set_password(Some(REDACTED));
+    match url::Url::parse(url) {
+        Ok(parsed) => redacted(parsed, |name| name.eq_ignore_ascii_case("password")).into(),
+        Err(_) => UNPARSEABLE.to_owned(),
     }
-    let has_secret_param = parsed
-        .query_pairs()
-        .any(|(name, _)| name.eq_ignore_ascii_case("password"));
-    if has_secret_param {
-        let pairs: Vec<(String, String)> = parsed
+}
+
+/// `url` with its password and the values of the query parameters `secret` says are secret
+/// replaced by [`REDACTED`].
+fn redacted(mut url: url::Url, secret: impl Fn(&str) -> bool) -> url::Url {
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have a password, which have none to hide.
+        let _ = url.set_password(Some(REDACTED));
+    }
+    if url.query_pairs().any(|(name, _)| secret(&name)) {
+        let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(name, value)| {
-                let value = if name.eq_ignore_ascii_case("password") {
+                let value = if secret(&name) {
                     REDACTED.to_owned()
                 } else {
                     value.into_owned()
@@ -92,7 +108,81 @@ pub fn redact_url(url: &str) -> String {
                 (name.into_owned(), value)
             })
             .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        url.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    parsed.to_string()
+    url
+}
+
+/// An http route's URL. `Display` and `Debug` show it with the password and every query
+/// value redacted (`https://hooks.example/h?token=REDACTED`); only [`WebhookUrl::expose`]
+/// gives the real one, for the request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    url: url::Url,
+    shown: url::Url,
+}
+
+impl WebhookUrl {
+    /// Parses `url`; the error is the text as it may be shown (see [`redact_webhook_url`]).
+    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        let parsed = url::Url::parse(url).map_err(|_| redact_webhook_url(url))?;
+        Ok(WebhookUrl {
+            shown: redacted(parsed.clone(), |_| true),
+            url: parsed,
+        })
+    }
+
+    /// The URL with its secrets, for the request only. Never log this.
+    pub fn expose(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The URL as it may be shown.
+    pub fn redacted(&self) -> &str {
+        self.shown.as_str()
+    }
+
+    /// `text` with this URL, and its query, redacted wherever it is quoted whole (an error
+    /// naming the URL, an error page echoing the request's path and query).
+    pub fn scrub(&self, text: &str) -> String {
+        let text = text.replace(self.url.as_str(), self.shown.as_str());
+        match (self.url.query(), self.shown.query()) {
+            (Some(query), Some(shown)) if !query.is_empty() => text.replace(query, shown),
+            _ => text,
+        }
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.shown.as_str())
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({:?})", self.shown.as_str())
+    }
+}
+
+/// An http route's URL as written, for an error about it: as it is when it has no password
+/// and no query, else with those redacted; not echoed at all when it does not parse and
+/// might hold one.
+pub fn redact_webhook_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.password().is_none() && parsed.query().is_none() => url.to_owned(),
+        Ok(parsed) => redacted(parsed, |_| true).into(),
+        Err(_) if !url.contains(['@', '?']) => url.to_owned(),
+        Err(_) => UNPARSEABLE.to_owned(),
+    }
+}
+
+/// An http route's headers as they may be shown: every name, no value.
+pub fn redact_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<&'a str, &'static str> {
+    headers
+        .into_iter()
+        .map(|(name, _)| (name, REDACTED))
+        .collect()
 }

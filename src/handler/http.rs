@@ -8,18 +8,33 @@
 //! The request body is [`DecodedMessage`] as JSON: `id`, `topic`, `key`, `payload`, `headers`,
 //! `schema_version`, `position`, `created_at`, `attempt`. It also carries the header
 //! `Idempotency-Key: <message id>`, so a receiver can ignore a repeated delivery.
+//!
+//! The URL's query values and password and the header values are credentials: only the
+//! request carries them. Every error (and so `last_error`, `dead list`, `stuck`, the
+//! dead-letter stream and the logs) names the URL as [`WebhookUrl`] shows it
+//! (`?token=REDACTED`), and never a header value.
 
+use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{DecodedMessage, Handler, HandlerError, Output};
+use crate::config::{WebhookUrl, redact_webhook_url};
 
-/// A configured `http` route handler.
-#[derive(Debug, Clone)]
+/// A configured `http` route handler. `Debug` shows the URL redacted and no header.
+#[derive(Clone)]
 pub struct HttpHandler {
     client: reqwest::Client,
-    url: reqwest::Url,
+    url: WebhookUrl,
+}
+
+impl fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpHandler")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `http` handler settings that are not valid.
@@ -51,10 +66,10 @@ impl HttpHandler {
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
         timeout: Duration,
     ) -> Result<HttpHandler, HttpHandlerError> {
-        let url = reqwest::Url::parse(url)
+        let url = WebhookUrl::parse(url)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| HttpHandlerError::Url(shown_url(url)))?;
+            .filter(|u| matches!(u.expose().scheme(), "http" | "https"))
+            .ok_or_else(|| HttpHandlerError::Url(redact_webhook_url(url)))?;
         let mut header_map = HeaderMap::new();
         for (name, value) in headers {
             let header_name = HeaderName::try_from(name)
@@ -76,8 +91,9 @@ impl HttpHandler {
         Ok(HttpHandler { client, url })
     }
 
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    /// The URL, shown redacted.
+    pub fn url(&self) -> &WebhookUrl {
+        &self.url
     }
 }
 
@@ -91,23 +107,25 @@ impl Handler for HttpHandler {
     async fn handle(&self, message: &DecodedMessage) -> Result<Vec<Output>, HandlerError> {
         let response = self
             .client
-            .post(self.url.clone())
+            .post(self.url.expose().clone())
             .header("Idempotency-Key", message.id.to_string())
             .json(message)
             .send()
             .await
-            .map_err(|e| HandlerError::retryable(describe_send_error(&e)))?;
+            .map_err(|e| HandlerError::retryable(self.url.scrub(&describe_send_error(e))))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| HandlerError::retryable(format!("reading the response failed: {e}")))?;
+        let body = response.bytes().await.map_err(|e| {
+            HandlerError::retryable(self.url.scrub(&format!(
+                "reading the response failed: {}",
+                error_chain(e.without_url())
+            )))
+        })?;
+        let quoted = self.url.scrub(&quote(&body));
         if status.is_success() {
-            return parse_outputs(&body).map_err(|e| {
-                HandlerError::permanent(format!("{status}: {e}; body: {}", quote(&body)))
-            });
+            return parse_outputs(&body)
+                .map_err(|e| HandlerError::permanent(format!("{status}: {e}; body: {quoted}")));
         }
-        let reason = format!("{status}; body: {}", quote(&body));
+        let reason = format!("{status}; body: {quoted}");
         let retryable = status.is_server_error()
             || status == reqwest::StatusCode::REQUEST_TIMEOUT
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
@@ -133,16 +151,9 @@ fn parse_outputs(body: &[u8]) -> Result<Vec<Output>, String> {
     Ok(reply.outputs)
 }
 
-/// `url` as an error may show it: as written unless it may hold a password.
-fn shown_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) if parsed.password().is_none() => url.to_owned(),
-        Err(_) if !url.contains('@') => url.to_owned(),
-        _ => crate::config::redact_url(url),
-    }
-}
-
-fn describe_send_error(error: &reqwest::Error) -> String {
+/// What went wrong sending a request, without the URL: reqwest's `Display` quotes it whole,
+/// query and password included, and the text goes to logs and `last_error`.
+fn describe_send_error(error: reqwest::Error) -> String {
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -150,12 +161,13 @@ fn describe_send_error(error: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut text = format!("{what}: {error}");
-    // reqwest quotes the URL, password included; the text goes to logs and last_error.
-    if let Some(url) = error.url().filter(|url| url.password().is_some()) {
-        text = text.replace(url.as_str(), &crate::config::redact_url(url.as_str()));
-    }
-    let mut source = std::error::Error::source(error);
+    format!("{what}: {}", error_chain(error.without_url()))
+}
+
+/// The error and its causes, `: `-separated.
+fn error_chain(error: reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -213,6 +225,41 @@ mod tests {
             HttpHandlerError::HeaderName("bad name".into())
         );
         assert!(HttpHandler::new("https://example.com/hook", [("x-token", "t")], timeout).is_ok());
+        assert_eq!(
+            HttpHandler::new("ftp://x/h?token=s3cret", [], timeout).unwrap_err(),
+            HttpHandlerError::Url("ftp://x/h?token=REDACTED".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_and_debug_never_show_the_query_or_headers() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let handler = HttpHandler::new(
+            &format!("http://127.0.0.1:{port}/hook?token=s3cret"),
+            [("authorization", "Bearer s3cret2")],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(!format!("{handler:?}").contains("s3cret"), "{handler:?}");
+        let message = DecodedMessage {
+            id: uuid::Uuid::nil(),
+            topic: "t".into(),
+            key: None,
+            payload: serde_json::json!({}),
+            headers: Default::default(),
+            schema_version: None,
+            position: "1:1".parse().unwrap(),
+            created_at: chrono::Utc::now(),
+            attempt: 1,
+        };
+        let error = handler.handle(&message).await.unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert!(error.reason().starts_with("could not connect: "), "{error}");
+        assert!(!error.reason().contains("s3cret"), "{error}");
     }
 
     #[test]

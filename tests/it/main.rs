@@ -8,6 +8,7 @@ mod config_check;
 mod connection_budget;
 mod demo;
 mod examples;
+mod http_secrets;
 mod inspect;
 mod migrate;
 mod operate;
