@@ -5,6 +5,7 @@ mod harness;
 mod bench;
 mod cli;
 mod config_check;
+mod deep_json;
 mod demo;
 mod examples;
 mod inspect;
