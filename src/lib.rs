@@ -26,6 +26,7 @@
 //!   from the group's cursor, decodes and routes each message, runs its handler, appends to
 //!   Redis, then advances the cursor; failures are kept in `outbox.deliveries` and retried.
 //! - [`handler`]: the [`handler::Handler`] trait and the built-in `http` handler.
+//! - [`json`]: JSON of any nesting depth Postgres accepts (parse, print, drop, validate).
 //! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
 //! - [`sink`]: the effectively-once append to Redis Streams (one optimistic transaction per batch).
 //! - [`bench`]: the measurements behind `outbox-relay bench`.
@@ -36,6 +37,7 @@
 pub mod bench;
 pub mod config;
 pub mod handler;
+pub mod json;
 pub mod position;
 pub mod publish;
 pub mod registry;

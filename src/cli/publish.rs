@@ -4,7 +4,8 @@ use std::io::Read;
 
 use anyhow::{Context, bail};
 use outbox_relay::config::Config;
-use outbox_relay::{Message, Publisher, store};
+use outbox_relay::{Message, Publisher, json, store};
+use serde_json::value::RawValue;
 
 /// Publishes one message in its own transaction and prints its id (UUIDv7). The payload must
 /// match the topic's latest registered schema, if any (`[registry] unregistered` decides about
@@ -41,6 +42,18 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The payload as compact JSON text, at any nesting depth (Postgres decides how deep is too
+/// deep). Passed to [`Message::new`] as text, so nothing recurses over its depth again.
+fn compact_payload(text: &str) -> anyhow::Result<Box<RawValue>> {
+    let payload: serde_json::Value = match json::from_str(text) {
+        Ok(payload) => payload,
+        Err(e) => bail!("PAYLOAD_JSON is not valid JSON: {e}"),
+    };
+    let compact = json::to_string(&payload);
+    json::drop_value(payload);
+    Ok(RawValue::from_string(compact)?)
+}
+
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let text = if args.payload == "-" {
         let mut text = String::new();
@@ -51,11 +64,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     } else {
         args.payload
     };
-    let payload: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(payload) => payload,
-        Err(e) => bail!("PAYLOAD_JSON is not valid JSON: {e}"),
-    };
-    let mut message = Message::new(args.topic, payload);
+    let mut message = Message::new(args.topic, compact_payload(&text)?);
     if let Some(key) = args.key {
         message = message.key(key);
     }

@@ -142,7 +142,7 @@ fn parse_outputs(body: &[u8]) -> Result<Vec<Output>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let reply: Reply = serde_json::from_slice(body).map_err(|e| {
+    let reply: Reply = crate::json::from_slice(body).map_err(|e| {
         format!("the body is not {{\"outputs\": [{{\"stream\": …, \"payload\": …}}]}} ({e})")
     })?;
     if let Some(empty) = reply.outputs.iter().find(|o| o.stream.is_empty()) {

@@ -26,6 +26,9 @@ pub struct DecodedMessage {
     pub id: Uuid,
     pub topic: String,
     pub key: Option<String>,
+    /// Any nesting depth Postgres accepts; serializing the message (an HTTP body) grows the
+    /// stack as it descends.
+    #[serde(serialize_with = "crate::json::serialize")]
     pub payload: serde_json::Value,
     pub headers: BTreeMap<String, String>,
     pub schema_version: Option<i32>,
@@ -45,14 +48,15 @@ fn serialize_display<S: serde::Serializer>(
 }
 
 impl DecodedMessage {
-    /// Parses a stored row's payload and headers (the relay calls this only for handlers that
-    /// need the decoded form; `forward` passes the JSON text through untouched).
+    /// Parses a stored row's payload (at any depth, see [`crate::json`]) and headers (the relay
+    /// calls this only for handlers that need the decoded form; `forward` passes the JSON text
+    /// through untouched).
     pub fn from_row(row: &OutboxRow, attempt: u32) -> Result<DecodedMessage, serde_json::Error> {
         Ok(DecodedMessage {
             id: row.id,
             topic: row.topic.clone(),
             key: row.key.clone(),
-            payload: serde_json::from_str(&row.payload)?,
+            payload: crate::json::from_str(&row.payload)?,
             headers: serde_json::from_str(&row.headers)?,
             schema_version: row.schema_version,
             position: row.position,
@@ -68,6 +72,7 @@ impl DecodedMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Output {
     pub stream: String,
+    #[serde(serialize_with = "crate::json::serialize")]
     pub payload: serde_json::Value,
 }
 

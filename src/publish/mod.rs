@@ -154,6 +154,18 @@ pub enum PublishError {
         topics.join(", ")
     )]
     SchemaChanged { topics: Vec<String> },
+    /// Postgres refused a payload as nested deeper than jsonb can be (its `max_stack_depth`
+    /// bounds the nesting); nothing was written, and the caller's transaction is now aborted.
+    #[error(
+        "could not insert {count} message(s) into outbox.messages: a payload nests deeper than \
+         this Postgres server accepts in jsonb (max_stack_depth bounds the nesting: about 13,000 \
+         levels at its 2MB default); nothing was written"
+    )]
+    PayloadTooDeep {
+        count: usize,
+        #[source]
+        source: sqlx::Error,
+    },
     /// Postgres refused or failed the insert; the caller's transaction is now aborted.
     #[error("could not insert {count} message(s) into outbox.messages")]
     Insert {
@@ -161,6 +173,22 @@ pub enum PublishError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// SQLSTATE 54001 (`statement_too_complex`): "stack depth limit exceeded", which is what the
+/// jsonb parser raises for a payload nested past `max_stack_depth`.
+const STACK_DEPTH_LIMIT_EXCEEDED: &str = "54001";
+
+impl PublishError {
+    /// The insert of `count` messages failed with `source`.
+    fn insert_failed(count: usize, source: sqlx::Error) -> PublishError {
+        let code = source.as_database_error().and_then(|e| e.code());
+        if code.as_deref() == Some(STACK_DEPTH_LIMIT_EXCEEDED) {
+            PublishError::PayloadTooDeep { count, source }
+        } else {
+            PublishError::Insert { count, source }
+        }
+    }
 }
 
 /// Publishes with explicit [`PublishLimits`] and a policy for topics without a schema
@@ -234,7 +262,7 @@ impl Publisher {
             }
             let inserted = store::messages_insert(conn, id, &valid, stamp_of(latest.as_deref()))
                 .await
-                .map_err(|source| PublishError::Insert { count: 1, source })?;
+                .map_err(|source| PublishError::insert_failed(1, source))?;
             if inserted {
                 return Ok(id);
             }
@@ -297,10 +325,7 @@ impl Publisher {
                 .collect();
             let inserted = store::messages_insert_batch(conn, &ids, &valid, &versions, &stamps)
                 .await
-                .map_err(|source| PublishError::Insert {
-                    count: ids.len(),
-                    source,
-                })?;
+                .map_err(|source| PublishError::insert_failed(ids.len(), source))?;
             if inserted {
                 return Ok(ids);
             }

@@ -12,6 +12,8 @@ use std::sync::{Arc, LazyLock, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::json;
+
 /// Validation errors kept per payload; a payload with more reports the first ones only.
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
@@ -77,8 +79,33 @@ impl CompiledSchema {
     }
 
     /// Why `instance` does not match, at most [`MAX_REPORTED_ERRORS`] reasons; empty when it
-    /// matches.
+    /// matches. Any nesting depth: a deep instance is validated on a stack sized for it.
     pub fn errors(&self, instance: &Value) -> Vec<SchemaError> {
+        json::with_stack_for(json::depth(instance), || self.errors_here(instance))
+    }
+
+    /// Like [`errors`](Self::errors), for JSON text (parsed once) of any nesting depth.
+    pub fn errors_in_text(&self, text: &str) -> Vec<SchemaError> {
+        // The common case first: serde_json's own parse, which takes 128 levels of nesting,
+        // so the validator's recursion fits on the current stack.
+        if let Ok(instance) = serde_json::from_str::<Value>(text) {
+            return self.errors_here(&instance);
+        }
+        match json::from_str::<Value>(text) {
+            Ok(instance) => {
+                let errors = self.errors(&instance);
+                json::drop_value(instance);
+                errors
+            }
+            Err(e) => vec![SchemaError {
+                path: String::new(),
+                message: format!("not JSON: {e}"),
+            }],
+        }
+    }
+
+    /// [`errors`](Self::errors) on the current stack.
+    fn errors_here(&self, instance: &Value) -> Vec<SchemaError> {
         if self.validator.is_valid(instance) {
             return Vec::new();
         }
@@ -90,17 +117,6 @@ impl CompiledSchema {
                 message: shortened(error.to_string()),
             })
             .collect()
-    }
-
-    /// Like [`errors`](Self::errors), for JSON text (parsed once).
-    pub fn errors_in_text(&self, json: &str) -> Vec<SchemaError> {
-        match serde_json::from_str::<Value>(json) {
-            Ok(instance) => self.errors(&instance),
-            Err(e) => vec![SchemaError {
-                path: String::new(),
-                message: format!("not JSON: {e}"),
-            }],
-        }
     }
 }
 

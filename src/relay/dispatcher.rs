@@ -17,6 +17,7 @@ use super::entry_fields::{EntryFields, traceparent};
 use super::ordering::OrderingMode;
 use super::route::{Action, Route, route_for};
 use crate::handler::{DecodedMessage, Handler, HandlerError};
+use crate::json;
 use crate::registry::{Registry, RegistryError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sink::{Entry, Fields};
@@ -164,7 +165,11 @@ impl Dispatcher {
                     Ok(outputs) => Outcome::Delivered(
                         outputs
                             .into_iter()
-                            .map(|o| (o.stream, o.payload.to_string()))
+                            .map(|o| {
+                                let text = json::to_string(&o.payload);
+                                json::drop_value(o.payload);
+                                (o.stream, text)
+                            })
                             .collect(),
                     ),
                     Err(error) => self.failure(&route.retry, name, error, attempt),
@@ -253,7 +258,10 @@ async fn call(
         HandlerError::permanent(format!("the stored message is not valid JSON: {e}"))
     })?;
     let call = AssertUnwindSafe(handler.handle(&message)).catch_unwind();
-    match tokio::time::timeout(timeout, call).await {
+    let result = tokio::time::timeout(timeout, call).await;
+    // A payload may nest thousands deep: never drop it recursively on a worker's stack.
+    json::drop_value(message.payload);
+    match result {
         Err(_) => Err(HandlerError::retryable(format!(
             "timed out after {} ms",
             timeout.as_millis()

@@ -1,6 +1,7 @@
 //! Statements that look at the relay from outside: group status, who holds the xmin back, what
 //! is stuck.
 
+use serde_json::value::RawValue;
 use sqlx::{PgPool, Row};
 
 use crate::position::Position;
@@ -125,7 +126,7 @@ pub async fn messages_held_back(pool: &PgPool, cursor: Position) -> Result<Block
 }
 
 /// One delivery that did not go through first time, as `outbox-relay stuck` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StuckDelivery {
     pub group: String,
     pub message_id: uuid::Uuid,
@@ -134,7 +135,9 @@ pub struct StuckDelivery {
     pub position: String,
     pub topic: String,
     pub key: Option<String>,
-    pub payload: serde_json::Value,
+    /// The payload's JSON text as Postgres prints it, kept as text (never decoded), so that a
+    /// payload nested deeper than any parser's limit is shown like any other.
+    pub payload: Box<RawValue>,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -172,7 +175,7 @@ pub async fn deliveries_stuck(
                 position: row.try_get("position")?,
                 topic: row.try_get("topic")?,
                 key: row.try_get("key")?,
-                payload: serde_json::from_str(&payload)
+                payload: RawValue::from_string(payload)
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                 attempts: row.try_get("attempts")?,
                 last_error: row.try_get("last_error")?,

@@ -162,6 +162,8 @@ pub struct StoredMessage {
     pub topic: String,
     pub key: Option<String>,
     pub schema_version: Option<i32>,
+    /// Decoded at any nesting depth; one nested thousands deep is best dropped with
+    /// [`crate::json::drop_value`].
     pub payload: serde_json::Value,
     pub headers: BTreeMap<String, String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -185,7 +187,8 @@ pub async fn messages_of_current_transaction(
                 topic: row.try_get("topic")?,
                 key: row.try_get("key")?,
                 schema_version: row.try_get("schema_version")?,
-                payload: row.try_get("payload")?,
+                payload: crate::json::from_str(row.try_get("payload_text")?)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                 headers,
                 created_at: row.try_get("created_at")?,
             })

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod config_check;
 mod connection_budget;
+mod deep_json;
 mod demo;
 mod examples;
 mod http_secrets;
