@@ -457,10 +457,7 @@ impl GroupWorker {
             }
             Err(SinkError::WrongType(wrong)) => Err(AppendFailure::Unwritable(wrong)),
             Err(SinkError::Lost(lost)) => Err(AppendFailure::Lost(lost)),
-            Err(source) => Err(AppendFailure::Error(RelayError::Sink {
-                group: self.name.clone(),
-                source,
-            })),
+            Err(error) => Err(AppendFailure::Error(self.sink_error()(error))),
         }
     }
 

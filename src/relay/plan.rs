@@ -93,6 +93,11 @@ impl BatchPlan {
             .filter_map(|a| Some((a, unwritable.iter().find(|w| w.stream == a.stream)?)))
             .flat_map(|(a, wrong)| a.entries.iter().map(move |e| (e.position, wrong)))
             .collect();
+        let delivered: HashSet<Position> = self
+            .appends
+            .iter()
+            .flat_map(|a| a.entries.iter().map(|e| e.position))
+            .collect();
         let mut failed = Vec::new();
         let mut waiting: HashSet<Chain> = HashSet::new();
         let mut taken: HashSet<Position> = HashSet::new();
@@ -100,14 +105,10 @@ impl BatchPlan {
             if self.through.is_none_or(|through| row.position > through) {
                 break;
             }
-            let chain = dispatcher.ordering.chain(i, row);
-            let delivered = self
-                .appends
-                .iter()
-                .any(|a| a.entries.iter().any(|e| e.position == row.position));
-            if !delivered {
+            if !delivered.contains(&row.position) {
                 continue;
             }
+            let chain = dispatcher.ordering.chain(i, row);
             let topic = self.by_topic.of(&row.topic);
             if waiting.contains(&chain) {
                 topic.forwarded -= 1;

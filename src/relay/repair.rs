@@ -239,12 +239,7 @@ impl GroupWorker {
             match self.sink.append(writer, &[append], &[]).await {
                 Ok(report) => repaired.appended += report.appended,
                 Err(error) if error.is_fenced() => return Err(RepairError::Fenced),
-                Err(source) => {
-                    return Err(RepairError::Relay(RelayError::Sink {
-                        group: self.name.clone(),
-                        source,
-                    }));
-                }
+                Err(error) => return Err(RepairError::Relay(self.sink_error()(error))),
             }
             if let (Some(first), Some(last)) = (first, last) {
                 let from = repaired.range.map_or(first, |(from, _)| from);

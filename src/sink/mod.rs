@@ -472,10 +472,10 @@ impl Sink {
             .zip(streams)
             .map(|(text, stream)| {
                 text.map(|text| {
-                    DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
-                        key: watermark_key(&self.key_prefix, stream, group),
-                        value: text,
-                    })
+                    watermark::parse_watermark(
+                        &watermark_key(&self.key_prefix, stream, group),
+                        text,
+                    )
                 })
                 .transpose()
             })

@@ -406,12 +406,7 @@ fn read_marks(
             let kind: String =
                 redis::from_redis_value_ref(kind).map_err(|e| SinkError::Redis(e.into()))?;
             let position = position
-                .map(|text| {
-                    DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
-                        key: key.watermark.clone(),
-                        value: text,
-                    })
-                })
+                .map(|text| parse_watermark(&key.watermark, text))
                 .transpose()?;
             Ok(Watermark {
                 position,
@@ -420,6 +415,14 @@ fn read_marks(
             })
         })
         .collect()
+}
+
+/// The position stored in watermark `key`, or [`SinkError::CorruptWatermark`].
+pub(super) fn parse_watermark(key: &str, text: String) -> Result<DedupeMark, SinkError> {
+    DedupeMark::parse(&text).ok_or_else(|| SinkError::CorruptWatermark {
+        key: key.to_owned(),
+        value: text,
+    })
 }
 
 /// A reply of a shape this module never asks for (an error reply where a value belongs,

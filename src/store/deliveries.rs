@@ -218,21 +218,13 @@ pub async fn deliveries_dead_letter_pending(
     holder: LeaseHolder<'_>,
     limit: usize,
 ) -> Result<Vec<(DueDelivery, String)>, sqlx::Error> {
-    let rows = sqlx::query(include_str!("sql/deliveries_dead_letter_pending.sql"))
-        .bind(holder.group)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(holder.owner)
-        .bind(holder.epoch)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
+    let sql = include_str!("sql/deliveries_dead_letter_pending.sql");
+    fetch_fenced(pool, sql, holder, limit)
+        .await?
+        .iter()
         .map(|row| {
-            let delivery = DueDelivery {
-                attempts: row.try_get("attempts")?,
-                row: outbox_row(row)?,
-            };
             let error: Option<String> = row.try_get("last_error")?;
-            Ok((delivery, error.unwrap_or_default()))
+            Ok((due_delivery(row)?, error.unwrap_or_default()))
         })
         .collect()
 }
@@ -300,21 +292,36 @@ pub async fn deliveries_due(
     holder: LeaseHolder<'_>,
     limit: usize,
 ) -> Result<Vec<DueDelivery>, sqlx::Error> {
-    let rows = sqlx::query(include_str!("sql/deliveries_due.sql"))
+    fetch_fenced(pool, include_str!("sql/deliveries_due.sql"), holder, limit)
+        .await?
+        .iter()
+        .map(due_delivery)
+        .collect()
+}
+
+/// Runs a read of `holder`'s group fenced by its lease (`$1` group, `$2` limit, `$3` owner,
+/// `$4` epoch): nothing comes back once the lease is gone.
+async fn fetch_fenced(
+    pool: &PgPool,
+    sql: &'static str,
+    holder: LeaseHolder<'_>,
+    limit: usize,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    sqlx::query(sql)
         .bind(holder.group)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(holder.owner)
         .bind(holder.epoch)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(DueDelivery {
-                attempts: row.try_get("attempts")?,
-                row: outbox_row(row)?,
-            })
-        })
-        .collect()
+        .await
+}
+
+/// A delivery's failed attempts and its message, from a row that has both.
+fn due_delivery(row: &sqlx::postgres::PgRow) -> Result<DueDelivery, sqlx::Error> {
+    Ok(DueDelivery {
+        attempts: row.try_get("attempts")?,
+        row: outbox_row(row)?,
+    })
 }
 
 /// Stores the results of retried messages and releases the next blocked message of each key
