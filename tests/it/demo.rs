@@ -50,7 +50,7 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
     let out = demo(&db, &redis, &["--keep"]);
     assert!(
         out.stdout
-            .contains("migrate: 0 of 9 migrations applied now"),
+            .contains("migrate: 0 of 10 migrations applied now"),
         "{}",
         out.stdout
     );
@@ -88,7 +88,7 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
     let keys_before = redis.keys().await;
     let out = demo(&db, &redis, &[]);
     assert!(out.stdout.contains("checked: all "), "{}", out.stdout);
-    assert!(out.stdout.contains("migrate: 0 of 9"), "{}", out.stdout);
+    assert!(out.stdout.contains("migrate: 0 of 10"), "{}", out.stdout);
     assert!(out.stdout.contains("cleaned up: "), "{}", out.stdout);
     assert_eq!(
         redis.keys().await,
