@@ -8,7 +8,7 @@
 //! [`WebhookUrl`]: outbox_relay::config::WebhookUrl
 //!
 //! Exit 0 when valid; 2 with every problem named by its key when not; with `--connect`, 1 when
-//! Postgres or Redis cannot be reached.
+//! Postgres or Redis cannot be reached or the outbox schema is not this version's (`migrate`).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ pub enum Command {
     /// Validate the configuration and print it, defaults filled in, secrets redacted.
     ///
     /// Exit codes: 0 valid, 2 invalid (every problem named by its key), 1 with --connect when
-    /// Postgres or Redis cannot be reached.
+    /// Postgres or Redis cannot be reached or the outbox schema needs `outbox-relay migrate`.
     ///
     /// Example: outbox-relay --config outbox-relay.toml config check --json
     Check(CheckArgs),
@@ -37,7 +37,8 @@ pub struct CheckArgs {
     /// Print JSON instead of `key = value` lines.
     #[arg(long)]
     json: bool,
-    /// Also connect to Postgres and Redis (when redis_url is set) and report whether they answer.
+    /// Also connect to Postgres and Redis (when redis_url is set), report whether they answer
+    /// and whether the outbox schema is the one this version needs.
     #[arg(long)]
     connect: bool,
 }
@@ -66,15 +67,19 @@ pub async fn run(overrides: &Overrides, command: Command) -> anyhow::Result<()> 
     } else {
         print_text(&report);
     }
-    let unreachable: Vec<&str> = report["connect"]
+    let failed: Vec<(&str, &str)> = report["connect"]
         .as_object()
         .into_iter()
         .flatten()
         .filter(|(_, result)| result["ok"] == false)
-        .map(|(name, _)| name.as_str())
+        .map(|(name, result)| (name.as_str(), result["error"].as_str().unwrap_or("")))
         .collect();
-    if !unreachable.is_empty() {
-        anyhow::bail!("could not connect to {}", unreachable.join(" and "));
+    if let Some((_, problem)) = failed.iter().find(|(name, _)| *name == "schema") {
+        anyhow::bail!("{problem}");
+    }
+    if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|(name, _)| *name).collect();
+        anyhow::bail!("could not connect to {}", names.join(" and "));
     }
     Ok(())
 }
@@ -88,17 +93,27 @@ fn invalid(errors: &ConfigErrors) -> Value {
     json!({ "valid": false, "errors": problems })
 }
 
-/// Tries each server once; the result per server is `{ok, error}` (errors carry no password).
+/// Tries each server once, and checks that `migrate` brought the outbox schema to this
+/// version; the result per server (and for `schema`) is `{ok, error}` (errors carry no
+/// password).
 async fn connect(config: &Config) -> Value {
     let mut results = serde_json::Map::new();
-    let postgres = match store::connect(&config.database_url, 1).await {
+    match store::connect(&config.database_url, 1).await {
         Ok(pool) => {
+            results.insert("postgres".into(), json!({ "ok": true }));
+            let schema = match super::startup::schema_problem(&pool, &config.database_url).await {
+                Ok(None) => json!({ "ok": true }),
+                Ok(Some(problem)) => json!({ "ok": false, "error": problem }),
+                Err(e) => json!({ "ok": false, "error": format!("{e:#}") }),
+            };
+            results.insert("schema".into(), schema);
             pool.close().await;
-            json!({ "ok": true })
         }
-        Err(e) => json!({ "ok": false, "error": e.to_string() }),
-    };
-    results.insert("postgres".into(), postgres);
+        Err(e) => {
+            let failed = json!({ "ok": false, "error": e.to_string() });
+            results.insert("postgres".into(), failed);
+        }
+    }
     if let Some(url) = &config.redis_url {
         let redis = match Sink::connect(url, &config.redis).await {
             Ok(_) => json!({ "ok": true }),
@@ -195,6 +210,7 @@ fn print_text(report: &Value) {
     if let Some(results) = report["connect"].as_object() {
         for (name, result) in results {
             let status = match result["error"].as_str() {
+                Some(error) if name == "schema" => error.to_owned(),
                 Some(error) => format!("unreachable: {error}"),
                 None => "ok".to_owned(),
             };

@@ -6,7 +6,8 @@
 //!   time (bounded by [`PROBE_TIMEOUT`]).
 //! - `/healthz`: 200 while the process is alive.
 //! - `/readyz`: 200 when Postgres and Redis answer within [`PROBE_TIMEOUT`] and every group's
-//!   worker holds its lease or stands by healthily; else 503 with one reason a line.
+//!   worker holds its lease or stands by healthily; else 503 with one reason a line (while
+//!   `run` still waits for a server at startup: what it waits for and the last error).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,12 +18,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox_relay::sink::Sink;
 use outbox_relay::store;
 use outbox_relay::telemetry::{self, Health};
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use super::startup::{Connected, Progress};
 
 /// How long a readiness check or a scrape-time status query may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,11 +32,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded in when nobody scrapes (they pile up otherwise).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What the endpoints read: the relay's connections, its health and the metrics recorder.
+/// What the endpoints read: the relay's connections (once startup made them), its health and
+/// the metrics recorder.
 #[derive(Clone)]
 pub struct Probe {
-    pub pool: PgPool,
-    pub sink: Sink,
+    pub startup: Progress,
     pub health: Health,
     /// The groups this relay runs (the status query returns every group).
     pub groups: Vec<String>,
@@ -124,7 +126,11 @@ impl Probe {
     /// Sets the lag, held-back and xmin gauges from Postgres; on failure they keep their last
     /// values and the failure is counted.
     async fn refresh_status_gauges(&self) {
-        let statuses = within(store::consumer_groups_status(&self.pool, None)).await;
+        // Before startup connected there is nothing to read them from.
+        let Some(Connected { pool, .. }) = self.startup.connected() else {
+            return;
+        };
+        let statuses = within(store::consumer_groups_status(&pool, None)).await;
         match statuses {
             Ok(statuses) => statuses
                 .iter()
@@ -132,7 +138,7 @@ impl Probe {
                 .for_each(telemetry::group_status),
             Err(error) => telemetry::status_query_failed(&error),
         }
-        match within(store::xmin_holder(&self.pool)).await {
+        match within(store::xmin_holder(&pool)).await {
             Ok(holder) => telemetry::xmin_holder(holder.as_ref()),
             Err(error) => telemetry::status_query_failed(&error),
         }
@@ -140,11 +146,14 @@ impl Probe {
 
     /// Why the relay is not ready, one reason per item; empty when it is.
     async fn readiness_problems(&self) -> Vec<String> {
+        let Some(Connected { pool, sink }) = self.startup.connected() else {
+            return self.startup.problems();
+        };
         let postgres = async {
-            let mut connection = self.pool.acquire().await?;
+            let mut connection = pool.acquire().await?;
             connection.ping().await
         };
-        let (postgres, redis) = tokio::join!(within(postgres), within(self.sink.ping()));
+        let (postgres, redis) = tokio::join!(within(postgres), within(sink.ping()));
         let mut problems = Vec::new();
         if let Err(error) = postgres {
             problems.push(format!("postgres: {error}"));

@@ -16,6 +16,7 @@ mod replay;
 mod retry;
 mod run;
 mod schema;
+mod startup;
 mod status;
 mod stuck;
 
@@ -200,7 +201,8 @@ pub fn usage(what: impl Into<String>) -> anyhow::Error {
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let usage = error.downcast_ref::<ConfigErrors>().is_some()
-            || error.downcast_ref::<UsageError>().is_some();
+            || error.downcast_ref::<UsageError>().is_some()
+            || error.downcast_ref::<startup::NotStartable>().is_some();
         let code = if usage { 2 } else { 1 };
         Failure { code, error }
     }

@@ -7,13 +7,14 @@ use anyhow::Context;
 use outbox_relay::config::Config;
 use outbox_relay::registry::Registry;
 use outbox_relay::relay::Relay;
-use outbox_relay::sink::Sink;
-use outbox_relay::store;
 use outbox_relay::telemetry::Health;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Runs the relay for every configured consumer group until SIGTERM or SIGINT; then stops
+use super::startup::{self, Connected, Progress};
+
+/// Runs the relay for every configured consumer group until SIGTERM or SIGINT (waiting first,
+/// as long as it takes, for Postgres and Redis to answer: /readyz says 503 meanwhile); then stops
 /// reading, lets the work in flight finish within `[relay] shutdown_grace_ms` (abandoning the
 /// rest, unmarked, to the next owner), releases the leases and exits 0.
 ///
@@ -47,33 +48,37 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    // One pool for every group, the LISTEN connection of wakeup = "notify" and the HTTP
-    // endpoints, capped whatever the number of groups (DESIGN §8).
-    let connect = async {
-        let pool = store::connect(&config.database_url, config.postgres.max_connections).await?;
-        let sink = Sink::connect(redis_url, &config.redis).await?;
-        anyhow::Ok((pool, sink))
-    };
-    let (pool, sink) = tokio::select! {
-        _ = shutdown.cancelled() => {
-            tracing::info!("stopped before connecting");
-            return Ok(());
-        }
-        connected = connect => connected?,
-    };
-
-    tracing::info!(groups = groups.len(), "relay starting");
+    // The endpoints answer from the start: /readyz says what startup still waits for.
     let health = Health::new();
+    let startup = Progress::default();
     let server = http.map(|(listener, metrics)| {
         let probe = super::http::Probe {
-            pool: pool.clone(),
-            sink: sink.clone(),
+            startup: startup.clone(),
             health: health.clone(),
             groups: groups.iter().map(|g| g.name.clone()).collect(),
             metrics,
         };
         tokio::spawn(super::http::serve(listener, probe, shutdown.clone()))
     });
+    // One pool for every group, the LISTEN connection of wakeup = "notify" and the HTTP
+    // endpoints, capped whatever the number of groups (DESIGN §8). Waits for the servers.
+    let connected = startup::connect(config, redis_url, &startup, &shutdown).await;
+    let Connected { pool, sink } = match connected {
+        Ok(Some(connected)) => connected,
+        // A signal (Ok(None)) or what only a configuration change fixes.
+        stopped_or_refused => {
+            shutdown.cancel();
+            if let Some(server) = server {
+                stop_server(server, config.relay.shutdown_grace).await;
+            }
+            signals.abort();
+            if stopped_or_refused.is_ok() {
+                tracing::info!("stopped before connecting");
+            }
+            return stopped_or_refused.map(drop);
+        }
+    };
+    tracing::info!(groups = groups.len(), "relay starting");
     let registry = Registry::new(pool.clone(), config.registry.unregistered);
     let relay = async {
         let result = Relay::new(pool.clone(), sink, config.relay.clone(), groups)

@@ -228,8 +228,10 @@ impl Relay {
     }
 }
 
-/// Capped exponential backoff with jitter, from 50 ms up to `max`, for retrying after a failure.
-fn backoff(max: Duration) -> impl Iterator<Item = Duration> + use<> {
+/// Capped exponential backoff with jitter, from 50 ms up to `max`, for retrying after a failure
+/// (the relay's workers use it with `[relay] max_backoff_ms`; so does `run` waiting for the
+/// servers at startup).
+pub fn backoff(max: Duration) -> impl Iterator<Item = Duration> + use<> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(max)

@@ -134,8 +134,13 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// `transient`: connecting again later may work (see [`SinkError::is_transient_connect`]).
     #[error("could not connect to Redis at {url}: {cause}")]
-    Connect { url: String, cause: String },
+    Connect {
+        url: String,
+        cause: String,
+        transient: bool,
+    },
     /// A `[redis] tls_*` file could not be read when connecting.
     #[error("could not read `redis.{key}` ({path}): {source}")]
     TlsFile {
@@ -182,6 +187,42 @@ impl SinkError {
     pub fn is_fenced(&self) -> bool {
         matches!(self, SinkError::Fenced { .. })
     }
+
+    /// True for a connect failure that connecting again later may cure (Redis down, loading,
+    /// restarting); false for what only a configuration change fixes (a refused password, a
+    /// TLS setting the server rejects, an unreadable certificate file, an invalid URL).
+    pub fn is_transient_connect(&self) -> bool {
+        matches!(
+            self,
+            SinkError::Connect {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Whether a failed connection attempt is worth repeating (see
+/// [`SinkError::is_transient_connect`]).
+fn connect_error_is_transient(error: &RedisError) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    let refused_by_configuration = [
+        "wrongpass",
+        "noauth",
+        "noperm",
+        "certificate",
+        "tls",
+        "handshake",
+    ]
+    .iter()
+    .any(|word| text.contains(word));
+    !refused_by_configuration
+        && !matches!(
+            error.kind(),
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::InvalidClientConfig
+                | ErrorKind::RESP3NotSupported
+        )
 }
 
 /// The certificates of `[redis] tls_*`, read now (so a renewed file is used after a restart),
@@ -257,6 +298,7 @@ impl Sink {
         let fail = |e: RedisError| SinkError::Connect {
             url: url.to_string(),
             cause: describe_connect_error(&e),
+            transient: connect_error_is_transient(&e),
         };
         let client: redis::Client = match tls_certificates(&settings.tls)? {
             Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),

@@ -73,6 +73,40 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrationReport, MigrateError> {
     })
 }
 
+/// How the `outbox` schema of a database compares with what this outbox-relay knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaVersion {
+    /// Every migration this outbox-relay knows is applied, and nothing newer.
+    Current,
+    /// `applied` of the `known` migrations are applied (0: `migrate` never ran here).
+    Behind { applied: usize, known: usize },
+    /// A migration newer than this outbox-relay is applied (a newer version migrated).
+    Newer(i64),
+}
+
+/// Reads which of our migrations the database `pool` points at has applied, without
+/// changing anything: `run` refuses to start on a schema that is behind.
+pub async fn schema_version(pool: &PgPool) -> Result<SchemaVersion, MigrateError> {
+    let applied = applied_versions(pool).await?;
+    let known: Vec<i64> = migrator()
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .collect();
+    if let Some(&newer) = applied.iter().find(|v| !known.contains(v)) {
+        return Ok(SchemaVersion::Newer(newer));
+    }
+    let present = known.iter().filter(|v| applied.contains(v)).count();
+    Ok(if present == known.len() {
+        SchemaVersion::Current
+    } else {
+        SchemaVersion::Behind {
+            applied: present,
+            known: known.len(),
+        }
+    })
+}
+
 async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
     let exists: bool = sqlx::query_scalar(include_str!("sql/migrations_table_exists.sql"))
         .fetch_one(pool)

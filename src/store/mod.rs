@@ -50,7 +50,9 @@ pub use messages::{
     messages_position,
 };
 pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
-pub use migrate::{AppliedMigration, MigrateError, MigrationReport, migrate};
+pub use migrate::{
+    AppliedMigration, MigrateError, MigrationReport, SchemaVersion, migrate, schema_version,
+};
 pub use notify::{
     NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
 };
@@ -85,6 +87,29 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnectError {
     url: String,
     cause: String,
+    transient: bool,
+}
+
+impl ConnectError {
+    /// Whether connecting again later may work: the server is down, starting, restarting or
+    /// full. False for what only a configuration change fixes (bad password, no such
+    /// database or role, a TLS setting the server refuses, an invalid URL).
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Whether a failed connection attempt is worth repeating (see [`ConnectError::is_transient`]).
+fn connect_error_is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        // 08: connection exception; 53: insufficient resources (too many clients);
+        // 57P01..57P03: the server shuts down, crashed or is starting up.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }),
+        _ => false,
+    }
 }
 
 /// Opens a pool of at most `max_connections` to `url` and checks that one connection works.
@@ -109,6 +134,7 @@ async fn connect_inner(
     let fail = |source: sqlx::Error| ConnectError {
         url: url.to_string(),
         cause: describe(&source),
+        transient: connect_error_is_transient(&source),
     };
     // sqlx logs statements slower than 1 s at WARN with their whole text; operator commands
     // (prune, replay --from-time) are slow on purpose. INFO keeps it one RUST_LOG away.

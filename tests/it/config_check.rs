@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
+use crate::harness::TestDb;
 use crate::harness::cli::{outbox_relay, run};
-use crate::harness::database_url;
 use crate::harness::redis::redis_url;
 use crate::harness::relay::TempDir;
 
@@ -146,11 +146,12 @@ fn names_every_problem_and_exits_2() {
     assert!(out.stderr.contains("redis.tls_ca"), "{}", out.stderr);
 }
 
-#[test]
-fn connect_says_whether_postgres_and_redis_answer() {
+#[tokio::test]
+async fn connect_says_whether_postgres_and_redis_answer() {
+    let db = TestDb::new().await;
     let out = run(outbox_relay().args([
         "--database-url",
-        &database_url("postgres"),
+        &db.url,
         "--redis-url",
         &redis_url(),
         "config",
@@ -160,6 +161,7 @@ fn connect_says_whether_postgres_and_redis_answer() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("connect.postgres"), "{}", out.stdout);
     assert!(out.stdout.contains("connect.redis"), "{}", out.stdout);
+    assert!(out.stdout.contains("connect.schema"), "{}", out.stdout);
     assert!(!out.stdout.contains("unreachable"), "{}", out.stdout);
 
     let out = run(outbox_relay().args([

@@ -31,5 +31,6 @@ mod relay_stall;
 mod runbook;
 mod sink;
 mod sql_publish;
+mod startup;
 mod telemetry;
 mod tls;

@@ -9,6 +9,8 @@
 -- outbox.deliveries: the retry state; a settled delivery's row is deleted.
 -- outbox.stream_marks: how far each group appended to each stream (moved with the cursor).
 -- outbox.schemas: SELECT, to decode every row through the version it names.
+-- outbox._sqlx_migrations: SELECT, so `run` can refuse a schema `migrate` has not brought up
+--   to date (and `config check --connect` report it).
 -- The operator views (outbox.group_status, outbox.stuck, outbox.dead_letters,
 --   outbox.xmin_holder): SELECT, for the relay's lag gauges, its stall report, and for
 --   `status`, `stuck` and `dead list` run as this role. The repair functions (outbox.retry_message, retry_dead, discard_dead) run with the caller's rights and
@@ -24,4 +26,5 @@ GRANT SELECT, INSERT, UPDATE ON outbox.consumer_groups TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.deliveries TO :"role";
 GRANT SELECT, INSERT, UPDATE ON outbox.stream_marks TO :"role";
 GRANT SELECT ON outbox.schemas TO :"role";
+GRANT SELECT ON outbox._sqlx_migrations TO :"role";
 GRANT SELECT ON outbox.group_status, outbox.stuck, outbox.dead_letters, outbox.xmin_holder TO :"role";

@@ -61,6 +61,13 @@ impl PrivatePostgres {
 
     /// Started with extra server settings, e.g. `("ssl", "on")`, `("hba_file", "/…/pg_hba.conf")`.
     pub fn start_with(settings: &[(&str, &str)]) -> PrivatePostgres {
+        let server = PrivatePostgres::initialized(settings);
+        server.start_server();
+        server
+    }
+
+    /// Created (initdb) on a port of its own, not running yet: [`PrivatePostgres::start_server`].
+    pub fn initialized(settings: &[(&str, &str)]) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
@@ -100,8 +107,17 @@ impl PrivatePostgres {
                 "UTF8",
             ],
         );
-        server.pg_ctl(&["start"]);
         server
+    }
+
+    /// Starts the server; it accepts connections when this returns.
+    pub fn start_server(&self) {
+        self.pg_ctl(&["start"]);
+    }
+
+    /// Stops the server (fast: connections are cut).
+    pub fn stop_server(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"]);
     }
 
     fn data(&self) -> String {
@@ -198,15 +214,24 @@ impl PrivateRedis {
     }
 
     fn start_with(tls: bool, extra: &[&str]) -> PrivateRedis {
-        let mut redis = PrivateRedis {
+        let mut redis = PrivateRedis::not_started(tls, extra);
+        redis.spawn();
+        redis
+    }
+
+    /// A port of its own and no server on it yet: [`PrivateRedis::start_again`] starts it.
+    pub fn reserved() -> PrivateRedis {
+        PrivateRedis::not_started(false, &[])
+    }
+
+    fn not_started(tls: bool, extra: &[&str]) -> PrivateRedis {
+        PrivateRedis {
             port: free_port(),
             dir: temp_dir("redis"),
             child: None,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             tls,
-        };
-        redis.spawn();
-        redis
+        }
     }
 
     /// A replica of the server on `master_port` (the master may come first or later).
@@ -250,7 +275,7 @@ impl PrivateRedis {
         self.spawn();
     }
 
-    /// Starts it again on the same port after [`PrivateRedis::stop`].
+    /// Starts it (again) on its port, after [`PrivateRedis::stop`] or [`PrivateRedis::reserved`].
     pub fn start_again(&mut self) {
         self.spawn();
     }
