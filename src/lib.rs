@@ -34,6 +34,10 @@
 //!   W3C `traceparent` propagation, and the logging setup.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
 
+// Nothing in the library writes to stdout: it belongs to the application (a `println!` would
+// also panic in `outbox-relay ... | head`).
+#![deny(clippy::print_stdout)]
+
 pub mod bench;
 pub mod config;
 pub mod handler;

@@ -1,5 +1,9 @@
 //! `outbox-relay`: parse the command line, set up logging, run the command, map the outcome
-//! to an exit code (0 ok, 1 runtime failure, 2 usage or configuration error).
+//! to an exit code (0 ok, 1 runtime failure, 2 usage or configuration error, 141 stdout closed
+//! by its reader, see `cli/output.rs`).
+
+// `println!` panics when the reader of stdout is gone: the commands print with `outln!`.
+#![deny(clippy::print_stdout)]
 
 mod cli;
 

@@ -53,7 +53,7 @@ pub async fn run(overrides: &Overrides, command: Command) -> anyhow::Result<()> 
         Ok(checked) => checked,
         Err(errors) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&invalid(&errors))?);
+                outln!("{}", serde_json::to_string_pretty(&invalid(&errors))?);
             }
             return Err(errors.into());
         }
@@ -63,7 +63,7 @@ pub async fn run(overrides: &Overrides, command: Command) -> anyhow::Result<()> 
         report["connect"] = connect(&config).await;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_text(&report);
     }
@@ -204,7 +204,7 @@ fn effective_route(raw: &RawRoute, route: &Route) -> Value {
 
 /// `key = value` lines, keys as in error messages (`groups[0].routes[1].url`); unset keys omitted.
 fn print_text(report: &Value) {
-    println!("configuration is valid");
+    outln!("configuration is valid");
     let mut lines = Vec::new();
     flatten("", &report["config"], &mut lines);
     if let Some(results) = report["connect"].as_object() {
@@ -219,7 +219,7 @@ fn print_text(report: &Value) {
     }
     let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     for (key, value) in lines {
-        println!("{key:width$} = {value}");
+        outln!("{key:width$} = {value}");
     }
 }
 

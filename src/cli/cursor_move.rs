@@ -201,12 +201,14 @@ pub fn print(report: &MoveReport, verb: &str) {
     } else {
         "will be"
     };
-    println!(
+    outln!(
         "{prefix}{verb} group `{}`: cursor {} → {}",
-        report.group, report.from, report.to
+        report.group,
+        report.from,
+        report.to
     );
     if report.from == report.to {
-        println!("nothing to do: the cursor is already there");
+        outln!("nothing to do: the cursor is already there");
         return;
     }
     let fate = if report.direction == "back" {
@@ -214,18 +216,20 @@ pub fn print(report: &MoveReport, verb: &str) {
     } else {
         "skipped (never delivered to this group)"
     };
-    println!(
+    outln!(
         "{} messages lie between: {} {would} {fate}",
-        report.messages, report.affected
+        report.messages,
+        report.affected
     );
     if report.with_delivery_row > 0 && report.deliveries_deleted.is_empty() {
-        println!(
+        outln!(
             "{} keep their retrying/blocked/dead delivery row (see `outbox-relay stuck --group {}`)",
-            report.with_delivery_row, report.group
+            report.with_delivery_row,
+            report.group
         );
     }
     if report.unrouted > 0 {
-        println!(
+        outln!(
             "{} are of topics the group does not route (passed over, nothing sent)",
             report.unrouted
         );
@@ -236,17 +240,17 @@ pub fn print(report: &MoveReport, verb: &str) {
         } else {
             "deleted"
         };
-        println!("{count} {status} delivery rows {verb}");
+        outln!("{count} {status} delivery rows {verb}");
     }
     if report.dry_run {
-        println!("nothing changed (run again with --yes to do it)");
+        outln!("nothing changed (run again with --yes to do it)");
         return;
     }
     if let Some(generation) = report.replay_generation {
-        println!("replay generation is now {generation}");
+        outln!("replay generation is now {generation}");
     }
     if let Some(owner) = &report.previous_owner {
-        println!(
+        outln!(
             "the lease was taken from relay `{owner}`; it picks the new cursor up at its next step"
         );
     }

@@ -125,14 +125,14 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
 
 fn print(letters: &[DeadLetter], json: bool, what: &str, none: &str) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(letters).expect("dead letters serialize")
         );
         return;
     }
     if letters.is_empty() {
-        println!("{none}");
+        outln!("{none}");
         return;
     }
     let mut table = super::table([
@@ -159,6 +159,6 @@ fn print(letters: &[DeadLetter], json: bool, what: &str, none: &str) {
             super::first_line(letter.last_error.as_deref().unwrap_or("-"), 80),
         ]);
     }
-    println!("{table}");
-    println!("{}: {}", what, letters.len());
+    outln!("{table}");
+    outln!("{}: {}", what, letters.len());
 }

@@ -76,15 +76,16 @@ pub fn load_config(overrides: &Overrides) -> Result<Config, outbox_relay::config
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let redis_url = config.require_redis_url()?;
-    println!(
+    outln!(
         "outbox-relay demo: Postgres {}, Redis {}",
-        config.database_url, redis_url
+        config.database_url,
+        redis_url
     );
     let pool = store::connect(&config.database_url, args.writers + 6).await?;
     let migrated = outbox_relay::migrate(&pool)
         .await
         .with_context(|| format!("migrating {}", config.database_url))?;
-    println!(
+    outln!(
         "migrate: {} of {} migrations applied now",
         migrated.applied.len(),
         migrated.known
@@ -107,7 +108,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     )
     .run(shutdown.clone());
     let relay = tokio::spawn(relay);
-    println!(
+    outln!(
         "relay: consumer group {group} forwarding demo.orders.* → {0}orders, demo.users.* → {0}users (demo.audit.* has no route)",
         redis.key_prefix
     );
@@ -176,7 +177,7 @@ impl Published {
 
     fn print(&self) {
         let committed = self.routed() + self.committed_unrouted;
-        println!(
+        outln!(
             "published: {committed} messages committed in {} transactions, {} rolled back with {} transactions, in {:.2} s ({:.0} msg/s)",
             self.transactions - self.rolled_back_transactions,
             self.rolled_back.len(),
@@ -288,7 +289,7 @@ async fn wait_until_drained(
     }
     let drained_at = Instant::now();
     if let Some(last_commit) = published.last_commit {
-        println!(
+        outln!(
             "relay: drained {:.1} ms after the last commit",
             drained_at
                 .saturating_duration_since(last_commit)
@@ -352,13 +353,13 @@ async fn check(
 ) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut latencies = Vec::new();
-    println!("landed:");
+    outln!("landed:");
     let mut streams: Vec<_> = landed.keys().copied().collect();
     streams.sort_unstable();
     for stream in streams {
         let entries = &landed[stream];
         let expected = &published.committed[stream];
-        println!(
+        outln!(
             "  {:<40} {:>6} entries",
             sink.stream_key(stream),
             entries.len()
@@ -396,14 +397,14 @@ async fn check(
             problems.push(format!("{stream}: positions not increasing"));
         }
     }
-    println!(
+    outln!(
         "  (passed over, no route)                  {:>6} messages",
         published.committed_unrouted
     );
     if !latencies.is_empty() {
         latencies.sort_unstable();
         let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-        println!(
+        outln!(
             "latency, insert → stream entry (includes the time each transaction stayed open): p50 {} ms, p99 {} ms, max {} ms",
             at(0.5),
             at(0.99),
@@ -417,7 +418,7 @@ async fn check(
             problems.join("; ")
         );
     }
-    println!(
+    outln!(
         "checked: all {} routed committed messages landed exactly once, none of the {} rolled-back ones, in position order per stream",
         published.routed(),
         published.rolled_back.len()
@@ -428,6 +429,6 @@ async fn check(
 async fn clean_up(pool: &PgPool, sink: &Sink, group: &str) -> anyhow::Result<()> {
     let keys = delete_keys_with_prefix(&mut sink.connection(), sink.key_prefix()).await?;
     store::consumer_groups_delete(pool, group).await?;
-    println!("cleaned up: {keys} Redis keys and the consumer group {group} (--keep keeps them)");
+    outln!("cleaned up: {keys} Redis keys and the consumer group {group} (--keep keeps them)");
     Ok(())
 }

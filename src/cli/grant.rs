@@ -46,7 +46,7 @@ impl From<Kind> for RoleKind {
 pub async fn run(overrides: &Overrides, args: Args) -> anyhow::Result<()> {
     let kind = RoleKind::from(args.kind);
     if args.print {
-        print!("{}", store::roles_grant_sql(kind, &args.role));
+        out!("{}", store::roles_grant_sql(kind, &args.role));
         return Ok(());
     }
     let config = Config::load(overrides)?;
@@ -54,7 +54,7 @@ pub async fn run(overrides: &Overrides, args: Args) -> anyhow::Result<()> {
     let granted = store::roles_grant(&pool, kind, &args.role).await;
     pool.close().await;
     granted?;
-    println!(
+    outln!(
         "granted {} privileges on schema outbox to role {}",
         kind.as_str(),
         store::quote_ident(&args.role)

@@ -65,7 +65,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
             let target = if to_start { Target::Start } else { Target::End };
             let report = cursor_move::move_cursor(config, &group, target, dry_run, true).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 cursor_move::print(&report, "reset");
             }
@@ -80,11 +80,11 @@ async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     pool.close().await;
     let groups = groups?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&groups)?);
+        outln!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
     }
     if groups.is_empty() {
-        println!("{}", super::NO_GROUPS_YET);
+        outln!("{}", super::NO_GROUPS_YET);
         return Ok(());
     }
     let mut table = super::table([
@@ -111,7 +111,7 @@ async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             group.lease_owner.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }
 
@@ -145,16 +145,16 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
         return Err(super::no_such_group(group));
     };
     match (paused, change.was_paused) {
-        (true, true) => println!("group `{group}` was already paused"),
+        (true, true) => outln!("group `{group}` was already paused"),
         (true, false) => {
-            println!("group `{group}` paused");
+            outln!("group `{group}` paused");
             if let Some(owner) = change.previous_owner {
-                println!("the lease was taken from relay `{owner}`; it stops at its next step");
+                outln!("the lease was taken from relay `{owner}`; it stops at its next step");
             }
         }
-        (false, false) => println!("group `{group}` was not paused"),
+        (false, false) => outln!("group `{group}` was not paused"),
         (false, true) => {
-            println!("group `{group}` resumed; a relay takes it at its next lease attempt")
+            outln!("group `{group}` resumed; a relay takes it at its next lease attempt")
         }
     }
     Ok(())

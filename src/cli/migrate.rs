@@ -18,12 +18,12 @@ pub async fn run(config: &Config, _args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("migrating {}", config.database_url))?;
     pool.close().await;
     if report.applied.is_empty() {
-        println!("outbox schema is up to date ({} migrations)", report.known);
+        outln!("outbox schema is up to date ({} migrations)", report.known);
     } else {
         for migration in &report.applied {
-            println!("applied {:04} {}", migration.version, migration.description);
+            outln!("applied {:04} {}", migration.version, migration.description);
         }
-        println!(
+        outln!(
             "outbox schema migrated: {} applied, {} known",
             report.applied.len(),
             report.known

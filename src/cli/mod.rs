@@ -1,4 +1,9 @@
 //! The `outbox-relay` command line: global flags, the command list, and one file per command.
+//! Commands print with `outln!` / `out!` (`output.rs`), never `println!` (denied in main.rs):
+//! `output.rs` says why.
+
+#[macro_use]
+mod output;
 
 mod bench;
 mod config;
@@ -30,7 +35,8 @@ use outbox_relay::config::{Config, ConfigErrors, Overrides};
 /// Configuration is layered: the TOML file (--config) < DATABASE_URL / REDIS_URL < OUTBOX_*
 /// variables (OUTBOX_PUBLISH__MAX_PAYLOAD_BYTES for [publish] max_payload_bytes) < flags.
 ///
-/// Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+/// Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 141 stdout closed by its
+/// reader (`| head`).
 #[derive(Debug, Parser)]
 #[command(name = "outbox-relay", version, max_term_width = 100)]
 pub struct Cli {

@@ -48,6 +48,6 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         }
     };
     pool.close().await;
-    println!("{message}");
+    outln!("{message}");
     Ok(())
 }

@@ -48,7 +48,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     pool.close().await;
     let report = result?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print(&report);
     }
@@ -97,25 +97,28 @@ async fn prune(pool: &sqlx::PgPool, args: &Args) -> anyhow::Result<PruneReport> 
 
 fn print(report: &PruneReport) {
     let Some(horizon) = &report.horizon else {
-        println!("no consumer groups: no message is known to be delivered, so nothing is pruned");
+        outln!("no consumer groups: no message is known to be delivered, so nothing is pruned");
         return;
     };
     let cutoff = report
         .cutoff
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if report.dry_run {
-        println!(
+        outln!(
             "dry run: {} messages written before {cutoff} would be deleted",
             report.deletable
         );
     } else {
-        println!(
+        outln!(
             "deleted {} messages written before {cutoff} in {} batches",
-            report.deleted, report.batches
+            report.deleted,
+            report.batches
         );
     }
-    println!(
+    outln!(
         "kept: {} referenced by a retrying, blocked or dead delivery; everything past the slowest group `{}` (cursor {})",
-        report.kept_for_deliveries, horizon.group, horizon.cursor
+        report.kept_for_deliveries,
+        horizon.group,
+        horizon.cursor
     );
 }

@@ -101,9 +101,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             "key": key,
             "position": position.map(|p| p.to_string()),
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("{id}");
+        outln!("{id}");
     }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
     let report = cursor_move::move_cursor(config, &args.group, target, dry_run, false).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         cursor_move::print(&report, "replay");
     }

@@ -27,7 +27,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         store::deliveries_retry_now(&pool, args.message_id, args.group.as_deref()).await?;
     pool.close().await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&deliveries)?);
+        outln!("{}", serde_json::to_string_pretty(&deliveries)?);
     }
     if deliveries.is_empty() {
         let scope = args
@@ -46,7 +46,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
                 (true, _) => "retrying, due now (attempts kept)",
                 (false, _) => "blocked behind an earlier message of its key; left as it is",
             };
-            println!("{} in group {}: {what}", args.message_id, delivery.group);
+            outln!("{} in group {}: {what}", args.message_id, delivery.group);
         }
     }
     if deliveries.iter().all(|d| !d.changed) {

@@ -114,14 +114,17 @@ async fn register(registry: &Registry, args: RegisterArgs) -> anyhow::Result<()>
         .register(&args.topic, definition, args.format, args.compat)
         .await?;
     if registered.created {
-        println!(
+        outln!(
             "registered {} version {} ({})",
-            registered.topic, registered.version, registered.compatibility
+            registered.topic,
+            registered.version,
+            registered.compatibility
         );
     } else {
-        println!(
+        outln!(
             "unchanged: identical to {} version {}",
-            registered.topic, registered.version
+            registered.topic,
+            registered.version
         );
     }
     Ok(())
@@ -155,11 +158,11 @@ async fn list(registry: &Registry, args: ListArgs) -> anyhow::Result<()> {
     let schemas = registry.list(args.topic.as_deref()).await?;
     if args.json {
         let listed: Vec<Listed<'_>> = schemas.iter().map(Listed::from).collect();
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     if schemas.is_empty() {
-        println!("no schemas registered (outbox-relay schema register --topic T --file F)");
+        outln!("no schemas registered (outbox-relay schema register --topic T --file F)");
         return Ok(());
     }
     let mut table = Table::new();
@@ -185,16 +188,16 @@ async fn list(registry: &Registry, args: ListArgs) -> anyhow::Result<()> {
                 .to_string(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }
 
 async fn show(registry: &Registry, args: ShowArgs) -> anyhow::Result<()> {
     let schema = registry.get(&args.topic, args.version).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&schema)?);
+        outln!("{}", serde_json::to_string_pretty(&schema)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(&schema.definition)?);
+        outln!("{}", serde_json::to_string_pretty(&schema.definition)?);
     }
     Ok(())
 }
@@ -221,19 +224,21 @@ async fn check(registry: &Registry, args: CheckArgs) -> anyhow::Result<()> {
             "version": validation.version,
             "errors": validation.errors,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else if valid {
-        println!(
+        outln!(
             "valid against {} version {}",
-            validation.topic, validation.version
+            validation.topic,
+            validation.version
         );
     } else {
-        println!(
+        outln!(
             "invalid against {} version {}:",
-            validation.topic, validation.version
+            validation.topic,
+            validation.version
         );
         for error in &validation.errors {
-            println!("  {error}");
+            outln!("  {error}");
         }
     }
     if !valid {

@@ -46,7 +46,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         notify_trigger,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
     }
@@ -55,7 +55,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 fn print_table(status: &Status) {
     if status.groups.is_empty() {
-        println!("{}", super::NO_GROUPS_YET);
+        outln!("{}", super::NO_GROUPS_YET);
         return;
     }
     let now = chrono::Utc::now();
@@ -89,7 +89,7 @@ fn print_table(status: &Status) {
             super::groups::state(group).to_owned(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     if let Some(holder) = &status.xmin_holder {
         let who = match (&holder.pid, &holder.prepared_gid) {
             (_, Some(gid)) => format!("prepared transaction '{gid}'"),
@@ -99,9 +99,9 @@ fn print_table(status: &Status) {
             ),
             (None, None) => "an unknown session".to_owned(),
         };
-        println!("held back by {who}, open for {:.1}s", holder.age_seconds);
+        outln!("held back by {who}, open for {:.1}s", holder.age_seconds);
     }
     if status.notify_trigger {
-        println!("NOTIFY trigger installed (wakeup = \"notify\" relays wake on commit)");
+        outln!("NOTIFY trigger installed (wakeup = \"notify\" relays wake on commit)");
     }
 }

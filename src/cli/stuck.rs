@@ -36,7 +36,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     pool.close().await;
     let stuck = stuck?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stuck)?);
+        outln!("{}", serde_json::to_string_pretty(&stuck)?);
     } else {
         print_table(&stuck);
     }
@@ -45,7 +45,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 fn print_table(stuck: &[StuckDelivery]) {
     if stuck.is_empty() {
-        println!("nothing stuck: no retrying, blocked or dead deliveries match");
+        outln!("nothing stuck: no retrying, blocked or dead deliveries match");
         return;
     }
     let now = chrono::Utc::now();
@@ -89,9 +89,9 @@ fn print_table(stuck: &[StuckDelivery]) {
             why,
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     let count = |status: &str| stuck.iter().filter(|r| r.status == status).count();
-    println!(
+    outln!(
         "{} stuck: {} retrying, {} blocked, {} dead",
         stuck.len(),
         count("retrying"),

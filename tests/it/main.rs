@@ -4,6 +4,7 @@ mod harness;
 
 mod bench;
 mod cli;
+mod closed_stdout;
 mod config_check;
 mod connection_budget;
 mod deep_json;

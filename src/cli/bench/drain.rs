@@ -53,28 +53,28 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 fn print_report(report: &DrainBenchReport) {
     let lower = report.against_lower_ceiling();
-    println!(
+    outln!(
         "backlog filled           {:>9.0} msg/s in {:>7.3} s (not measured against anything)",
         report.fill.per_second(),
         report.fill.elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "ceiling (a) plain SELECT {:>9.0} msg/s in {:>7.3} s",
         report.read_ceiling.per_second(),
         report.read_ceiling.elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "ceiling (b) XADD pipes   {:>9.0} msg/s in {:>7.3} s",
         report.append_ceiling.per_second(),
         report.append_ceiling.elapsed.as_secs_f64()
     );
-    println!("relay vs lower ceiling   {lower}");
+    outln!("relay vs lower ceiling   {lower}");
     match report.relay_peak_rss {
-        Some(bytes) => println!(
+        Some(bytes) => outln!(
             "relay peak RSS           {:.1} MiB",
             bytes as f64 / (1024.0 * 1024.0)
         ),
-        None => println!("relay peak RSS           unknown (no /proc)"),
+        None => outln!("relay peak RSS           unknown (no /proc)"),
     }
     let wall = report.relay.elapsed.as_secs_f64();
     match &report.stages {
@@ -84,15 +84,15 @@ fn print_report(report: &DrainBenchReport) {
                 .iter()
                 .map(|(stage, share)| format!("{stage} {:.1} %", share * 100.0))
                 .collect();
-            println!(
+            outln!(
                 "where the time went      {} (of {wall:.3} s wall)",
                 shares.join(" | ")
             );
         }
-        None if report.metrics_scraped => println!(
+        None if report.metrics_scraped => outln!(
             "where the time went      stage breakdown unavailable (the relay's /metrics has no outbox_stage_seconds_total)"
         ),
-        None => println!(
+        None => outln!(
             "where the time went      stage breakdown unavailable (the relay's /metrics did not answer)"
         ),
     }

@@ -57,7 +57,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 fn print_report(report: &FanoutBenchReport) {
     let n = report.settings.messages;
     for run in &report.runs {
-        println!(
+        outln!(
             "{:>2} group(s): deliveries {} | rows read {} = {:.3} per message, {:.3} per delivery",
             run.groups,
             run.comparison(),
@@ -68,14 +68,14 @@ fn print_report(report: &FanoutBenchReport) {
     }
     match report.growth() {
         Some(Growth::Linear) => {
-            println!("read cost grows linearly with groups: each group reads the outbox for itself")
+            outln!("read cost grows linearly with groups: each group reads the outbox for itself")
         }
         Some(Growth::Sublinear) => {
-            println!("read cost grows with groups, less than linearly (reads partly shared)")
+            outln!("read cost grows with groups, less than linearly (reads partly shared)")
         }
         Some(Growth::Flat) => {
-            println!("read cost per message stays flat as groups are added (reads shared)")
+            outln!("read cost per message stays flat as groups are added (reads shared)")
         }
-        None => println!("read cost growth: needs two group counts"),
+        None => outln!("read cost growth: needs two group counts"),
     }
 }

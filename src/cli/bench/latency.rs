@@ -92,27 +92,27 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 fn print_report(report: &LatencyBenchReport) {
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
-    println!(
+    outln!(
         "published {} messages in {:.1} s ({:.0} msg/s achieved), after {:.1} s of warm-up at the same rate (not counted)",
         report.published,
         report.publish_elapsed.as_secs_f64(),
         report.published as f64 / report.publish_elapsed.as_secs_f64(),
         report.settings.warmup.as_secs_f64(),
     );
-    println!(
+    outln!(
         "commit → entry: p50 {} | p95 {} | p99 {} | max {}",
         ms(report.quantile(0.50)),
         ms(report.quantile(0.95)),
         ms(report.quantile(0.99)),
         ms(report.quantile(1.0)),
     );
-    println!(
+    outln!(
         "publisher COMMIT took: p99 {} | max {} (a message waits for every older transaction)",
         ms(report.commit_quantile(0.99)),
         ms(report.commit_quantile(1.0)),
     );
     if let Some(idle) = &report.idle {
-        println!(
+        outln!(
             "idle for {:.1} s: {:.1} Postgres transactions/s, backend CPU {:.2} % of a core ({} backend(s) of the relay)",
             idle.seconds,
             idle.transactions_per_second,

@@ -85,8 +85,8 @@ async fn conclude<R>(
 
 /// The summary table on stdout, and the JSON file when asked for.
 fn finish(summary: &Summary, out: &JsonOut) -> anyhow::Result<()> {
-    println!();
-    println!("{}", summary_table(summary));
+    outln!();
+    outln!("{}", summary_table(summary));
     if let Some(path) = &out.json {
         let text = serde_json::to_string_pretty(summary).context("encoding the figures")?;
         std::fs::write(path, text + "\n")

@@ -66,7 +66,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let show = |report: &PublishBenchReport| {
         print_pair(&bench, &report.single, &report.batch);
         if let Some(notify) = &report.notify {
-            println!("with the NOTIFY trigger (ceiling: the same calls without it):");
+            outln!("with the NOTIFY trigger (ceiling: the same calls without it):");
             print_pair(&bench, &notify.single, &notify.batch);
         }
         report.summary()
@@ -76,12 +76,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 /// The single-message and the batch comparison, a line each.
 fn print_pair(bench: &PublishBench, single: &Comparison, batch: &Comparison) {
-    println!(
+    outln!(
         "publish_in_tx        {:>6} tx × 1   from {} tasks: {single}",
-        bench.single_messages, bench.concurrency
+        bench.single_messages,
+        bench.concurrency
     );
-    println!(
+    outln!(
         "publish_batch_in_tx  {:>6} tx × {:<3} from {} tasks: {batch}",
-        bench.batches, bench.batch_size, bench.concurrency
+        bench.batches,
+        bench.batch_size,
+        bench.concurrency
     );
 }

@@ -77,14 +77,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 }
 
 fn print_report(report: &RetryBenchReport) {
-    println!("drain with failures vs none {}", report.comparison());
-    println!(
+    outln!("drain with failures vs none {}", report.comparison());
+    outln!(
         "retried {} message(s) ({} webhook requests); extra time per retried message {:.3} ms",
         report.retried,
         report.requests,
         report.extra_seconds_per_retry() * 1000.0
     );
-    println!(
+    outln!(
         "outbox.deliveries rows written {} ({:.2} per retried message)",
         report.delivery_rows_written,
         report.delivery_rows_per_retry()
