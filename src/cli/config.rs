@@ -159,6 +159,8 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
         "groups": raw.groups.iter().zip(&config.groups).map(|(raw_group, group)| json!({
             "name": group.name,
             "ordering": group.ordering.as_str(),
+            "max_in_flight": group.max_in_flight,
+            "entry_fields": group.entry_fields.names(),
             "dead_letter_stream": group.dead_letter_stream,
             "routes": raw_group.routes.iter().zip(&group.routes)
                 .map(|(raw_route, route)| effective_route(raw_route, route))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::check::positive_ms;
-use super::{ConfigErrors, GroupConfig, RawGroup, RawRoute};
+use super::{
+    ConfigErrors, DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, RawGroup, RawRoute,
+};
 use crate::handler::http::HttpHandler;
 use crate::relay::entry_fields::{EntryField, EntryFields};
 use crate::relay::ordering::OrderingMode;
@@ -64,12 +66,24 @@ pub(super) fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<G
             .filter_map(|(r, route)| check_route(route, &format!("{at}.routes[{r}]"), errors))
             .collect();
         let entry_fields = check_entry_fields(group.entry_fields.as_deref(), &at, errors);
+        let max_in_flight = match group.max_in_flight {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(n @ 1..=MAX_IN_FLIGHT_LIMIT) => n as usize,
+            Some(n) => {
+                errors.push(
+                    &format!("{at}.max_in_flight"),
+                    format!("{n} is out of range: between 1 and {MAX_IN_FLIGHT_LIMIT}"),
+                );
+                DEFAULT_MAX_IN_FLIGHT
+            }
+        };
         groups.push(GroupConfig {
             name: group.name.clone(),
             routes,
             ordering,
             dead_letter_stream: group.dead_letter_stream.clone(),
             entry_fields,
+            max_in_flight,
         });
     }
     groups

@@ -197,7 +197,15 @@ pub struct GroupConfig {
     pub dead_letter_stream: Option<String>,
     /// The fields its stream entries carry.
     pub entry_fields: EntryFields,
+    /// How many handler calls may run at once ([`DEFAULT_MAX_IN_FLIGHT`] unless set).
+    pub max_in_flight: usize,
 }
+
+/// `[[groups]] max_in_flight` when unset.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
+/// The largest `[[groups]] max_in_flight` accepted.
+pub const MAX_IN_FLIGHT_LIMIT: u64 = 65_536;
 
 impl GroupConfig {
     /// A group with these routes, `key` ordering and no dead-letter stream.
@@ -208,6 +216,7 @@ impl GroupConfig {
             ordering: OrderingMode::default(),
             dead_letter_stream: None,
             entry_fields: EntryFields::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -617,6 +626,28 @@ mod tests {
             checked("[postgres]\nmax_connections = 2\n[relay]\nwakeup = \"notify\"\n"),
             Ok(2)
         );
+    }
+
+    #[test]
+    fn max_in_flight_defaults_to_256_and_has_bounds() {
+        let group = "[[groups]]\nname = \"g\"\n{}\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"s\"\n";
+        let checked = |setting: &str| {
+            let toml = format!(
+                "database_url = \"postgres://h/db\"\n{}",
+                group.replace("{}", setting)
+            );
+            Config::from_toml(&toml)
+                .map(|config| config.groups[0].max_in_flight)
+                .map_err(|errors| errors.to_string())
+        };
+        assert_eq!(checked(""), Ok(DEFAULT_MAX_IN_FLIGHT));
+        assert_eq!(checked("max_in_flight = 1"), Ok(1));
+        assert_eq!(checked("max_in_flight = 65536"), Ok(65_536));
+        for bad in ["max_in_flight = 0", "max_in_flight = 65537"] {
+            let error = checked(bad).unwrap_err();
+            assert!(error.contains("groups[0].max_in_flight: "), "{error}");
+            assert!(error.contains("between 1 and 65536"), "{error}");
+        }
     }
 
     #[test]

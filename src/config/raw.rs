@@ -171,6 +171,10 @@ pub struct RawGroup {
     /// be one of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry_fields: Option<Vec<String>>,
+    /// How many handler calls of this group may run at once (default 256): messages of one
+    /// key one after another, different keys concurrently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u64>,
     /// `[[groups.routes]]`: topic patterns and what to do with them, first match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,

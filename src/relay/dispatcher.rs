@@ -37,6 +37,8 @@ pub struct Dispatcher {
     pub jitter: fn() -> f64,
     /// The fields its stream entries carry.
     pub entry_fields: EntryFields,
+    /// How many handler calls may run at once (`[[groups]] max_in_flight`).
+    pub max_in_flight: usize,
 }
 
 /// Why a message produced nothing without failing.
@@ -83,6 +85,7 @@ impl Dispatcher {
             registry: None,
             jitter: rand::random::<f64>,
             entry_fields: EntryFields::default(),
+            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -211,6 +214,12 @@ impl Dispatcher {
                 attempts: attempt,
             },
         }
+    }
+
+    /// The same dispatcher running at most `max_in_flight` handler calls at once.
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Dispatcher {
+        self.max_in_flight = max_in_flight.max(1);
+        self
     }
 
     /// The same dispatcher writing only `entry_fields` into stream entries.

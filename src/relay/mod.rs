@@ -187,7 +187,8 @@ impl Relay {
                     group.dead_letter_stream,
                 )
                 .with_registry(self.registry.clone())
-                .with_entry_fields(group.entry_fields),
+                .with_entry_fields(group.entry_fields)
+                .with_max_in_flight(group.max_in_flight),
                 name: group.name,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),

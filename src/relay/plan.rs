@@ -30,9 +30,6 @@ use crate::sink::{LateAppend, LateEntry, StreamAppend, WrongType};
 use crate::store::{DeliveryStatus, NewDelivery, OutboxRow};
 use crate::telemetry::TopicTally;
 
-/// How many handler chains run at once.
-pub const HANDLER_CONCURRENCY: usize = 16;
-
 /// Counts of what a pass did, for logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -262,7 +259,7 @@ impl Dispatcher {
         for (_, members) in chains {
             calls.push(self.run_chain(rows, members).boxed());
         }
-        let results = run_concurrently(calls, false)
+        let results = run_concurrently(calls, self.max_in_flight, false)
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
@@ -383,15 +380,19 @@ impl Dispatcher {
     }
 }
 
-/// Runs `calls`, at most [`HANDLER_CONCURRENCY`] at a time; results in call order when
-/// `ordered`, else as they finish. (The futures are boxed before they get here: built inside a
-/// stream combinator's closure, their Send-ness cannot be proven, rust-lang/rust#102211.)
-pub(super) async fn run_concurrently<T>(calls: Vec<BoxFuture<'_, T>>, ordered: bool) -> Vec<T> {
+/// Runs `calls`, at most `limit` at a time; results in call order when `ordered`, else as
+/// they finish. (The futures are boxed before they get here: built inside a stream
+/// combinator's closure, their Send-ness cannot be proven, rust-lang/rust#102211.)
+pub(super) async fn run_concurrently<T>(
+    calls: Vec<BoxFuture<'_, T>>,
+    limit: usize,
+    ordered: bool,
+) -> Vec<T> {
     let calls = futures_util::stream::iter(calls);
     if ordered {
-        calls.buffered(HANDLER_CONCURRENCY).collect().await
+        calls.buffered(limit).collect().await
     } else {
-        calls.buffer_unordered(HANDLER_CONCURRENCY).collect().await
+        calls.buffer_unordered(limit).collect().await
     }
 }
 

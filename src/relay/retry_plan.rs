@@ -121,7 +121,7 @@ impl Dispatcher {
                 .boxed(),
             );
         }
-        let outcomes = run_concurrently(calls, true)
+        let outcomes = run_concurrently(calls, self.max_in_flight, true)
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;

@@ -18,6 +18,7 @@ mod privileges;
 mod publish;
 mod redis_faults;
 mod registry;
+mod relay_concurrency;
 mod relay_crash;
 mod relay_faults;
 mod relay_forward;

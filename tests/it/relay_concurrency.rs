@@ -1,0 +1,167 @@
+//! Handler calls in flight: `[[groups]] max_in_flight` bounds how many run at once (counted at
+//! the endpoint), and messages of one key are called one after another, in position order,
+//! however long each call takes, while different keys run concurrently.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::harness::redis::TestRedis;
+use crate::harness::relay::{InProcessRelay, keyed_message, publish_messages, relay_toml};
+use crate::harness::{TestDb, eventually};
+
+/// A webhook that takes `delay_ms` (or, for a payload with `"jitter": true`, a pseudo-random
+/// 0–19 ms) per call, counts the calls running at once and records each key's calls in the
+/// order they began; answers 200 with the payload as one output on stream `out`.
+#[derive(Clone)]
+struct Hook {
+    delay_ms: u64,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    calls: Arc<Mutex<HashMap<String, Vec<u64>>>>,
+}
+
+impl Hook {
+    fn new(delay_ms: u64) -> Hook {
+        Hook {
+            delay_ms,
+            running: Arc::default(),
+            peak: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    async fn start(&self) -> SocketAddr {
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(answer))
+            .with_state(self.clone());
+        crate::harness::serve_http(app).await
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(State(hook): State<Hook>, Json(body): Json<Value>) -> Json<Value> {
+    let payload = &body["payload"];
+    let n = payload["n"].as_u64().unwrap_or(0);
+    let key = payload["key"].as_str().unwrap_or_default().to_owned();
+    hook.calls.lock().unwrap().entry(key).or_default().push(n);
+    let running = hook.running.fetch_add(1, Ordering::SeqCst) + 1;
+    hook.peak.fetch_max(running, Ordering::SeqCst);
+    let delay = if payload["jitter"] == json!(true) {
+        n.wrapping_mul(7919) % 20
+    } else {
+        hook.delay_ms
+    };
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    hook.running.fetch_sub(1, Ordering::SeqCst);
+    Json(json!({"outputs": [{"stream": "out", "payload": payload}]}))
+}
+
+fn http_group(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[groups]]\nname = \"g\"\n{extra}\n[[groups.routes]]\ntopics = [\"*\"]\n\
+         handler = \"http\"\nurl = \"http://{addr}/hook\"\ntimeout_ms = 5000\n"
+    )
+}
+
+/// `count` messages, `n` = 0.., keyed round-robin over `keys` keys, in one transaction.
+async fn publish_keyed(db: &TestDb, count: u64, keys: u64, extra: Value) {
+    let messages = (0..count)
+        .map(|n| {
+            let mut payload = json!({"n": n, "key": format!("k{}", n % keys)});
+            if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+                payload.extend(extra.clone());
+            }
+            keyed_message("t", &payload)
+        })
+        .collect();
+    publish_messages(&db.pool, messages, true).await;
+}
+
+async fn drained(redis: &TestRedis, count: usize) {
+    eventually(
+        Duration::from_secs(60),
+        "every message appended",
+        || async { (redis.stream_len("out").await >= count).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn max_in_flight_bounds_the_handler_calls_at_once() {
+    for (setting, bound) in [("max_in_flight = 8", 8), ("", 256)] {
+        let db = TestDb::new().await;
+        let redis = TestRedis::new();
+        let hook = Hook::new(30);
+        let addr = hook.start().await;
+        publish_keyed(&db, 400, 400, json!({})).await;
+        let relay = InProcessRelay::start(&relay_toml(
+            &db,
+            &redis,
+            "batch_size = 500",
+            &http_group(addr, setting),
+        ))
+        .await;
+        drained(&redis, 400).await;
+        relay.stop().await;
+        let peak = hook.peak();
+        assert!(peak <= bound, "{setting:?}: {peak} calls at once");
+        if bound == 8 {
+            assert_eq!(peak, 8, "400 independent keys keep all 8 busy");
+        } else {
+            // More than the 16 a group could run before max_in_flight existed.
+            assert!(peak > 64, "default: only {peak} calls at once");
+        }
+        assert_eq!(redis.stream_len("out").await, 400);
+    }
+}
+
+#[tokio::test]
+async fn each_key_is_called_in_position_order_while_keys_run_concurrently() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let hook = Hook::new(0);
+    let addr = hook.start().await;
+    // 20 keys × 30 messages, interleaved; every call takes its own 0–19 ms.
+    publish_keyed(&db, 600, 20, json!({"jitter": true})).await;
+    let relay = InProcessRelay::start(&relay_toml(
+        &db,
+        &redis,
+        "batch_size = 100",
+        &http_group(addr, "max_in_flight = 64"),
+    ))
+    .await;
+    drained(&redis, 600).await;
+    relay.stop().await;
+    let calls = hook.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 20);
+    for (key, ns) in &calls {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(ns, &sorted, "key {key}: called out of order or twice");
+        assert_eq!(ns.len(), 30, "key {key}");
+    }
+    assert!(hook.peak() > 1, "keys ran one at a time");
+    // The stream holds each key's messages in position order, each once.
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for payload in redis.payloads("out").await {
+        per_key
+            .entry(payload["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(payload["n"].as_u64().unwrap());
+    }
+    for (key, ns) in per_key {
+        let expected: Vec<u64> = (0..600).filter(|n| format!("k{}", n % 20) == key).collect();
+        assert_eq!(ns, expected, "key {key} in the stream");
+    }
+}
