@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::RelayError;
 use super::dispatcher::Dispatcher;
@@ -32,6 +33,7 @@ use super::repair::StreamMarks;
 use super::stall::StallWatch;
 use super::tail::{ReadResult, SharedTail};
 use super::wakeup::{CHASE_POLL, Wakeup};
+use super::window::Window;
 use crate::config::RelaySettings;
 use crate::position::Position;
 use crate::registry::RegistryError;
@@ -50,7 +52,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub(super) struct GroupWorker {
     pub name: String,
-    pub dispatcher: Dispatcher,
+    pub dispatcher: Arc<Dispatcher>,
+    /// The messages read and not committed yet, with their handler calls running.
+    pub window: Window,
     pub pool: PgPool,
     pub sink: Sink,
     pub settings: RelaySettings,
@@ -177,10 +181,14 @@ impl GroupWorker {
     /// lease is released (at most [`RELEASE_TIMEOUT`]) if held.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = super::backoff(self.settings.max_backoff);
+        // Set when shutdown began during a step: the end of its grace.
+        let mut grace_ends = None;
         while !shutdown.is_cancelled() {
             // A notification from now on ends the idle wait after this step.
             self.notified_tx_id = self.wakeup.mark_seen();
-            let Some(stepped) = self.step_within_grace(&shutdown).await else {
+            let Some(stepped) = self.step_within_grace(&shutdown, &mut grace_ends).await else {
+                // Abandoned: the calls still running go with it.
+                self.window.reset();
                 break;
             };
             let pause = match stepped {
@@ -219,6 +227,9 @@ impl GroupWorker {
                 _ = wait => {}
             }
         }
+        let grace_ends =
+            grace_ends.unwrap_or_else(|| Instant::now() + self.settings.shutdown_grace);
+        self.finish_window(grace_ends).await;
         if tokio::time::timeout(RELEASE_TIMEOUT, self.release())
             .await
             .is_err()
@@ -241,6 +252,7 @@ impl GroupWorker {
     async fn step_within_grace(
         &mut self,
         shutdown: &CancellationToken,
+        grace_ends: &mut Option<Instant>,
     ) -> Option<Result<Step, RelayError>> {
         let grace = self.settings.shutdown_grace;
         let finished = {
@@ -250,6 +262,7 @@ impl GroupWorker {
                 stepped = &mut step => return Some(stepped),
                 () = shutdown.cancelled() => {}
             }
+            *grace_ends = Some(Instant::now() + grace);
             tokio::time::timeout(grace, step).await
         };
         if finished.is_err() {
@@ -259,6 +272,26 @@ impl GroupWorker {
                 "shutdown grace over; abandoning the work in flight to the next owner");
         }
         finished.ok()
+    }
+
+    /// On shutdown, the calls still running in the window get until `deadline` to finish
+    /// and be committed; what is left then is abandoned, unmarked, to the next owner.
+    async fn finish_window(&mut self, deadline: Instant) {
+        while !self.window.is_empty()
+            && let State::Active(lease) = self.state
+        {
+            let pass = self.forward_pass(lease, Admit::No);
+            match tokio::time::timeout_at(deadline.into(), pass).await {
+                Ok(Ok(Step::Standby)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::warn!(group = %self.name, in_window = self.window.len(),
+                        "shutdown grace over; abandoning the calls still running to the next owner");
+                    break;
+                }
+            }
+        }
+        self.window.reset();
     }
 
     /// Publishes this worker's state (and the lease gauge) when it changed.
@@ -336,6 +369,11 @@ impl GroupWorker {
             return self.try_acquire().await;
         };
         let retries_due = self.retries.due_now(Instant::now());
+        // The window's messages were decided against the parked keys as they are: it
+        // finishes (nothing more admitted) before a retry pass changes them.
+        if retries_due && !self.window.is_empty() {
+            return self.forward_pass(lease, Admit::No).await;
+        }
         let halted = halts_reading(self.dispatcher.ordering, &self.retries.parked);
         // Anything but a forward batch settles the last cursor update first.
         if (retries_due || halted)
@@ -355,7 +393,17 @@ impl GroupWorker {
         if halted {
             return self.renew_if_due(lease).await;
         }
-        self.forward_batch(lease).await
+        self.forward_pass(lease, Admit::Yes).await
+    }
+
+    /// [`GroupWorker::forward_batch`]; after a failure the window starts again from the
+    /// cursor (what it had taken out for the failed commit is read again, never skipped).
+    async fn forward_pass(&mut self, lease: Lease, admit: Admit) -> Result<Step, RelayError> {
+        let result = self.forward_batch(lease, admit).await;
+        if result.is_err() {
+            self.window.reset();
+        }
+        result
     }
 
     /// Re-reads the parked keys and when the next retry is due.
@@ -569,6 +617,8 @@ impl GroupWorker {
 
     pub(super) fn lost_lease(&mut self, lease: Lease, how: &str) -> Step {
         self.prefetch = None;
+        // The calls still running are aborted; nothing of theirs is committed.
+        self.window.reset();
         self.pending_advance = None;
         self.tail.release(&self.name);
         tracing::warn!(group = %self.name, epoch = lease.epoch, how, "lease lost; standing by");
@@ -649,26 +699,47 @@ impl GroupWorker {
         Ok(Step::Busy)
     }
 
-    async fn forward_batch(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
+    /// Reads more messages into the window (when `admit` and there is room), lets the calls
+    /// run until the window's first message is finished (not past the lease renewal), then
+    /// commits the finished prefix: failures recorded, entries appended, the cursor moved.
+    async fn forward_batch(&mut self, mut lease: Lease, admit: Admit) -> Result<Step, RelayError> {
         let started = Instant::now();
-        let rows = self
-            .read_batch(lease)
-            .await
-            .map_err(self.store_error("read the outbox"))?;
-        let Some(rows) = rows else {
-            return Ok(self.lost_lease(lease, "outbox read fenced"));
-        };
-        if rows.len() >= self.settings.batch_size
-            && let Some(last) = rows.last()
-        {
-            self.prefetch = Some(Prefetch::start(
-                &self.tail,
-                &self.name,
-                last.position,
-                self.settings.batch_size,
-            ));
+        let batch_size = self.settings.batch_size;
+        let mut read = None;
+        let room = self.window.len() + batch_size <= batch_size * WINDOW_BATCHES;
+        if admit == Admit::Yes && room && !self.window.is_halted() {
+            let from = self.window.read_through().unwrap_or(lease.cursor);
+            let rows = self
+                .read_batch(from)
+                .await
+                .map_err(self.store_error("read the outbox"))?;
+            let Some(rows) = rows else {
+                return Ok(self.lost_lease(lease, "outbox read fenced"));
+            };
+            if rows.len() >= batch_size
+                && let Some(last) = rows.last()
+            {
+                self.prefetch = Some(Prefetch::start(
+                    &self.tail,
+                    &self.name,
+                    last.position,
+                    batch_size,
+                ));
+            }
+            read = Some(rows.len());
+            if !rows.is_empty() {
+                let recorded = self.recorded_among(&rows).await?;
+                self.window
+                    .admit(rows, &recorded, &self.retries.parked)
+                    .await
+                    .map_err(self.registry_error())?;
+            }
         }
-        if rows.is_empty() {
+        let mut times = StageTimes {
+            read: started.elapsed(),
+            ..StageTimes::default()
+        };
+        if self.window.is_empty() {
             if let Some(step) = self.settle_advance(lease).await? {
                 return Ok(step);
             }
@@ -678,19 +749,40 @@ impl GroupWorker {
                 .map_err(self.store_error("check for stalls"))?;
             return self.renew_if_due(lease).await;
         }
-        let mut times = StageTimes {
-            read: started.elapsed(),
-            ..StageTimes::default()
-        };
-        let recorded = self.recorded_among(&rows).await?;
-        let planning = Instant::now();
-        let mut plan = self
-            .dispatcher
-            .first_pass(&rows, &recorded, &self.retries.parked)
+        let handling = Instant::now();
+        self.window
+            .collect_finished()
             .await
             .map_err(self.registry_error())?;
-        times.decode = plan.decode_time;
-        times.handle = planning.elapsed().saturating_sub(plan.decode_time);
+        if !self.window.head_finished() {
+            // A full read: read on while the calls run, rather than wait for them.
+            if read == Some(batch_size)
+                && self.window.len() + batch_size <= batch_size * WINDOW_BATCHES
+            {
+                return Ok(Step::Busy);
+            }
+            let renew_at = tokio::time::Instant::from_std(lease.renew_at);
+            tokio::select! {
+                finished = self.window.next_finished() => {
+                    finished.map_err(self.registry_error())?;
+                }
+                () = tokio::time::sleep_until(renew_at) => {}
+            }
+            if !self.window.head_finished() {
+                return Ok(match self.renew_if_due(lease).await? {
+                    Step::Standby => Step::Standby,
+                    _ => Step::Busy,
+                });
+            }
+            self.window
+                .collect_finished()
+                .await
+                .map_err(self.registry_error())?;
+        }
+        let (rows, steps) = self.window.take_finished(batch_size);
+        let mut plan = self.dispatcher.plan_batch(&rows, steps);
+        times.decode = self.window.take_decode_time();
+        times.handle = handling.elapsed().saturating_sub(times.decode);
         let recording = Instant::now();
         if let Some(last_failure) = plan.failures.last() {
             let recorded = store::deliveries_record(
@@ -720,6 +812,12 @@ impl GroupWorker {
             return Ok(step);
         }
         times.append = appending.elapsed();
+        // A failure recorded now holds back its chain's later messages still in the window;
+        // `strict` stopped at one: what lies after it is read again once it is done.
+        self.window.park(&plan.parks);
+        if plan.handled < rows.len() {
+            self.window.reset();
+        }
         self.dead_letters_copied(&plan).await?;
         let marks = self.marks.raise(&plan.appends, lease.replay_generation);
         let appended_at = chrono::Utc::now();
@@ -755,7 +853,10 @@ impl GroupWorker {
         lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
         self.state = State::Active(lease);
         Ok(
-            if rows.len() >= self.settings.batch_size || plan.handled < rows.len() {
+            if rows.len() >= self.settings.batch_size
+                || plan.handled < rows.len()
+                || !self.window.is_empty()
+            {
                 Step::Busy
             } else {
                 Step::Trickle
@@ -791,16 +892,16 @@ impl GroupWorker {
         Ok((!advanced).then(|| self.lost_lease(lease, "cursor update fenced")))
     }
 
-    /// The batch after the cursor: the prefetched one when it was read from there, else a
-    /// read now.
-    async fn read_batch(&mut self, lease: Lease) -> ReadResult {
+    /// The batch after `from`: the prefetched one when it was read from there, else a read
+    /// now.
+    async fn read_batch(&mut self, from: Position) -> ReadResult {
         if let Some(prefetch) = self.prefetch.take()
-            && let Some(read) = prefetch.take(lease.cursor).await
+            && let Some(read) = prefetch.take(from).await
         {
             return read;
         }
         self.tail
-            .read(&self.name, lease.cursor, self.settings.batch_size)
+            .read(&self.name, from, self.settings.batch_size)
             .await
     }
 
@@ -825,6 +926,7 @@ impl GroupWorker {
 
     /// Gives the lease up so a standby takes over at once; best effort (it expires anyway).
     async fn release(&mut self) {
+        self.window.reset();
         if let State::Active(lease) = self.state
             && let Err(error) = self.settle_advance(lease).await
         {
@@ -844,6 +946,18 @@ impl GroupWorker {
             self.state = State::Standby;
         }
     }
+}
+
+/// How many batches the window may hold: enough distinct keys to keep `max_in_flight` calls
+/// busy behind a slow one, with memory bounded.
+const WINDOW_BATCHES: usize = 4;
+
+/// Whether a pass may read more messages into the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Finish what is in the window first (a retry pass is due).
+    No,
 }
 
 /// Why an append did not go through, for the pass to act on.

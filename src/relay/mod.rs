@@ -20,7 +20,9 @@ pub mod route;
 mod stall;
 mod tail;
 mod wakeup;
+mod window;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -179,8 +181,8 @@ impl Relay {
             self.health.set(&group.name, WorkerHealth::Starting);
         }
         for group in self.groups {
-            let worker = group::GroupWorker {
-                dispatcher: Dispatcher::new(
+            let dispatcher = Arc::new(
+                Dispatcher::new(
                     group.name.clone(),
                     group.routes,
                     group.ordering,
@@ -189,6 +191,10 @@ impl Relay {
                 .with_registry(self.registry.clone())
                 .with_entry_fields(group.entry_fields)
                 .with_max_in_flight(group.max_in_flight),
+            );
+            let worker = group::GroupWorker {
+                window: window::Window::new(Arc::clone(&dispatcher)),
+                dispatcher,
                 name: group.name,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),

@@ -10,20 +10,22 @@
 //!              └─▶ dead      → dead row (+ dead-letter copy); parks nothing
 //! ```
 //! Messages of one chain (see [`super::ordering`]) are handled one after another, different
-//! chains concurrently; after a retry in its chain a message becomes `blocked` (`key`) or is
-//! not reached at all (`strict`: the cursor stops at the failing message).
+//! chains concurrently (see [`super::window`]); after a retry in its chain a message becomes
+//! `blocked` (`key`) or is not reached at all (`strict`: the cursor stops at the failing
+//! message).
 //!
 //! The retry pass over due deliveries is planned in [`super::retry_plan`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
 use uuid::Uuid;
 
 use super::dispatcher::{Dispatcher, Outcome, Skip};
 use super::ordering::{Chain, OrderingMode, Parked};
-use super::route::Action;
+use super::window::Window;
 use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, LateEntry, StreamAppend, WrongType};
@@ -193,111 +195,41 @@ fn new_delivery(
     }
 }
 
-/// What a chain's messages came to, by their index in the batch.
-type ChainResult = Result<Vec<(usize, Step)>, RegistryError>;
-
 /// One message's result in a first pass.
-#[derive(Debug)]
-enum Step {
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// It has a delivery row already (a re-read after a crash): the retry path has it.
     Recorded,
+    /// Its chain is parked: it waits as a blocked row.
     Blocked,
+    /// `strict`: the group stopped before it; it is read again later.
     NotReached,
     Handled(Outcome),
 }
 
 impl Dispatcher {
-    /// Plans the first pass over `rows` (position order). `recorded`: messages that already
-    /// have a delivery row; `parked`: the group's parked chains before this batch.
+    /// Plans the first pass over `rows` (position order) at once, waiting for every call:
+    /// the worker commits from a [`Window`] instead, as its messages finish; this serves the
+    /// re-derivation of lost entries (`repair`). `recorded`: messages that already have a
+    /// delivery row; `parked`: the group's parked chains.
     pub async fn first_pass(
-        &self,
+        self: &Arc<Self>,
         rows: &[OutboxRow],
         recorded: &HashSet<Uuid>,
         parked: &Parked,
     ) -> Result<BatchPlan, RegistryError> {
-        let mut steps: Vec<Option<Step>> = (0..rows.len()).map(|_| None).collect();
-        let mut chains: Vec<(Chain, Vec<usize>)> = Vec::new();
-        let mut chain_index: HashMap<Chain, usize> = HashMap::new();
-        let mut decode_time = std::time::Duration::ZERO;
-        for (i, row) in rows.iter().enumerate() {
-            if recorded.contains(&row.id) {
-                steps[i] = Some(Step::Recorded);
-                continue;
-            }
-            let route = self.route(row);
-            let calls_handler = matches!(route.map(|r| &r.action), Some(Action::Call { .. }));
-            // The common case — nothing parked, no handler call pending in this batch, none
-            // needed — is handled at once, without working out the message's chain.
-            if calls_handler || !chain_index.is_empty() || !parked.is_empty() {
-                let chain = self.ordering.chain(i, row);
-                if parked.holds(&chain) {
-                    steps[i] = Some(match self.ordering {
-                        OrderingMode::Strict => Step::NotReached,
-                        _ => Step::Blocked,
-                    });
-                    continue;
-                }
-                // A message waits for its chain's earlier handler calls; one that calls a
-                // handler itself starts (or joins) its chain.
-                if let Some(&c) = chain_index.get(&chain) {
-                    chains[c].1.push(i);
-                    continue;
-                }
-                if calls_handler {
-                    chain_index.insert(chain.clone(), chains.len());
-                    chains.push((chain, vec![i]));
-                    continue;
-                }
-            }
-            let decoding = std::time::Instant::now();
-            let decoded = self.decode(row).await?;
-            decode_time += decoding.elapsed();
-            steps[i] = Some(Step::Handled(
-                self.handle_routed(row, route, 1, decoded).await,
-            ));
-        }
-        let mut calls: Vec<BoxFuture<'_, ChainResult>> = Vec::with_capacity(chains.len());
-        for (_, members) in chains {
-            calls.push(self.run_chain(rows, members).boxed());
-        }
-        let results = run_concurrently(calls, self.max_in_flight, false)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, step) in results.into_iter().flatten() {
-            steps[i] = Some(step);
-        }
-        let mut plan = self.plan_batch(
-            rows,
-            steps.into_iter().map(|s| s.expect("every row has a step")),
-        );
-        plan.decode_time = decode_time;
+        let mut window = Window::new(Arc::clone(self));
+        window.admit(rows.to_vec(), recorded, parked).await?;
+        while window.next_finished().await? {}
+        let (rows, steps) = window.take_finished(usize::MAX);
+        debug_assert!(window.is_empty(), "every message is decided");
+        let mut plan = self.plan_batch(&rows, steps);
+        plan.decode_time = window.take_decode_time();
         Ok(plan)
     }
 
-    /// Handles a chain's messages in order; after a retry, the rest wait.
-    async fn run_chain(&self, rows: &[OutboxRow], members: Vec<usize>) -> ChainResult {
-        let mut results = Vec::with_capacity(members.len());
-        let mut stopped = false;
-        for i in members {
-            if stopped {
-                let waiting = match self.ordering {
-                    OrderingMode::Strict => Step::NotReached,
-                    _ => Step::Blocked,
-                };
-                results.push((i, waiting));
-                continue;
-            }
-            let decoded = self.decode(&rows[i]).await?;
-            let outcome = self.handle(&rows[i], 1, decoded).await;
-            stopped =
-                matches!(outcome, Outcome::Retry { .. }) && self.ordering != OrderingMode::None;
-            results.push((i, Step::Handled(outcome)));
-        }
-        Ok(results)
-    }
-
     /// Turns the steps into writes, up to the first message not reached.
-    fn plan_batch(&self, rows: &[OutboxRow], steps: impl Iterator<Item = Step>) -> BatchPlan {
+    pub(super) fn plan_batch(&self, rows: &[OutboxRow], steps: Vec<Step>) -> BatchPlan {
         let mut plan = BatchPlan::default();
         let mut streams = StreamIndex::default();
         for (i, (row, step)) in rows.iter().zip(steps).enumerate() {
@@ -552,7 +484,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn key_ordering_blocks_only_the_failing_key() {
-        let d = dispatcher(OrderingMode::Key);
+        let d = Arc::new(dispatcher(OrderingMode::Key));
         let plan = d
             .first_pass(&batch(), &HashSet::new(), &Parked::default())
             .await
@@ -586,7 +518,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn strict_ordering_stops_at_the_failing_message() {
-        let d = dispatcher(OrderingMode::Strict);
+        let d = Arc::new(dispatcher(OrderingMode::Strict));
         let rows = [
             row(1, "fwd", None, "ok"),
             row(2, "call", None, "fail"),
@@ -604,7 +536,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn no_ordering_lets_later_messages_pass() {
-        let d = dispatcher(OrderingMode::None);
+        let d = Arc::new(dispatcher(OrderingMode::None));
         let plan = d
             .first_pass(&batch(), &HashSet::new(), &Parked::default())
             .await
@@ -619,7 +551,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn recorded_messages_are_left_to_the_retry_path_and_parked_keys_wait() {
-        let d = dispatcher(OrderingMode::Key);
+        let d = Arc::new(dispatcher(OrderingMode::Key));
         let mut parked = Parked::default();
         parked.park(&Chain::Key("c".into()));
         let recorded: HashSet<Uuid> = [Uuid::from_u128(1)].into();
@@ -633,7 +565,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn two_outputs_of_one_message_to_one_stream_get_ordinals() {
-        let d = dispatcher(OrderingMode::Key);
+        let d = Arc::new(dispatcher(OrderingMode::Key));
         let plan = d
             .first_pass(
                 &[row(1, "call", None, "twice")],

@@ -1,6 +1,7 @@
 //! Handler calls in flight: `[[groups]] max_in_flight` bounds how many run at once (counted at
 //! the endpoint), and messages of one key are called one after another, in position order,
-//! however long each call takes, while different keys run concurrently.
+//! however long each call takes, while different keys run concurrently; a slow call holds
+//! back no other key's calls, across batch boundaries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +59,8 @@ async fn answer(State(hook): State<Hook>, Json(body): Json<Value>) -> Json<Value
     hook.peak.fetch_max(running, Ordering::SeqCst);
     let delay = if payload["jitter"] == json!(true) {
         n.wrapping_mul(7919) % 20
+    } else if let Some(ms) = payload["hang_ms"].as_u64() {
+        ms
     } else {
         hook.delay_ms
     };
@@ -164,4 +167,60 @@ async fn each_key_is_called_in_position_order_while_keys_run_concurrently() {
         let expected: Vec<u64> = (0..600).filter(|n| format!("k{}", n % 20) == key).collect();
         assert_eq!(ns, expected, "key {key} in the stream");
     }
+}
+
+#[tokio::test]
+async fn a_slow_call_holds_back_no_other_key_across_batches() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let hook = Hook::new(5);
+    let addr = hook.start().await;
+    // The first message (key `slow`) takes 3 s; then 300 messages over 30 other keys, spread
+    // over three batches of 100 after the first.
+    let mut messages = vec![keyed_message(
+        "t",
+        &json!({"n": 0, "key": "slow", "hang_ms": 3000}),
+    )];
+    messages.extend(
+        (1..=300).map(|n| keyed_message("t", &json!({"n": n, "key": format!("k{}", n % 30)}))),
+    );
+    publish_messages(&db.pool, messages, true).await;
+    let relay = InProcessRelay::start(&relay_toml(
+        &db,
+        &redis,
+        "batch_size = 100",
+        &http_group(addr, ""),
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "every other key called",
+        || async {
+            let calls = hook.calls.lock().unwrap();
+            let others: usize = calls
+                .iter()
+                .filter(|(k, _)| *k != "slow")
+                .map(|(_, ns)| ns.len())
+                .sum();
+            (others == 300).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the other keys waited for the slow call: {:?}",
+        started.elapsed()
+    );
+    drained(&redis, 301).await;
+    relay.stop().await;
+    let numbers: Vec<u64> = redis
+        .payloads("out")
+        .await
+        .iter()
+        .map(|p| p["n"].as_u64().unwrap())
+        .collect();
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..=300).collect::<Vec<_>>(), "each once");
 }
