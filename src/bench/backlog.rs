@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use super::publish::payload_of_size;
-use super::relay_process::{RelayProcess, phase};
+use super::relay_process::phase;
 use super::{BenchError, Measurement, Progress};
 use crate::position::Position;
 use crate::store;
@@ -84,11 +84,12 @@ impl Backlog<'_> {
 /// Waits until every group in `groups` has its cursor at `last`, showing the slowest
 /// group's progress (positions' `seq` count rows in a freshly filled backlog). One query per
 /// look whatever the number of groups, so watching 16 groups costs what watching one does.
+/// `check_alive` fails when the relay has stopped (`RelayProcess::check_alive`, say).
 pub(super) async fn wait_until_passed(
     pool: &PgPool,
     groups: &[String],
     last: Position,
-    relay: &mut RelayProcess,
+    mut check_alive: impl FnMut() -> Result<(), BenchError>,
     progress: &dyn Progress,
 ) -> Result<(), BenchError> {
     loop {
@@ -97,7 +98,7 @@ pub(super) async fn wait_until_passed(
             return Ok(());
         }
         progress.advance_to(slowest.seq.max(0) as u64);
-        relay.check_alive()?;
+        check_alive()?;
         // Coarse enough to cost the machine under test next to nothing (a 5 ms poll took
         // ~10 % of a core from the relay it was timing), fine enough for runs of seconds.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -105,7 +106,10 @@ pub(super) async fn wait_until_passed(
 }
 
 /// The lowest cursor among `groups`; the start of the outbox while any has no row yet.
-async fn slowest_cursor(pool: &PgPool, groups: &[String]) -> Result<Position, BenchError> {
+pub(super) async fn slowest_cursor(
+    pool: &PgPool,
+    groups: &[String],
+) -> Result<Position, BenchError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT g.cursor_tx_id::text, g.cursor_seq FROM outbox.consumer_groups g \
           WHERE g.name = ANY($1)",

@@ -182,7 +182,14 @@ impl DrainBench {
         let started = Instant::now();
         let mut relay =
             RelayProcess::start_with_http(&self.relay_exe, database_url, redis_url, &toml)?;
-        wait_until_passed(pool, &[GROUP.to_owned()], last, &mut relay, progress).await?;
+        wait_until_passed(
+            pool,
+            &[GROUP.to_owned()],
+            last,
+            || relay.check_alive(),
+            progress,
+        )
+        .await?;
         let relay_measurement = Measurement {
             messages: self.messages,
             elapsed: started.elapsed(),

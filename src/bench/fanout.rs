@@ -239,7 +239,7 @@ impl FanoutBench {
         );
         let started = Instant::now();
         let mut relay = scratch.start_relay(&self.relay_exe, &toml)?;
-        wait_until_passed(&pool, &names, last, &mut relay, progress).await?;
+        wait_until_passed(&pool, &names, last, || relay.check_alive(), progress).await?;
         let elapsed = started.elapsed();
         relay.stop().await?;
         progress.phase("waiting for Postgres' statistics", None);

@@ -2,21 +2,23 @@
 //! taken in the same run against the configured Postgres, in a scratch database that is
 //! created for the run and dropped after it.
 //!
-//! One module per scenario (`publish`, `drain`, `latency`, `fanout`, `retry`); the relay
-//! scenarios share a [`RelayScratch`] (database + key prefix), a real relay process, a
-//! backlog filler, and Postgres' own counters ([`pg_activity`]). Every report turns into a
-//! [`Summary`]: the lines of the summary table and the `--json` document.
+//! One module per scenario (`publish`, `drain`, `latency`, `fanout`, `retry`, `handler`);
+//! the relay scenarios share a [`RelayScratch`] (database + key prefix), a real relay
+//! process, a backlog filler, and Postgres' own counters ([`pg_activity`]). Every report
+//! turns into a [`Summary`]: the lines of the summary table and the `--json` document.
 
 mod backlog;
 mod drain;
 mod fanout;
 mod flaky_endpoint;
+mod handler;
 mod latency;
 pub mod pg_activity;
 mod progress;
 mod publish;
 mod relay_process;
 mod retry;
+mod slow_endpoint;
 pub mod stages;
 mod summary;
 
@@ -27,6 +29,7 @@ use sqlx::PgPool;
 
 pub use drain::{DrainBench, DrainBenchReport};
 pub use fanout::{FanoutBench, FanoutBenchReport, FanoutRun, Growth};
+pub use handler::{HandlerBench, HandlerBenchReport, HandlerRun};
 pub use latency::{LatencyBench, LatencyBenchReport};
 pub use pg_activity::IdleCost;
 pub use progress::{Progress, Silent};

@@ -225,7 +225,14 @@ impl RetryBench {
         relay: &mut RelayProcess,
         progress: &dyn Progress,
     ) -> Result<(), BenchError> {
-        wait_until_passed(pool, &[group.to_owned()], last, relay, progress).await?;
+        wait_until_passed(
+            pool,
+            &[group.to_owned()],
+            last,
+            || relay.check_alive(),
+            progress,
+        )
+        .await?;
         progress.phase(
             "waiting for every message to be accepted",
             Some(self.messages),

@@ -285,3 +285,74 @@ async fn bench_retry_retries_exactly_the_marked_messages_once() {
     );
     assert_cleaned_up(&db, &redis, &out).await;
 }
+
+#[tokio::test]
+async fn bench_handler_calls_every_message_once_within_max_in_flight() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    // The group default (256) with 50 keys, then --max-in-flight 4: the endpoint and the Rust
+    // handler never see more calls at once than that.
+    for (extra, max_in_flight) in [(None, 256_u64), (Some("4"), 4)] {
+        let mut args = vec![
+            "handler",
+            "--messages",
+            "300",
+            "--keys",
+            "50",
+            "--latency-ms",
+            "5",
+        ];
+        if let Some(n) = extra {
+            args.extend(["--max-in-flight", n]);
+        }
+        let (out, json) = bench_json(&db, &redis, &args);
+        assert_summary(&out, &json, "handler");
+        let parameters = &json["parameters"];
+        assert_eq!(parameters["messages"], 300, "{json}");
+        assert_eq!(parameters["keys"], 50, "{json}");
+        let details = &json["details"];
+        assert_eq!(details["max_in_flight"], max_in_flight, "{json}");
+        // min(keys 50, max_in_flight) calls of 5 ms at once.
+        let concurrency = 50.min(max_in_flight);
+        assert_eq!(details["ideal_concurrency"], concurrency, "{json}");
+        let ideal = details["ideal_per_second"].as_f64().unwrap();
+        assert!((ideal - concurrency as f64 * 200.0).abs() < 1e-6, "{json}");
+        for (phase, what) in [
+            ("http", "http route vs ideal"),
+            ("rust", "custom Rust handler vs ideal"),
+        ] {
+            let run = &details[phase];
+            assert_eq!(run["messages"], 300, "{json}");
+            assert_eq!(run["calls"], 300, "every message called once: {json}");
+            let peak = run["peak_in_flight"].as_u64().unwrap();
+            assert!(
+                (1..=concurrency).contains(&peak),
+                "{phase}: peak {peak}: {json}"
+            );
+            let first_call = run["first_call_seconds"].as_f64().unwrap();
+            assert!(first_call > 0.0, "{json}");
+            let steady = run["per_second_from_first_call"].as_f64().unwrap();
+            assert!(steady >= run["per_second"].as_f64().unwrap(), "{json}");
+            let figures = json_line(&json, what);
+            assert_eq!(figures["ceiling"].as_f64().unwrap(), ideal, "{json}");
+            assert_eq!(figures["ratio"], run["ratio"], "{json}");
+            let printed = line(&out, &format!("{phase}: "));
+            assert!(
+                printed.contains(&format!(
+                    "(min(keys 50, max_in_flight {max_in_flight}) / 5 ms), ratio "
+                )),
+                "{printed}"
+            );
+            assert!(
+                printed.contains(&format!("peak {peak} calls at once")),
+                "{printed}"
+            );
+            assert!(printed.contains("300 calls for 300 messages"), "{printed}");
+            assert!(
+                printed.contains(&format!("first call after {first_call:.3} s, from it ")),
+                "{printed}"
+            );
+        }
+        assert_cleaned_up(&db, &redis, &out).await;
+    }
+}

@@ -4,6 +4,7 @@
 
 mod drain;
 mod fanout;
+mod handler;
 mod latency;
 mod publish;
 mod retry;
@@ -42,6 +43,13 @@ pub enum Scenario {
     ///
     /// Example: outbox-relay bench retry --messages 20000
     Retry(retry::Args),
+    /// A backlog keyed over --keys keys handled through a handler that takes --latency-ms per
+    /// call: an http route to a local webhook (a real `outbox-relay run` process), then a
+    /// custom Rust handler (an in-process relay). Each rate next to the ideal,
+    /// min(keys, max_in_flight) / latency, with the most calls seen running at once.
+    ///
+    /// Example: outbox-relay bench handler --messages 5000 --keys 500 --latency-ms 20 --max-in-flight 16
+    Handler(handler::Args),
 }
 
 /// `--json FILE`, common to every scenario.
@@ -60,6 +68,7 @@ pub async fn run(config: &outbox_relay::config::Config, scenario: Scenario) -> a
         Scenario::Latency(args) => latency::run(config, args).await,
         Scenario::Fanout(args) => fanout::run(config, args).await,
         Scenario::Retry(args) => retry::run(config, args).await,
+        Scenario::Handler(args) => handler::run(config, args).await,
     }
 }
 
