@@ -1,7 +1,8 @@
 //! Handler calls in flight: `[[groups]] max_in_flight` bounds how many run at once (counted at
 //! the endpoint), and messages of one key are called one after another, in position order,
 //! however long each call takes, while different keys run concurrently; a slow call holds
-//! back no other key's calls, across batch boundaries.
+//! back no other key's calls, across batch boundaries; kill -9 with hundreds of calls in
+//! flight appends each message exactly once and moves the cursor past finished messages only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,9 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{InProcessRelay, keyed_message, publish_messages, relay_toml};
+use crate::harness::relay::{
+    InProcessRelay, RelayProcess, TempDir, keyed_message, publish_messages, relay_toml,
+};
 use crate::harness::{TestDb, eventually};
 
 /// A webhook that takes `delay_ms` (or, for a payload with `"jitter": true`, a pseudo-random
@@ -223,4 +226,92 @@ async fn a_slow_call_holds_back_no_other_key_across_batches() {
     let mut sorted = numbers.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..=300).collect::<Vec<_>>(), "each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_hundreds_of_calls_in_flight_appends_each_message_once() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let hook = Hook::new(0);
+    let addr = hook.start().await;
+    let dir = TempDir::new(&format!("{}-in-flight", db.name));
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "batch_size = 200\nidle_poll_ms = 2\nlease_ttl_ms = 300",
+            &http_group(addr, "max_in_flight = 256"),
+        ),
+    );
+    // 3,000 messages over 300 keys; every call takes its own 0–19 ms.
+    publish_keyed(&db, 3000, 300, json!({"jitter": true})).await;
+    for round in 0..5 {
+        let relay = RelayProcess::start(&config, "relay");
+        // Killed mid-drain: some batches appended, hundreds of calls running.
+        let progress = 400 * (round + 1);
+        eventually(Duration::from_secs(30), "appends under way", || async {
+            (redis.stream_len("out").await >= progress).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(7 * round as u64)).await;
+        let in_flight = hook.running.load(Ordering::SeqCst);
+        relay.kill9();
+        // The cursor never passes a message whose entry is not in the stream.
+        let cursor: (i64, i64) = sqlx::query_as(
+            "SELECT g.cursor_tx_id::text::bigint, g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let passed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.messages m WHERE (m.tx_id::text::bigint, m.seq) <= ($1, $2)",
+        )
+        .bind(cursor.0)
+        .bind(cursor.1)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let appended = redis.stream_len("out").await as i64;
+        eprintln!(
+            "round {round}: killed with {in_flight} calls in flight, cursor past {passed}, {appended} appended"
+        );
+        assert!(
+            passed <= appended,
+            "the cursor passed {passed} messages, {appended} appended"
+        );
+        if appended >= 3000 {
+            break;
+        }
+    }
+    let relay = RelayProcess::start(&config, "relay");
+    drained(&redis, 3000).await;
+    drop(relay);
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for payload in redis.payloads("out").await {
+        per_key
+            .entry(payload["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(payload["n"].as_u64().unwrap());
+    }
+    let total: usize = per_key.values().map(Vec::len).sum();
+    assert_eq!(total, 3000, "each message appended once");
+    for (key, ns) in per_key {
+        let expected: Vec<u64> = (0..3000)
+            .filter(|n| format!("k{}", n % 300) == key)
+            .collect();
+        assert_eq!(ns, expected, "key {key}: in position order, each once");
+    }
+    // Every message was called at least once (some twice: their calls were cut by a kill).
+    let calls = hook.calls.lock().unwrap();
+    let called: usize = calls
+        .values()
+        .map(|ns| {
+            let mut unique = ns.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            unique.len()
+        })
+        .sum();
+    assert_eq!(called, 3000);
 }
