@@ -2,7 +2,9 @@
 //! the endpoint), and messages of one key are called one after another, in position order,
 //! however long each call takes, while different keys run concurrently; a slow call holds
 //! back no other key's calls, across batch boundaries; kill -9 with hundreds of calls in
-//! flight appends each message exactly once and moves the cursor past finished messages only.
+//! flight appends each message exactly once and moves the cursor past finished messages only;
+//! a relay frozen past its lease with calls in flight neither appends nor moves the cursor
+//! when it wakes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{
-    InProcessRelay, RelayProcess, TempDir, keyed_message, publish_messages, relay_toml,
+    InProcessRelay, RelayProcess, TempDir, keyed_message, lease_owner, publish_messages, relay_toml,
 };
 use crate::harness::{TestDb, eventually};
 
@@ -314,4 +316,95 @@ async fn kill_9_with_hundreds_of_calls_in_flight_appends_each_message_once() {
         })
         .sum();
     assert_eq!(called, 3000);
+}
+
+async fn cursor(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn owned_by(db: &TestDb, relay: &RelayProcess) -> Option<()> {
+    let owner = lease_owner(db).await?;
+    owner.contains(&format!(":{}:", relay.pid())).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_frozen_past_its_lease_with_calls_in_flight_appends_nothing_when_it_wakes() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let hook = Hook::new(0);
+    let addr = hook.start().await;
+    let dir = TempDir::new(&format!("{}-frozen", db.name));
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "batch_size = 100\nidle_poll_ms = 2\nlease_ttl_ms = 400",
+            &http_group(addr, ""),
+        ),
+    );
+    publish_keyed(&db, 2000, 200, json!({"jitter": true})).await;
+    let stale = RelayProcess::start(&config, "stale");
+    eventually(Duration::from_secs(20), "appends under way", || async {
+        (redis.stream_len("out").await >= 300).then_some(())
+    })
+    .await;
+    stale.signal("STOP");
+    let fresh = RelayProcess::start(&config, "fresh");
+    eventually(
+        Duration::from_secs(10),
+        "the fresh relay holding the lease",
+        || async { owned_by(&db, &fresh).await },
+    )
+    .await;
+    drained(&redis, 2000).await;
+    eventually(Duration::from_secs(10), "the cursor at the end", || async {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (lag == 0).then_some(())
+    })
+    .await;
+    let cursor_before = cursor(&db).await;
+
+    // Awake, its calls answer and its window commits: every write must be refused.
+    stale.signal("CONT");
+    eventually(
+        Duration::from_secs(10),
+        "the stale relay noticing",
+        || async { stale.log().contains("lease lost").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        owned_by(&db, &fresh).await.is_some(),
+        "the fresh relay keeps the lease"
+    );
+    assert_eq!(
+        cursor(&db).await,
+        cursor_before,
+        "the stale relay moved the cursor"
+    );
+    assert_eq!(
+        redis.stream_len("out").await,
+        2000,
+        "the stale relay appended"
+    );
+    drop((stale, fresh));
+    let mut numbers: Vec<u64> = redis
+        .payloads("out")
+        .await
+        .iter()
+        .map(|p| p["n"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..2000).collect::<Vec<_>>(), "each once");
 }
