@@ -110,7 +110,12 @@ impl RetryState {
     }
 
     fn due_now(&self, now: Instant) -> bool {
-        now >= self.scan_at || self.due_at.is_some_and(|due| now >= due)
+        now >= self.scan_at || self.retry_due(now)
+    }
+
+    /// Whether a retry's time has come (not only the periodic look at the rows).
+    fn retry_due(&self, now: Instant) -> bool {
+        self.due_at.is_some_and(|due| now >= due)
     }
 
     /// The soonest moment the worker must look at its retries.
@@ -368,12 +373,21 @@ impl GroupWorker {
         let State::Active(lease) = self.state else {
             return self.try_acquire().await;
         };
-        let retries_due = self.retries.due_now(Instant::now());
-        // The window's messages were decided against the parked keys as they are: it
-        // finishes (nothing more admitted) before a retry pass changes them.
-        if retries_due && !self.window.is_empty() {
-            return self.forward_pass(lease, Admit::No).await;
+        let now = Instant::now();
+        if !self.window.is_empty() && self.retries.due_now(now) {
+            // The window's messages were decided against the parked keys as they are: it
+            // finishes (nothing more admitted) before a retry pass releases any.
+            if self.retries.retry_due(now) {
+                return self.forward_pass(lease, Admit::No).await;
+            }
+            // Only the periodic look at the rows (operators' changes): no pass, no barrier.
+            self.refresh_parked().await?;
+            if self.retries.retry_due(Instant::now()) {
+                return self.forward_pass(lease, Admit::No).await;
+            }
         }
+        // A retry pass runs on an empty window only.
+        let retries_due = self.window.is_empty() && self.retries.due_now(Instant::now());
         let halted = halts_reading(self.dispatcher.ordering, &self.retries.parked);
         // Anything but a forward batch settles the last cursor update first.
         if (retries_due || halted)
