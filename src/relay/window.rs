@@ -16,7 +16,8 @@
 //! `strict`: nothing after it is reached); the worker parks the group's chains for good when
 //! it records the failure.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,9 @@ pub(super) struct Window {
     /// Per chain, its messages admitted and not decided yet, in position order; the first
     /// one runs (or waits in `ready` for a free call).
     lanes: HashMap<Chain, VecDeque<u64>>,
-    /// Messages first in their lane, waiting for one of the `max_in_flight` calls.
-    ready: VecDeque<u64>,
+    /// Messages first in their lane, waiting for one of the `max_in_flight` calls: the oldest
+    /// goes first, so the finished prefix (what a commit can take) grows as fast as it can.
+    ready: BinaryHeap<Reverse<u64>>,
     calls: JoinSet<CallResult>,
     /// Chains a retry in the window parked: their later messages are blocked.
     parked: HashSet<Chain>,
@@ -70,7 +72,7 @@ impl Window {
             slots: VecDeque::new(),
             first_seq: 0,
             lanes: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: BinaryHeap::new(),
             calls: JoinSet::new(),
             parked: HashSet::new(),
             halted: false,
@@ -259,7 +261,7 @@ impl Window {
         }
         let slots = &self.slots;
         self.ready
-            .retain(|seq| slots[(seq - first_seq) as usize].step.is_none());
+            .retain(|Reverse(seq)| slots[(seq - first_seq) as usize].step.is_none());
     }
 
     /// How a message held back by its parked chain ends this pass.
@@ -294,12 +296,22 @@ impl Window {
         Ok(())
     }
 
-    /// Starts `seq`'s call, or queues it for the next free one.
+    /// Queues `seq`'s call and starts the oldest waiting ones while calls are free.
     fn start(&mut self, seq: u64) {
-        if self.calls.len() >= self.dispatcher.max_in_flight {
-            self.ready.push_back(seq);
-            return;
+        self.ready.push(Reverse(seq));
+        self.fill();
+    }
+
+    /// Starts the oldest waiting calls while fewer than `max_in_flight` run.
+    fn fill(&mut self) {
+        while self.calls.len() < self.dispatcher.max_in_flight
+            && let Some(Reverse(seq)) = self.ready.pop()
+        {
+            self.spawn(seq);
         }
+    }
+
+    fn spawn(&mut self, seq: u64) {
         let dispatcher = Arc::clone(&self.dispatcher);
         let row = self.slot(seq).row.clone();
         self.calls.spawn(async move {
@@ -337,12 +349,8 @@ impl Window {
                 self.advance(&chain, seq).await?;
             }
         }
-        // Its call is free for the next message waiting.
-        while self.calls.len() < self.dispatcher.max_in_flight
-            && let Some(next) = self.ready.pop_front()
-        {
-            self.start(next);
-        }
+        // Its call is free for the oldest message waiting.
+        self.fill();
         Ok(())
     }
 
