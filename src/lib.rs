@@ -25,7 +25,7 @@
 //! - [`relay`]: [`relay::Relay`] — per consumer group, a lease-holding worker tails the outbox
 //!   from the group's cursor, decodes and routes each message, runs its handler, appends to
 //!   Redis, then advances the cursor; failures are kept in `outbox.deliveries` and retried.
-//! - [`handler`]: the [`handler::Handler`] trait and the built-in `http` handler.
+//! - [`handler`]: the [`handler::Handler`] trait and the built-in `http` and `exec` handlers.
 //! - [`json`]: JSON of any nesting depth Postgres accepts (parse, print, drop, validate).
 //! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
 //! - [`sink`]: the effectively-once append to Redis Streams (one optimistic transaction per batch).

@@ -2,7 +2,8 @@
 //! (file < `DATABASE_URL`/`REDIS_URL` < `OUTBOX_*` < flags), and prints the effective result
 //! with every default filled in and every secret redacted: URL passwords (as
 //! [`ConnectionUrl`] prints them), the query values of http routes' URLs (as [`WebhookUrl`]
-//! prints them) and the values of http routes' headers.
+//! prints them), the values of http routes' headers and the arguments of exec routes'
+//! commands (the program is shown, resolved on `PATH` when given as a bare name).
 //!
 //! [`ConnectionUrl`]: outbox_relay::config::ConnectionUrl
 //! [`WebhookUrl`]: outbox_relay::config::WebhookUrl
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 use outbox_relay::config::{
     Config, ConfigErrors, Overrides, RawConfig, RawRoute, redact_headers, redact_webhook_url,
 };
+use outbox_relay::handler::exec::ExecHandler;
 use outbox_relay::relay::route::Route;
 use outbox_relay::sink::Sink;
 use outbox_relay::store;
@@ -169,8 +171,9 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
     })
 }
 
-/// One route as configured (handler, stream, url, headers) with the checked timeout and retry
-/// policy; the URL's password and query values and every header value redacted.
+/// One route as configured (handler, stream, url, headers, command) with the checked timeout
+/// and retry policy; the URL's password and query values, every header value and every
+/// argument of the command redacted (the command's program is the one that runs).
 fn effective_route(raw: &RawRoute, route: &Route) -> Value {
     #[derive(Serialize)]
     struct EffectiveRoute<'a> {
@@ -182,6 +185,8 @@ fn effective_route(raw: &RawRoute, route: &Route) -> Value {
         url: Option<String>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<&'a str, &'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<Vec<String>>,
         timeout_ms: u64,
         max_attempts: u32,
         backoff_initial_ms: u64,
@@ -195,6 +200,12 @@ fn effective_route(raw: &RawRoute, route: &Route) -> Value {
         stream: raw.stream.as_deref(),
         url: raw.url.as_deref().map(redact_webhook_url),
         headers,
+        // Checked already: building it again resolves the program the same way.
+        command: raw
+            .command
+            .as_deref()
+            .and_then(|command| ExecHandler::new(command).ok())
+            .map(|handler| handler.shown_command()),
         timeout_ms: route.timeout.as_millis() as u64,
         max_attempts: route.retry.max_attempts,
         backoff_initial_ms: route.retry.initial.as_millis() as u64,

@@ -9,6 +9,7 @@ use super::check::positive_ms;
 use super::{
     ConfigErrors, DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, RawGroup, RawRoute,
 };
+use crate::handler::exec::ExecHandler;
 use crate::handler::http::HttpHandler;
 use crate::relay::entry_fields::{EntryField, EntryFields};
 use crate::relay::ordering::OrderingMode;
@@ -124,7 +125,7 @@ fn check_entry_fields(
     EntryFields::from_fields(fields)
 }
 
-const HANDLERS: &str = "expected `forward`, `drop` or `http`";
+const HANDLERS: &str = "expected `forward`, `drop`, `http` or `exec`";
 
 fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Route> {
     if raw.topics.is_empty() {
@@ -161,6 +162,9 @@ fn misplaced_keys(raw: &RawRoute, handler: &str) -> Vec<&'static str> {
     }
     if handler != "http" && !raw.headers.is_empty() {
         keys.push("headers");
+    }
+    if handler != "exec" && raw.command.is_some() {
+        keys.push("command");
     }
     keys
 }
@@ -223,6 +227,26 @@ fn check_action(
                 }
             }
         }
+        "exec" => {
+            let Some(command) = &raw.command else {
+                errors.push(
+                    &format!("{at}.command"),
+                    "handler `exec` needs a command, e.g. [\"/usr/local/bin/notify\", \"--channel\", \"orders\"]",
+                );
+                return None;
+            };
+            match ExecHandler::new(command) {
+                Ok(handler) => Some(Action::Call {
+                    // The name shows up in logs and errors: the program, never an argument.
+                    name: format!("exec {}", handler.program().display()),
+                    handler: Arc::new(handler),
+                }),
+                Err(problem) => {
+                    errors.push(&format!("{at}.command"), problem.to_string());
+                    None
+                }
+            }
+        }
         other => {
             errors.push(
                 &format!("{at}.handler"),
@@ -277,4 +301,117 @@ fn valid_group_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && name.len() <= 100
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigErrors};
+
+    /// One group `g` with one route whose keys are `route`.
+    fn checked(route: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(&format!(
+            "database_url = \"postgres://h/db\"\n[[groups]]\nname = \"g\"\n[[groups.routes]]\ntopics = [\"*\"]\n{route}\n"
+        ))
+    }
+
+    /// The `key: message` lines of the problems `route` has.
+    fn problems(route: &str) -> Vec<String> {
+        checked(route)
+            .err()
+            .map(|errors| {
+                errors
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn exec_routes_run_an_absolute_program_or_one_found_on_path() {
+        let config =
+            checked("handler = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"cat\"]").unwrap();
+        assert_eq!(
+            format!("{:?}", config.groups[0].routes[0].action),
+            "call exec /bin/sh",
+            "named by the program alone"
+        );
+        let config = checked("handler = \"exec\"\ncommand = [\"sh\", \"--token=s3cret\"]").unwrap();
+        let name = format!("{:?}", config.groups[0].routes[0].action);
+        assert!(name.starts_with("call exec /"), "resolved on PATH: {name}");
+        assert!(name.ends_with("/sh") && !name.contains("s3cret"), "{name}");
+    }
+
+    #[test]
+    fn exec_routes_need_a_runnable_command_and_no_keys_of_other_handlers() {
+        let at = "groups[0].routes[0]";
+        assert_eq!(
+            problems("handler = \"exec\""),
+            [format!(
+                "{at}.command: handler `exec` needs a command, e.g. [\"/usr/local/bin/notify\", \"--channel\", \"orders\"]"
+            )]
+        );
+        let empty = problems("handler = \"exec\"\ncommand = []");
+        assert!(
+            empty[0].starts_with(&format!("{at}.command: needs the program")),
+            "{empty:?}"
+        );
+        for (command, message) in [
+            ("[\"\"]", "the program is empty"),
+            (
+                "[\"hooks/notify.sh\", \"s3cret\"]",
+                "`hooks/notify.sh` is a relative path: give an absolute one",
+            ),
+            (
+                "[\"no-such-program-anywhere\"]",
+                "`no-such-program-anywhere` is not an executable file in any absolute directory of PATH",
+            ),
+            (
+                "[\"/nonexistent/notify\", \"s3cret\"]",
+                "cannot run `/nonexistent/notify`: No such file or directory",
+            ),
+            (
+                "[\"/bin/sh\", \"s3cret\\u0000\"]",
+                "argument 1 holds a NUL byte",
+            ),
+        ] {
+            let found = problems(&format!("handler = \"exec\"\ncommand = {command}"));
+            assert_eq!(found.len(), 1, "{command}: {found:?}");
+            assert!(
+                found[0].starts_with(&format!("{at}.command: {message}")),
+                "{command}: {found:?}"
+            );
+            assert!(!found[0].contains("s3cret"), "never an argument: {found:?}");
+        }
+        assert_eq!(
+            problems(
+                "handler = \"exec\"\ncommand = [\"/bin/sh\"]\nurl = \"http://h/\"\nheaders = { a = \"b\" }\nstream = \"s\""
+            ),
+            [
+                format!("{at}.stream: handler `exec` does not use `stream`; remove it"),
+                format!("{at}.url: handler `exec` does not use `url`; remove it"),
+                format!("{at}.headers: handler `exec` does not use `headers`; remove it"),
+            ]
+        );
+        for (handler, keys) in [
+            ("forward", "stream = \"s\""),
+            ("http", "url = \"http://h/\""),
+            ("drop", ""),
+        ] {
+            assert_eq!(
+                problems(&format!(
+                    "handler = \"{handler}\"\n{keys}\ncommand = [\"/bin/sh\"]"
+                )),
+                [format!(
+                    "{at}.command: handler `{handler}` does not use `command`; remove it"
+                )]
+            );
+        }
+        let unknown = problems("handler = \"shell\"");
+        assert!(
+            unknown[0].ends_with("expected `forward`, `drop`, `http` or `exec`"),
+            "{unknown:?}"
+        );
+    }
 }

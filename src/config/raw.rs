@@ -187,7 +187,8 @@ pub struct RawRoute {
     /// Glob patterns matched against the whole topic, e.g. `["orders.*", "users.signed_up"]`.
     #[serde(default)]
     pub topics: Vec<String>,
-    /// `forward` (append to `stream`), `drop`, or `http` (POST to `url`).
+    /// `forward` (append to `stream`), `drop`, `http` (POST to `url`) or `exec` (run
+    /// `command`).
     #[serde(default)]
     pub handler: String,
     /// For `forward`: the stream name, with `{topic}` and `{key}` placeholders.
@@ -199,6 +200,11 @@ pub struct RawRoute {
     /// For `http`: extra request headers, e.g. `{ authorization = "Bearer …" }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// For `exec`: the program and its arguments, e.g. `["/usr/local/bin/notify", "--channel",
+    /// "orders"]`; the program an absolute path or a name found on `PATH`. Each message is
+    /// written to its stdin as JSON. The arguments are never shown (they may hold secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
     /// How long one handler call may take, in ms (default 10000); longer is a retryable failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::reply::{parse_outputs, quote};
 use super::{DecodedMessage, Handler, HandlerError, Output};
 use crate::config::{WebhookUrl, redact_webhook_url};
 
@@ -49,15 +50,6 @@ pub enum HttpHandlerError {
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }
-
-#[derive(serde::Deserialize)]
-struct Reply {
-    #[serde(default)]
-    outputs: Vec<Output>,
-}
-
-/// The most of a response body quoted in an error.
-const QUOTED_BODY_BYTES: usize = 300;
 
 impl HttpHandler {
     /// A handler POSTing to `url` with extra `headers`; each request gives up after `timeout`.
@@ -122,8 +114,9 @@ impl Handler for HttpHandler {
         })?;
         let quoted = self.url.scrub(&quote(&body));
         if status.is_success() {
-            return parse_outputs(&body)
-                .map_err(|e| HandlerError::permanent(format!("{status}: {e}; body: {quoted}")));
+            return parse_outputs(&body).map_err(|e| {
+                HandlerError::permanent(format!("{status}: the body {e}; body: {quoted}"))
+            });
         }
         let reason = format!("{status}; body: {quoted}");
         let retryable = status.is_server_error()
@@ -135,20 +128,6 @@ impl Handler for HttpHandler {
             HandlerError::Permanent(reason)
         })
     }
-}
-
-/// A 2xx body: empty, or JSON with an optional `outputs` list.
-fn parse_outputs(body: &[u8]) -> Result<Vec<Output>, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Vec::new());
-    }
-    let reply: Reply = crate::json::from_slice(body).map_err(|e| {
-        format!("the body is not {{\"outputs\": [{{\"stream\": …, \"payload\": …}}]}} ({e})")
-    })?;
-    if let Some(empty) = reply.outputs.iter().find(|o| o.stream.is_empty()) {
-        return Err(format!("an output has an empty stream name: {empty:?}"));
-    }
-    Ok(reply.outputs)
 }
 
 /// What went wrong sending a request, without the URL: reqwest's `Display` quotes it whole,
@@ -176,38 +155,9 @@ fn error_chain(error: reqwest::Error) -> String {
     text
 }
 
-fn quote(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty)".to_owned();
-    }
-    let mut end = text.len().min(QUOTED_BODY_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < text.len() {
-        format!("{} …", &text[..end])
-    } else {
-        text.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replies_become_outputs() {
-        assert_eq!(parse_outputs(b"").unwrap(), vec![]);
-        assert_eq!(parse_outputs(b"{}").unwrap(), vec![]);
-        assert_eq!(
-            parse_outputs(br#"{"outputs": [{"stream": "s", "payload": {"a": 1}}]}"#).unwrap(),
-            vec![Output::new("s", serde_json::json!({"a": 1}))]
-        );
-        assert!(parse_outputs(b"ok").is_err());
-        assert!(parse_outputs(br#"{"outputs": [{"stream": "", "payload": {}}]}"#).is_err());
-    }
 
     #[test]
     fn bad_settings_are_named() {
@@ -260,11 +210,5 @@ mod tests {
         assert!(error.is_retryable(), "{error}");
         assert!(error.reason().starts_with("could not connect: "), "{error}");
         assert!(!error.reason().contains("s3cret"), "{error}");
-    }
-
-    #[test]
-    fn quoted_bodies_are_short() {
-        assert_eq!(quote(b"  "), "(empty)");
-        assert!(quote("x".repeat(1000).as_bytes()).len() < 310);
     }
 }

@@ -1,7 +1,8 @@
 //! Handlers: what a consumer group does with a message its route takes.
 //!
 //! Built in: `forward` (append the message to a stream), `drop` (consume it), `http` (POST it,
-//! see [`http::HttpHandler`]). In the library, any type implementing [`Handler`] can be
+//! see [`http::HttpHandler`]), `exec` (run a program with it on stdin, see
+//! [`exec::ExecHandler`]); the last two answer in the same form (`reply.rs`). In the library, any type implementing [`Handler`] can be
 //! registered on the relay for a group and topic patterns.
 //!
 //! A handler returns zero or more [`Output`]s, each of which becomes one Redis Stream entry,
@@ -9,7 +10,9 @@
 //! backoff) or permanent (the message is dead at once). A call that takes longer than the
 //! route's timeout, or panics, is a retryable failure of that message; the relay goes on.
 
+pub mod exec;
 pub mod http;
+mod reply;
 
 use std::collections::BTreeMap;
 use std::fmt;

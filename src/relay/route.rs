@@ -26,9 +26,10 @@ pub enum Action {
     Forward { stream: StreamTemplate },
     /// Consume the message without output.
     Drop,
-    /// Call a handler (`http`, or a custom [`Handler`]) and append what it returns.
+    /// Call a handler (`http`, `exec`, or a custom [`Handler`]) and append what it returns.
     Call {
-        /// What it is, for logs and errors: `http POST <url>` or the name given at registration.
+        /// What it is, for logs and errors: `http POST <url>`, `exec <program>` or the name
+        /// given at registration.
         name: String,
         handler: Arc<dyn Handler>,
     },

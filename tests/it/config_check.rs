@@ -25,9 +25,19 @@ handler = "http"
 url = "https://hooks:Url-s3cret@hooks.example/payments"
 headers = { Authorization = "Bearer Tk-s3cret", x-tenant = "acme" }
 max_attempts = 4
+[[groups.routes]]
+topics = ["audit.*"]
+handler = "exec"
+command = ["sh", "-c", "exit 0 # --token=Cmd-s3cret"]
 "#;
 
-const SECRETS: [&str; 4] = ["Db-s3cret", "Rd-s3cret", "Url-s3cret", "Tk-s3cret"];
+const SECRETS: [&str; 5] = [
+    "Db-s3cret",
+    "Rd-s3cret",
+    "Url-s3cret",
+    "Tk-s3cret",
+    "Cmd-s3cret",
+];
 
 #[test]
 fn prints_the_effective_config_of_every_layer_with_secrets_redacted() {
@@ -54,6 +64,8 @@ fn prints_the_effective_config_of_every_layer_with_secrets_redacted() {
         "groups[0].routes[1].headers.Authorization",
         "= \"REDACTED\"",
         "groups[0].routes[1].headers.x-tenant",
+        "groups[0].routes[2].command",
+        "\"REDACTED\",\"REDACTED\"]",
         "relay.idle_poll_ms",
         "relay.shutdown_grace_ms",
         "= 5000",
@@ -80,6 +92,17 @@ fn prints_the_effective_config_of_every_layer_with_secrets_redacted() {
         "every header value of an http route is redacted"
     );
     assert_eq!(http["max_attempts"], 4);
+    let exec = &config["groups"][0]["routes"][2];
+    let program = exec["command"][0].as_str().unwrap();
+    assert!(
+        program.starts_with('/') && program.ends_with("/sh"),
+        "the program found on PATH: {exec}"
+    );
+    assert_eq!(
+        exec["command"],
+        serde_json::json!([program, "REDACTED", "REDACTED"]),
+        "the program shown, no argument"
+    );
     for secret in SECRETS {
         for out in [&text, &json] {
             assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));

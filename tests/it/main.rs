@@ -20,6 +20,7 @@ mod redis_faults;
 mod registry;
 mod relay_concurrency;
 mod relay_crash;
+mod relay_exec;
 mod relay_faults;
 mod relay_forward;
 mod relay_http;
