@@ -1,20 +1,16 @@
-//! One consumer group's worker: lease, tail, dispatch, append, advance; and retries.
+//! One consumer group's worker: lease, the forward pass, retries, and giving the lease back.
 //!
 //! ```text
 //!   standby ──lease acquired──▶ active ──shutdown──▶ released
 //!      ▲                          │
 //!      └── lease lost (renew, cursor or delivery update matched nothing, or Redis fenced the epoch)
 //! ```
-//! A first pass over new messages: read → handle (see `plan`) → record failures (one fenced
-//! transaction, only when there are any) → append → advance the cursor. The cursor moves only
-//! after the sink said OK. A crash between the append and the cursor update re-reads the
-//! batch: the sink's watermark makes the replay add nothing, and messages whose failure was
-//! recorded are left to the retry path.
-//!
-//! A retry pass runs when a retry is due (or every [`RETRY_SCAN_INTERVAL`], to see operators'
-//! changes), before reading new messages: handle again → append late entries → settle the rows
-//! (one fenced transaction). Everything it needs is in `outbox.deliveries`, so a restarted
-//! relay resumes every pending retry and blocked message from there.
+//! The forward pass (new messages after the cursor, through the worker's window) is in
+//! `forward`. A retry pass runs when a retry is due (or every [`RETRY_SCAN_INTERVAL`], to see
+//! operators' changes), before reading new messages and only on an empty window: handle again →
+//! append late entries → settle the rows (one fenced transaction). Everything it needs is in
+//! `outbox.deliveries`, so a restarted relay resumes every pending retry and blocked message
+//! from there.
 
 use std::time::{Duration, Instant};
 
@@ -26,12 +22,13 @@ use std::sync::Arc;
 
 use super::RelayError;
 use super::dispatcher::Dispatcher;
+use super::forward::Admit;
 use super::ordering::{OrderingMode, Parked};
-use super::plan::{BatchPlan, Tally};
+use super::plan::Tally;
 use super::prefetch::{PendingAdvance, Prefetch};
 use super::repair::StreamMarks;
 use super::stall::StallWatch;
-use super::tail::{ReadResult, SharedTail};
+use super::tail::SharedTail;
 use super::wakeup::{CHASE_POLL, Wakeup};
 use super::window::Window;
 use crate::config::RelaySettings;
@@ -39,7 +36,7 @@ use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::sink::{LateAppend, Sink, SinkError, StreamAppend, Writer, WrongType};
 use crate::store::{self, LeaseHolder, OutboxRow};
-use crate::telemetry::{self, Health, StageTimes, WorkerHealth};
+use crate::telemetry::{self, Health, WorkerHealth};
 
 /// How often an active worker re-reads its parked keys and due retries even when none is due
 /// by its own schedule, so an operator's `retry` or `dead retry` is picked up (or every
@@ -124,7 +121,7 @@ impl RetryState {
             .map_or(self.scan_at, |due| due.min(self.scan_at))
     }
 
-    fn retry_in(&mut self, delay: Duration) {
+    pub(super) fn retry_in(&mut self, delay: Duration) {
         let at = Instant::now() + delay;
         self.due_at = Some(self.due_at.map_or(at, |due| due.min(at)));
     }
@@ -279,26 +276,6 @@ impl GroupWorker {
         finished.ok()
     }
 
-    /// On shutdown, the calls still running in the window get until `deadline` to finish
-    /// and be committed; what is left then is abandoned, unmarked, to the next owner.
-    async fn finish_window(&mut self, deadline: Instant) {
-        while !self.window.is_empty()
-            && let State::Active(lease) = self.state
-        {
-            let pass = self.forward_pass(lease, Admit::No);
-            match tokio::time::timeout_at(deadline.into(), pass).await {
-                Ok(Ok(Step::Standby)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) => {
-                    tracing::warn!(group = %self.name, in_window = self.window.len(),
-                        "shutdown grace over; abandoning the calls still running to the next owner");
-                    break;
-                }
-            }
-        }
-        self.window.reset();
-    }
-
     /// Publishes this worker's state (and the lease gauge) when it changed.
     fn report(&mut self, health: WorkerHealth) {
         if self.reported == health {
@@ -359,7 +336,7 @@ impl GroupWorker {
         }
     }
 
-    fn holder(&self, lease: &Lease) -> LeaseHolder<'_> {
+    pub(super) fn holder(&self, lease: &Lease) -> LeaseHolder<'_> {
         LeaseHolder {
             group: &self.name,
             owner: &self.owner,
@@ -408,16 +385,6 @@ impl GroupWorker {
             return self.renew_if_due(lease).await;
         }
         self.forward_pass(lease, Admit::Yes).await
-    }
-
-    /// [`GroupWorker::forward_batch`]; after a failure the window starts again from the
-    /// cursor (what it had taken out for the failed commit is read again, never skipped).
-    async fn forward_pass(&mut self, lease: Lease, admit: Admit) -> Result<Step, RelayError> {
-        let result = self.forward_batch(lease, admit).await;
-        if result.is_err() {
-            self.window.reset();
-        }
-        result
     }
 
     /// Re-reads the parked keys and when the next retry is due.
@@ -498,7 +465,7 @@ impl GroupWorker {
     }
 
     /// Appends; a refusal the caller can act on comes back as an [`AppendFailure`].
-    async fn append(
+    pub(super) async fn append(
         &mut self,
         lease: Lease,
         appends: &[StreamAppend],
@@ -523,64 +490,8 @@ impl GroupWorker {
         }
     }
 
-    /// Appends a first pass's entries. A stream whose key is not a stream fails its messages
-    /// (recorded, then the rest is appended); a stream Redis lost entries of is repaired
-    /// first. `Some(step)` when the lease went meanwhile.
-    async fn append_batch(
-        &mut self,
-        lease: Lease,
-        rows: &[OutboxRow],
-        plan: &mut BatchPlan,
-    ) -> Result<Option<Step>, RelayError> {
-        loop {
-            self.marks.expect(&mut plan.appends);
-            let wrong = match self.append(lease, &plan.appends, &plan.late).await {
-                Ok(()) => return Ok(None),
-                Err(AppendFailure::Unwritable(wrong)) => wrong,
-                Err(AppendFailure::Lost(lost)) => {
-                    if let Some(step) = self.repair(lease, &lost).await? {
-                        return Ok(Some(step));
-                    }
-                    continue;
-                }
-                Err(AppendFailure::Step(step)) => return Ok(Some(step)),
-                Err(AppendFailure::Error(error)) => return Err(error),
-            };
-            self.report_unwritable(&wrong);
-            let failed = plan.fail_streams(&self.dispatcher, rows, &wrong);
-            // Dead-letter copies refused stay pending in their dead rows, for a later pass.
-            let refused = |late: &LateAppend| wrong.iter().any(|w| w.stream == late.stream);
-            if plan.late.iter().any(refused) {
-                self.dead_letters_pending = true;
-                plan.late.retain(|late| !refused(late));
-            }
-            if failed.is_empty() {
-                continue;
-            }
-            let recorded = store::deliveries_record(
-                &self.pool,
-                self.holder(&lease),
-                &failed,
-                self.dispatcher.dead_letter_stream.is_some(),
-            )
-            .await
-            .map_err(self.store_error("record failed deliveries"))?;
-            if !recorded {
-                return Ok(Some(self.lost_lease(lease, "delivery insert fenced")));
-            }
-            self.retries.recorded_through = self
-                .retries
-                .recorded_through
-                .max(failed.iter().map(|f| f.position).max());
-            for delay in failed.iter().filter_map(|f| f.delay) {
-                self.retries.retry_in(delay);
-            }
-            plan.apply_parks(&mut self.retries.parked);
-        }
-    }
-
     /// One ERROR per unwritable stream key: a person must fix it.
-    fn report_unwritable(&self, wrong: &[WrongType]) {
+    pub(super) fn report_unwritable(&self, wrong: &[WrongType]) {
         for stream in wrong {
             tracing::error!(group = %self.name, stream = %stream.stream, error = %stream,
                 "cannot append: the stream key is not a stream; its messages follow their route's retry policy until the key is fixed");
@@ -640,7 +551,7 @@ impl GroupWorker {
         Step::Standby
     }
 
-    fn log_pass(&self, what: &'static str, tally: &Tally, position: Option<Position>) {
+    pub(super) fn log_pass(&self, what: &'static str, tally: &Tally, position: Option<Position>) {
         let position = position.map(|p| p.to_string()).unwrap_or_default();
         tracing::debug!(group = %self.name, position, delivered = tally.delivered, unrouted = tally.unrouted,
             dropped = tally.dropped, retrying = tally.retrying, blocked = tally.blocked, dead = tally.dead,
@@ -655,7 +566,10 @@ impl GroupWorker {
 
     /// The ids of `rows` that already have a delivery row (only asked for when a row lies at
     /// or below the highest recorded position: a re-read after a crash).
-    async fn recorded_among(&self, rows: &[OutboxRow]) -> Result<HashSet<uuid::Uuid>, RelayError> {
+    pub(super) async fn recorded_among(
+        &self,
+        rows: &[OutboxRow],
+    ) -> Result<HashSet<uuid::Uuid>, RelayError> {
         let Some(through) = self.retries.recorded_through else {
             return Ok(HashSet::new());
         };
@@ -713,189 +627,12 @@ impl GroupWorker {
         Ok(Step::Busy)
     }
 
-    /// Reads more messages into the window (when `admit` and there is room), lets the calls
-    /// run until the window's first message is finished (not past the lease renewal), then
-    /// commits the finished prefix: failures recorded, entries appended, the cursor moved.
-    async fn forward_batch(&mut self, mut lease: Lease, admit: Admit) -> Result<Step, RelayError> {
-        let started = Instant::now();
-        let batch_size = self.settings.batch_size;
-        let mut read = None;
-        let room = self.window.len() + batch_size <= batch_size * WINDOW_BATCHES;
-        if admit == Admit::Yes && room && !self.window.is_halted() {
-            let from = self.window.read_through().unwrap_or(lease.cursor);
-            let rows = self
-                .read_batch(from)
-                .await
-                .map_err(self.store_error("read the outbox"))?;
-            let Some(rows) = rows else {
-                return Ok(self.lost_lease(lease, "outbox read fenced"));
-            };
-            if rows.len() >= batch_size
-                && let Some(last) = rows.last()
-            {
-                self.prefetch = Some(Prefetch::start(
-                    &self.tail,
-                    &self.name,
-                    last.position,
-                    batch_size,
-                ));
-            }
-            read = Some(rows.len());
-            if !rows.is_empty() {
-                let recorded = self.recorded_among(&rows).await?;
-                self.window
-                    .admit(rows, &recorded, &self.retries.parked)
-                    .await
-                    .map_err(self.registry_error())?;
-            }
-        }
-        let mut times = StageTimes {
-            read: started.elapsed(),
-            ..StageTimes::default()
-        };
-        if self.window.is_empty() {
-            if let Some(step) = self.settle_advance(lease).await? {
-                return Ok(step);
-            }
-            self.stall
-                .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
-                .await
-                .map_err(self.store_error("check for stalls"))?;
-            return self.renew_if_due(lease).await;
-        }
-        let handling = Instant::now();
-        self.window
-            .collect_finished()
-            .await
-            .map_err(self.registry_error())?;
-        if !self.window.head_finished() {
-            // A full read: read on while the calls run, rather than wait for them.
-            if read == Some(batch_size)
-                && self.window.len() + batch_size <= batch_size * WINDOW_BATCHES
-            {
-                return Ok(Step::Busy);
-            }
-            let renew_at = tokio::time::Instant::from_std(lease.renew_at);
-            tokio::select! {
-                finished = self.window.next_finished() => {
-                    finished.map_err(self.registry_error())?;
-                }
-                () = tokio::time::sleep_until(renew_at) => {}
-            }
-            if !self.window.head_finished() {
-                return Ok(match self.renew_if_due(lease).await? {
-                    Step::Standby => Step::Standby,
-                    _ => Step::Busy,
-                });
-            }
-            self.window
-                .collect_finished()
-                .await
-                .map_err(self.registry_error())?;
-        }
-        let (rows, steps) = self.window.take_finished(batch_size);
-        let mut plan = self.dispatcher.plan_batch(&rows, steps);
-        times.decode = self.window.take_decode_time();
-        times.handle = handling.elapsed().saturating_sub(times.decode);
-        let recording = Instant::now();
-        if let Some(last_failure) = plan.failures.last() {
-            let recorded = store::deliveries_record(
-                &self.pool,
-                self.holder(&lease),
-                &plan.failures,
-                self.dispatcher.dead_letter_stream.is_some(),
-            )
-            .await
-            .map_err(self.store_error("record failed deliveries"))?;
-            if !recorded {
-                return Ok(self.lost_lease(lease, "delivery insert fenced"));
-            }
-            // From here a re-read of this batch must find these rows (and leave them alone).
-            self.retries.recorded_through = self
-                .retries
-                .recorded_through
-                .max(Some(last_failure.position));
-            for delay in plan.failures.iter().filter_map(|f| f.delay) {
-                self.retries.retry_in(delay);
-            }
-            plan.apply_parks(&mut self.retries.parked);
-        }
-        times.cursor = recording.elapsed();
-        let appending = Instant::now();
-        if let Some(step) = self.append_batch(lease, &rows, &mut plan).await? {
-            return Ok(step);
-        }
-        times.append = appending.elapsed();
-        // A failure recorded now holds back its chain's later messages still in the window;
-        // `strict` stopped at one: what lies after it is read again once it is done.
-        self.window.park(&plan.parks);
-        if plan.handled < rows.len() {
-            self.window.reset();
-        }
-        self.dead_letters_copied(&plan).await?;
-        let marks = self.marks.raise(&plan.appends, lease.replay_generation);
-        let appended_at = chrono::Utc::now();
-        let Some(through) = plan.through else {
-            return self.renew_if_due(lease).await;
-        };
-        // The previous batch's cursor update must have landed before this one is sent.
-        let advancing = Instant::now();
-        if let Some(step) = self.settle_advance(lease).await? {
-            return Ok(step);
-        }
-        self.pending_advance = Some(PendingAdvance::start(
-            &self.pool,
-            self.holder(&lease),
-            through,
-            self.settings.lease_ttl,
-            marks,
-        ));
-        // The update runs while the next batch is read, handled and appended (or, when the
-        // next read finds nothing, until that read settles it): a crash before it lands
-        // re-reads batches the watermark then skips.
-        times.cursor += advancing.elapsed();
-        telemetry::stage_times(&self.name, &times);
-        self.log_pass("batch forwarded", &plan.tally, Some(through));
-        telemetry::pass_committed(
-            &self.name,
-            "new",
-            &plan.by_topic,
-            started.elapsed(),
-            latencies(appended_at, &plan.delivered_at),
-        );
-        lease.cursor = through;
-        lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
-        self.state = State::Active(lease);
-        Ok(
-            if rows.len() >= self.settings.batch_size
-                || plan.handled < rows.len()
-                || !self.window.is_empty()
-            {
-                Step::Busy
-            } else {
-                Step::Trickle
-            },
-        )
-    }
-
-    /// Clears the pending flag of the dead rows whose dead-letter copy `plan` appended.
-    async fn dead_letters_copied(&self, plan: &BatchPlan) -> Result<(), RelayError> {
-        let copied: Vec<uuid::Uuid> = plan
-            .late
-            .iter()
-            .flat_map(|late| late.entries.iter().map(|e| e.message_id))
-            .collect();
-        if copied.is_empty() {
-            return Ok(());
-        }
-        store::deliveries_dead_letter_copied(&self.pool, &self.name, &copied)
-            .await
-            .map_err(self.store_error("clear the pending dead-letter copies"))
-    }
-
     /// Waits for the cursor update still in flight, if any; `Some(Standby)` when it found the
     /// lease gone.
-    async fn settle_advance(&mut self, lease: Lease) -> Result<Option<Step>, RelayError> {
+    pub(super) async fn settle_advance(
+        &mut self,
+        lease: Lease,
+    ) -> Result<Option<Step>, RelayError> {
         let Some(pending) = self.pending_advance.take() else {
             return Ok(None);
         };
@@ -906,20 +643,7 @@ impl GroupWorker {
         Ok((!advanced).then(|| self.lost_lease(lease, "cursor update fenced")))
     }
 
-    /// The batch after `from`: the prefetched one when it was read from there, else a read
-    /// now.
-    async fn read_batch(&mut self, from: Position) -> ReadResult {
-        if let Some(prefetch) = self.prefetch.take()
-            && let Some(read) = prefetch.take(from).await
-        {
-            return read;
-        }
-        self.tail
-            .read(&self.name, from, self.settings.batch_size)
-            .await
-    }
-
-    async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
+    pub(super) async fn renew_if_due(&mut self, mut lease: Lease) -> Result<Step, RelayError> {
         if Instant::now() < lease.renew_at {
             return Ok(Step::Idle);
         }
@@ -962,20 +686,8 @@ impl GroupWorker {
     }
 }
 
-/// How many batches the window may hold: enough distinct keys to keep `max_in_flight` calls
-/// busy behind a slow one, with memory bounded.
-const WINDOW_BATCHES: usize = 4;
-
-/// Whether a pass may read more messages into the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admit {
-    Yes,
-    /// Finish what is in the window first (a retry pass is due).
-    No,
-}
-
 /// Why an append did not go through, for the pass to act on.
-enum AppendFailure {
+pub(super) enum AppendFailure {
     /// The lease is gone (fenced in Redis): the step to return.
     Step(Step),
     /// Stream keys that are not streams.
@@ -993,7 +705,7 @@ fn halts_reading(ordering: OrderingMode, parked: &Parked) -> bool {
 }
 
 /// From each `created_at` to `appended_at` (0 for a clock that went backwards).
-fn latencies(
+pub(super) fn latencies(
     appended_at: chrono::DateTime<chrono::Utc>,
     created: &[chrono::DateTime<chrono::Utc>],
 ) -> impl Iterator<Item = Duration> + '_ {

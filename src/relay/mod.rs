@@ -10,6 +10,7 @@
 
 pub mod dispatcher;
 pub mod entry_fields;
+mod forward;
 mod group;
 pub mod ordering;
 pub mod plan;
