@@ -92,6 +92,10 @@ pub struct HandlerRun {
     pub peak_in_flight: u64,
     /// From the relay's start to its first call (connecting, taking the lease, the first read).
     pub first_call: Option<Duration>,
+    /// The relay process's peak resident set (VmHWM), in bytes: the window of read,
+    /// uncommitted messages and the calls in flight are bounded (`None` in process, or
+    /// without /proc).
+    pub relay_peak_rss: Option<u64>,
 }
 
 impl HandlerRun {
@@ -117,6 +121,7 @@ impl HandlerRun {
             "first_call_seconds": self.first_call.map(|d| d.as_secs_f64()),
             "per_second_from_first_call": from_first_call.map(|m| m.per_second()),
             "ratio_from_first_call": from_first_call.map(|m| m.per_second() / ideal.per_second()),
+            "relay_peak_rss_bytes": self.relay_peak_rss,
         })
     }
 }
@@ -252,10 +257,14 @@ impl HandlerBench {
                 progress,
             )
             .await;
+        let peak_rss = relay.peak_rss_bytes();
         relay.stop().await?;
         let ended = done?;
         self.check_none_failed(pool, HTTP_GROUP).await?;
-        Ok(self.measured(count, started, ended))
+        Ok(HandlerRun {
+            relay_peak_rss: peak_rss,
+            ..self.measured(count, started, ended)
+        })
     }
 
     /// Phase 2: an in-process [`Relay`] whose group calls [`Sleeper`].
@@ -352,6 +361,7 @@ impl HandlerBench {
             calls: count.calls(),
             peak_in_flight: count.peak(),
             first_call: count.first_began().map(|first| first - started),
+            relay_peak_rss: None,
         }
     }
 

@@ -333,6 +333,9 @@ async fn bench_handler_calls_every_message_once_within_max_in_flight() {
             assert!(first_call > 0.0, "{json}");
             let steady = run["per_second_from_first_call"].as_f64().unwrap();
             assert!(steady >= run["per_second"].as_f64().unwrap(), "{json}");
+            // The relay process's memory (the in-process relay shares the bench's).
+            let rss = run["relay_peak_rss_bytes"].as_u64();
+            assert_eq!(rss.is_some(), phase == "http", "{json}");
             let figures = json_line(&json, what);
             assert_eq!(figures["ceiling"].as_f64().unwrap(), ideal, "{json}");
             assert_eq!(figures["ratio"], run["ratio"], "{json}");

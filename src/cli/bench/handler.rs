@@ -83,8 +83,17 @@ fn print_run(report: &HandlerBenchReport, name: &str, run: &HandlerRun) {
         ),
         _ => String::new(),
     };
+    let rss = run
+        .relay_peak_rss
+        .map(|bytes| {
+            format!(
+                "; relay peak RSS {:.1} MiB",
+                bytes as f64 / (1024.0 * 1024.0)
+            )
+        })
+        .unwrap_or_default();
     outln!(
-        "{name}: {:.0} msg/s, ideal {:.0} msg/s (min(keys {}, max_in_flight {}) / {} ms), ratio {:.3}×, peak {} calls at once; {} calls for {} messages in {:.3} s{startup}",
+        "{name}: {:.0} msg/s, ideal {:.0} msg/s (min(keys {}, max_in_flight {}) / {} ms), ratio {:.3}×, peak {} calls at once; {} calls for {} messages in {:.3} s{startup}{rss}",
         comparison.ours.per_second(),
         comparison.ceiling.per_second(),
         s.keys,
