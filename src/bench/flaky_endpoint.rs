@@ -3,17 +3,15 @@
 //! (no outputs) to everything else, counting the messages it accepted.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
-use super::relay_process::phase;
+use super::webhook::LocalWebhook;
 
 #[derive(Default)]
 struct Seen {
@@ -32,42 +30,22 @@ fn lock(seen: &Shared) -> std::sync::MutexGuard<'_, Seen> {
 
 /// A running endpoint; [`FlakyEndpoint::stop`] shuts it down.
 pub(super) struct FlakyEndpoint {
-    addr: SocketAddr,
+    webhook: LocalWebhook,
     seen: Shared,
-    shutdown: CancellationToken,
 }
 
 impl FlakyEndpoint {
     pub async fn start() -> Result<FlakyEndpoint, BenchError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| phase("start the webhook", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| phase("start the webhook", e))?;
         let seen = Shared::default();
-        let shutdown = CancellationToken::new();
         let app = axum::Router::new()
             .route("/hook", post(hook))
             .with_state(seen.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "bench webhook stopped");
-            }
-        });
-        Ok(FlakyEndpoint {
-            addr,
-            seen,
-            shutdown,
-        })
+        let webhook = LocalWebhook::serve(app).await?;
+        Ok(FlakyEndpoint { webhook, seen })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        self.webhook.url()
     }
 
     /// Distinct messages answered 200.
@@ -87,7 +65,7 @@ impl FlakyEndpoint {
     }
 
     pub fn stop(self) {
-        self.shutdown.cancel();
+        self.webhook.stop();
     }
 }
 

@@ -21,6 +21,7 @@ mod retry;
 mod slow_endpoint;
 pub mod stages;
 mod summary;
+mod webhook;
 
 use std::fmt;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 //! it shares with the bench's custom Rust handler: calls made, calls running at once (and the
 //! most ever), and when the first began.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,10 +12,9 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
-use super::relay_process::phase;
+use super::webhook::LocalWebhook;
 
 /// Calls of a handler: how many, how many at once, and when the first began. Atomics only,
 /// so taking it on every call costs nothing measurable.
@@ -80,46 +78,26 @@ struct Shared {
 
 /// A running endpoint; [`SlowEndpoint::stop`] shuts it down.
 pub(super) struct SlowEndpoint {
-    addr: SocketAddr,
+    webhook: LocalWebhook,
     count: Arc<CallCount>,
-    shutdown: CancellationToken,
 }
 
 impl SlowEndpoint {
     /// Listens on a free port of 127.0.0.1; every request takes `latency`.
     pub async fn start(latency: Duration) -> Result<SlowEndpoint, BenchError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| phase("start the webhook", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| phase("start the webhook", e))?;
         let count = Arc::new(CallCount::default());
-        let shutdown = CancellationToken::new();
         let app = axum::Router::new()
             .route("/hook", post(hook))
             .with_state(Shared {
                 latency,
                 count: Arc::clone(&count),
             });
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "bench webhook stopped");
-            }
-        });
-        Ok(SlowEndpoint {
-            addr,
-            count,
-            shutdown,
-        })
+        let webhook = LocalWebhook::serve(app).await?;
+        Ok(SlowEndpoint { webhook, count })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        self.webhook.url()
     }
 
     /// The requests it received.
@@ -128,7 +106,7 @@ impl SlowEndpoint {
     }
 
     pub fn stop(self) {
-        self.shutdown.cancel();
+        self.webhook.stop();
     }
 }
 

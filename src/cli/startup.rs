@@ -104,7 +104,7 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Connected>> {
     let postgres = async {
-        let pool = retry(Server::Postgres, config, progress, shutdown, || async {
+        let pool = retry(Server::Postgres, config, progress, || async {
             store::connect(&config.database_url, config.postgres.max_connections)
                 .await
                 .map_err(Attempt::postgres)
@@ -115,7 +115,7 @@ pub async fn connect(
         anyhow::Ok(pool)
     };
     let redis = async {
-        let sink = retry(Server::Redis, config, progress, shutdown, || async {
+        let sink = retry(Server::Redis, config, progress, || async {
             Sink::connect(redis_url, &config.redis)
                 .await
                 .map_err(Attempt::redis)
@@ -157,13 +157,12 @@ impl Attempt {
 }
 
 /// Runs `attempt` until it succeeds, sleeping the relay's backoff between tries; a
-/// non-transient failure is returned as it is. Only returns early through the caller's select
-/// on `shutdown` (the sleep here is not cancelled).
+/// non-transient failure is returned as it is. A shutdown drops it where it waits (the
+/// caller selects on it).
 async fn retry<T, F, Fut>(
     server: Server,
     config: &Config,
     progress: &Progress,
-    shutdown: &CancellationToken,
     attempt: F,
 ) -> anyhow::Result<T>
 where
@@ -171,7 +170,9 @@ where
     Fut: Future<Output = Result<T, Attempt>>,
 {
     let mut delays = relay::backoff(config.relay.max_backoff);
-    for attempts in 1u64.. {
+    let mut attempts = 0u64;
+    loop {
+        attempts += 1;
         let failed = match attempt().await {
             Ok(value) => {
                 if attempts > 1 {
@@ -195,13 +196,8 @@ where
             "waiting for {server_name}"
         );
         progress.set(server, ServerState::Waiting(error));
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        tokio::time::sleep(delay).await;
     }
-    // Reached only on shutdown, which the caller's select returns on first.
-    std::future::pending().await
 }
 
 /// Refuses a database whose outbox schema `migrate` has not brought to this version.

@@ -21,7 +21,7 @@ use crate::telemetry::{self, StageTimes};
 
 /// How many batches the window may hold: enough distinct keys to keep `max_in_flight` calls
 /// busy behind a slow one, with memory bounded.
-pub(super) const WINDOW_BATCHES: usize = 4;
+const WINDOW_BATCHES: usize = 4;
 
 /// Whether a pass may read more messages into the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,12 @@ impl GroupWorker {
 
     /// [`GroupWorker::forward_batch`]; after a failure the window starts again from the
     /// cursor (what it had taken out for the failed commit is read again, never skipped).
+    /// Whether another batch fits in the window.
+    fn window_has_room(&self) -> bool {
+        let batch_size = self.settings.batch_size;
+        self.window.len() + batch_size <= batch_size * WINDOW_BATCHES
+    }
+
     pub(super) async fn forward_pass(
         &mut self,
         lease: Lease,
@@ -129,8 +135,7 @@ impl GroupWorker {
         let started = Instant::now();
         let batch_size = self.settings.batch_size;
         let mut read = None;
-        let room = self.window.len() + batch_size <= batch_size * WINDOW_BATCHES;
-        if admit == Admit::Yes && room && !self.window.is_halted() {
+        if admit == Admit::Yes && self.window_has_room() && !self.window.is_halted() {
             let from = self.window.read_through().unwrap_or(lease.cursor);
             let rows = self
                 .read_batch(from)
@@ -179,9 +184,7 @@ impl GroupWorker {
             .map_err(self.registry_error())?;
         if !self.window.head_finished() {
             // A full read: read on while the calls run, rather than wait for them.
-            if read == Some(batch_size)
-                && self.window.len() + batch_size <= batch_size * WINDOW_BATCHES
-            {
+            if read == Some(batch_size) && self.window_has_room() {
                 return Ok(Step::Busy);
             }
             let renew_at = tokio::time::Instant::from_std(lease.renew_at);

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::dispatcher::{Dispatcher, Outcome};
 use super::ordering::{Chain, OrderingMode, Parked};
 use super::plan::Step;
-use super::route::Action;
+use super::route::{Action, Route};
 use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::store::OutboxRow;
@@ -132,26 +132,30 @@ impl Window {
         recorded: &HashSet<Uuid>,
         parked: &Parked,
     ) -> Result<(), RegistryError> {
+        // Its routes are looked up once per message, here (a local handle: the window is
+        // borrowed mutably below).
+        let dispatcher = Arc::clone(&self.dispatcher);
         for row in rows {
             self.read_through = Some(row.position);
             let seq = self.first_seq + self.slots.len() as u64;
-            let calls_handler = matches!(
-                self.dispatcher.route(&row).map(|r| &r.action),
-                Some(Action::Call { .. })
-            );
+            let route = dispatcher.route(&row);
+            let calls_handler = matches!(route.map(|r| &r.action), Some(Action::Call { .. }));
+            // Left to the retry path, or `strict` stopped before it: decided as it comes in.
+            let decided = if recorded.contains(&row.id) {
+                Some(Step::Recorded)
+            } else if self.halted {
+                Some(Step::NotReached)
+            } else {
+                None
+            };
+            let undecided = decided.is_none();
             self.slots.push_back(Slot {
                 row,
                 chain: None,
                 calls_handler,
-                step: None,
+                step: decided,
             });
-            let id = self.slot(seq).row.id;
-            if recorded.contains(&id) {
-                self.slot_mut(seq).step = Some(Step::Recorded);
-                continue;
-            }
-            if self.halted {
-                self.slot_mut(seq).step = Some(Step::NotReached);
+            if !undecided {
                 continue;
             }
             // The common case — nothing parked, nothing waiting, no call needed — is decided
@@ -161,7 +165,7 @@ impl Window {
                 && parked.is_empty()
                 && self.parked.is_empty()
             {
-                self.decide_now(seq).await?;
+                self.decide_now(seq, route).await?;
                 continue;
             }
             let chain = self
@@ -179,7 +183,7 @@ impl Window {
                     self.lanes.insert(chain, VecDeque::from([seq]));
                     self.start(seq);
                 }
-                None => self.decide_now(seq).await?,
+                None => self.decide_now(seq, route).await?,
             }
         }
         Ok(())
@@ -281,12 +285,11 @@ impl Window {
     }
 
     /// Decides a message that calls no handler: validate it, then forward/drop/skip.
-    async fn decide_now(&mut self, seq: u64) -> Result<(), RegistryError> {
+    async fn decide_now(&mut self, seq: u64, route: Option<&Route>) -> Result<(), RegistryError> {
         let decoding = Instant::now();
         let slot = self.slot(seq);
         let decoded = self.dispatcher.decode(&slot.row).await?;
         let decode_time = decoding.elapsed();
-        let route = self.dispatcher.route(&slot.row);
         let outcome = self
             .dispatcher
             .handle_routed(&slot.row, route, 1, decoded)
@@ -382,7 +385,9 @@ impl Window {
                 self.start(next);
                 return Ok(());
             }
-            self.decide_now(next).await?;
+            let dispatcher = Arc::clone(&self.dispatcher);
+            self.decide_now(next, dispatcher.route(&self.slot(next).row))
+                .await?;
             if let Some(lane) = self.lanes.get_mut(chain) {
                 lane.pop_front();
             }

@@ -206,23 +206,22 @@ impl SinkError {
 /// [`SinkError::is_transient_connect`]).
 fn connect_error_is_transient(error: &RedisError) -> bool {
     let text = error.to_string().to_ascii_lowercase();
-    let refused_by_configuration = [
-        "wrongpass",
-        "noauth",
-        "noperm",
-        "certificate",
-        "tls",
-        "handshake",
-    ]
-    .iter()
-    .any(|word| text.contains(word));
-    !refused_by_configuration
+    let refused_password = ["wrongpass", "noauth", "noperm"]
+        .iter()
+        .any(|word| text.contains(word));
+    !refused_password
+        && !is_tls_refusal(&text)
         && !matches!(
             error.kind(),
             ErrorKind::AuthenticationFailed
                 | ErrorKind::InvalidClientConfig
                 | ErrorKind::RESP3NotSupported
         )
+}
+
+/// Whether a connect error's text (lower case) is the TLS handshake failing.
+fn is_tls_refusal(lower: &str) -> bool {
+    lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
 }
 
 /// The certificates of `[redis] tls_*`, read now (so a renewed file is used after a restart),
@@ -264,8 +263,7 @@ fn describe_connect_error(error: &RedisError) -> String {
         format!(
             "TLS handshake failed: {text} (the server wants a client certificate: set [redis] tls_client_cert_file and tls_client_key_file)"
         )
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-    {
+    } else if is_tls_refusal(&lower) {
         format!(
             "TLS handshake failed: {text} (check that [redis] tls_ca_file is the CA that signed the server's certificate and that the URL's host is in it)"
         )

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{
-    InProcessRelay, RelayProcess, TempDir, keyed_message, lease_owner, publish_messages, relay_toml,
+    InProcessRelay, RelayProcess, TempDir, cursor_of_g, keyed_message, lease_owner,
+    publish_messages, relay_toml, wait_for_cursor_at_the_end,
 };
 use crate::harness::{TestDb, eventually};
 
@@ -95,6 +96,25 @@ async fn publish_keyed(db: &TestDb, count: u64, keys: u64, extra: Value) {
     publish_messages(&db.pool, messages, true).await;
 }
 
+/// The `n` of every entry in stream `out`, by the payload's `key`, in stream order.
+async fn appended_per_key(redis: &TestRedis) -> HashMap<String, Vec<u64>> {
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for payload in redis.payloads("out").await {
+        per_key
+            .entry(payload["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(payload["n"].as_u64().unwrap());
+    }
+    per_key
+}
+
+/// The numbers [`publish_keyed`] gave `key` (of `count` over `keys` keys), in order.
+fn numbers_of(key: &str, count: u64, keys: u64) -> Vec<u64> {
+    (0..count)
+        .filter(|n| format!("k{}", n % keys) == key)
+        .collect()
+}
+
 async fn drained(redis: &TestRedis, count: usize) {
     eventually(
         Duration::from_secs(60),
@@ -161,16 +181,9 @@ async fn each_key_is_called_in_position_order_while_keys_run_concurrently() {
     }
     assert!(hook.peak() > 1, "keys ran one at a time");
     // The stream holds each key's messages in position order, each once.
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for payload in redis.payloads("out").await {
-        per_key
-            .entry(payload["key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(payload["n"].as_u64().unwrap());
-    }
+    let per_key = appended_per_key(&redis).await;
     for (key, ns) in per_key {
-        let expected: Vec<u64> = (0..600).filter(|n| format!("k{}", n % 20) == key).collect();
-        assert_eq!(ns, expected, "key {key} in the stream");
+        assert_eq!(ns, numbers_of(&key, 600, 20), "key {key} in the stream");
     }
 }
 
@@ -289,20 +302,15 @@ async fn kill_9_with_hundreds_of_calls_in_flight_appends_each_message_once() {
     let relay = RelayProcess::start(&config, "relay");
     drained(&redis, 3000).await;
     drop(relay);
-    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for payload in redis.payloads("out").await {
-        per_key
-            .entry(payload["key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(payload["n"].as_u64().unwrap());
-    }
+    let per_key = appended_per_key(&redis).await;
     let total: usize = per_key.values().map(Vec::len).sum();
     assert_eq!(total, 3000, "each message appended once");
     for (key, ns) in per_key {
-        let expected: Vec<u64> = (0..3000)
-            .filter(|n| format!("k{}", n % 300) == key)
-            .collect();
-        assert_eq!(ns, expected, "key {key}: in position order, each once");
+        assert_eq!(
+            ns,
+            numbers_of(&key, 3000, 300),
+            "key {key}: in position order, each once"
+        );
     }
     // Every message was called at least once (some twice: their calls were cut by a kill).
     let calls = hook.calls.lock().unwrap();
@@ -316,15 +324,6 @@ async fn kill_9_with_hundreds_of_calls_in_flight_appends_each_message_once() {
         })
         .sum();
     assert_eq!(called, 3000);
-}
-
-async fn cursor(db: &TestDb) -> String {
-    sqlx::query_scalar(
-        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
 }
 
 async fn owned_by(db: &TestDb, relay: &RelayProcess) -> Option<()> {
@@ -363,17 +362,8 @@ async fn a_relay_frozen_past_its_lease_with_calls_in_flight_appends_nothing_when
     )
     .await;
     drained(&redis, 2000).await;
-    eventually(Duration::from_secs(10), "the cursor at the end", || async {
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (lag == 0).then_some(())
-    })
-    .await;
-    let cursor_before = cursor(&db).await;
+    wait_for_cursor_at_the_end(&db).await;
+    let cursor_before = cursor_of_g(&db).await;
 
     // Awake, its calls answer and its window commits: every write must be refused.
     stale.signal("CONT");
@@ -389,7 +379,7 @@ async fn a_relay_frozen_past_its_lease_with_calls_in_flight_appends_nothing_when
         "the fresh relay keeps the lease"
     );
     assert_eq!(
-        cursor(&db).await,
+        cursor_of_g(&db).await,
         cursor_before,
         "the stale relay moved the cursor"
     );

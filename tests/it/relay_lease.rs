@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{
-    RelayProcess, TempDir, assert_numbered_exactly_once, lease_owner, publish_numbered,
-    wait_for_lease_owner,
+    RelayProcess, TempDir, assert_numbered_exactly_once, cursor_of_g, lease_owner,
+    publish_numbered, wait_for_cursor_at_the_end, wait_for_lease_owner,
 };
 use crate::harness::{TestDb, eventually};
 
@@ -114,22 +114,8 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
     .await;
     // Its last cursor update may land just after the last append: wait for the cursor to
     // reach the end before taking it as the reference.
-    eventually(Duration::from_secs(10), "the cursor at the end", || async {
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (lag == 0).then_some(())
-    })
-    .await;
-    let cursor_before: String = sqlx::query_scalar(
-        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    wait_for_cursor_at_the_end(&db).await;
+    let cursor_before = cursor_of_g(&db).await;
 
     // Wake the stale relay: whatever it had in flight must be refused.
     stale.signal("CONT");
@@ -144,12 +130,7 @@ async fn a_relay_paused_past_its_lease_can_neither_append_nor_move_the_cursor() 
         lease_owner(&db).await.map(|o| owner_pid(&o)),
         Some(fresh.pid())
     );
-    let cursor_after: String = sqlx::query_scalar(
-        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let cursor_after = cursor_of_g(&db).await;
     assert_eq!(
         cursor_before, cursor_after,
         "the stale relay moved the cursor"

@@ -209,6 +209,31 @@ pub async fn wait_for_lease_owner(db: &TestDb) -> String {
     .await
 }
 
+/// Group `g`'s cursor as `tx_id:seq`.
+pub async fn cursor_of_g(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT g.cursor_tx_id::text || ':' || g.cursor_seq FROM outbox.consumer_groups g WHERE g.name = 'g'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until group `g` has nothing left to deliver (its last cursor update may land just
+/// after its last append).
+pub async fn wait_for_cursor_at_the_end(db: &TestDb) {
+    eventually(Duration::from_secs(10), "the cursor at the end", || async {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (lag == 0).then_some(())
+    })
+    .await;
+}
+
 /// One transaction publishing `{"n": from}` .. `{"n": from + count - 1}` on topic `t`.
 pub async fn publish_numbered(pool: &PgPool, from: usize, count: usize) {
     let messages = (from..from + count)
