@@ -44,6 +44,7 @@ pub mod handler;
 pub mod json;
 pub mod position;
 pub mod publish;
+mod redact;
 pub mod registry;
 pub mod relay;
 pub mod retry;

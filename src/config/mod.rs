@@ -6,30 +6,33 @@
 //! key); [`Config::from_raw`] checks it and reports every problem at once, each with its key
 //! path (`groups[0].routes[1].topics[0]`). Connection URLs are [`ConnectionUrl`]s: their
 //! `Display` and `Debug` never show a password.
+//!
+//! This module only builds: the settings types it fills live with the modules that use them
+//! ([`RelaySettings`], [`GroupConfig`] and [`Wakeup`] in [`crate::relay`], [`RedisSettings`]
+//! in [`crate::sink`], the URL types with the crate's redaction) and are re-exported here, so
+//! imports point from configuration down to them and never back.
 
 mod check;
 mod errors;
 mod groups;
 mod raw;
-mod url;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
+pub use crate::redact::{
+    ConnectionUrl, REDACTED, WebhookUrl, redact_headers, redact_url, redact_webhook_url,
+};
+pub use crate::relay::{
+    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
+    Wakeup,
+};
+pub use crate::sink::{RedisClientCert, RedisSettings, RedisTls};
 pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
     Overrides, RawConfig, RawGroup, RawHttp, RawPostgres, RawPublish, RawRedis, RawRegistry,
     RawRelay, RawRoute,
 };
-pub use url::{
-    ConnectionUrl, REDACTED, WebhookUrl, redact_headers, redact_url, redact_webhook_url,
-};
 
 use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
-use crate::relay::entry_fields::EntryFields;
-use crate::relay::ordering::OrderingMode;
-use crate::relay::route::Route;
 use check::{
     check_postgres, check_postgres_tls_files, check_publish, check_redis, check_registry,
     check_relay,
@@ -82,143 +85,6 @@ pub struct HttpSettings {
 pub struct RegistrySettings {
     /// What publishing and the relay do with topics that have no registered schema.
     pub unregistered: Unregistered,
-}
-
-/// `[redis]`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    pub key_prefix: String,
-    pub max_len: Option<u64>,
-    pub response_timeout: Duration,
-    /// Replicas that must acknowledge an append (`WAIT`) before the cursor moves; 0: none.
-    pub wait_replicas: u32,
-    /// How long one `WAIT` may take.
-    pub wait_timeout: Duration,
-    /// Certificates for a `rediss://` URL; all unset means the default trust roots.
-    pub tls: RedisTls,
-}
-
-impl Default for RedisSettings {
-    fn default() -> Self {
-        RedisSettings {
-            key_prefix: String::new(),
-            max_len: None,
-            response_timeout: Duration::from_secs(5),
-            wait_replicas: 0,
-            wait_timeout: Duration::from_secs(1),
-            tls: RedisTls::default(),
-        }
-    }
-}
-
-/// `[redis] tls_*`, checked: files that existed and held PEM when the configuration was
-/// loaded. They are read again when the relay connects, so a rotated certificate is picked up
-/// by a restart.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RedisTls {
-    /// The CA certificate(s) the server's certificate must chain to.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS (both or neither).
-    pub client: Option<RedisClientCert>,
-}
-
-/// A client certificate and its private key, for Redis servers that require mutual TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisClientCert {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-impl RedisTls {
-    /// True when any certificate is configured (so the URL must be `rediss://`).
-    pub fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.client.is_some()
-    }
-}
-
-/// How a caught-up relay learns about new messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wakeup {
-    /// Poll every `idle_poll_ms` while caught up (default; costs publishers nothing).
-    Poll,
-    /// LISTEN for the trigger installed by `outbox-relay notify on`, polling every
-    /// `idle_poll_ms` (default 500) as the fallback for a lost notification.
-    Notify,
-}
-
-impl Wakeup {
-    /// The configuration value: `poll` or `notify`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Wakeup::Poll => "poll",
-            Wakeup::Notify => "notify",
-        }
-    }
-}
-
-/// `idle_poll` when `wakeup = "notify"` and `idle_poll_ms` is not set.
-pub const NOTIFY_FALLBACK_POLL: Duration = Duration::from_millis(500);
-
-/// `[relay]`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelaySettings {
-    pub batch_size: usize,
-    pub wakeup: Wakeup,
-    pub idle_poll: Duration,
-    pub lease_ttl: Duration,
-    pub max_backoff: Duration,
-    pub stall_report_interval: Duration,
-    /// How long a stopping worker lets its in-flight step finish before abandoning it.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for RelaySettings {
-    fn default() -> Self {
-        RelaySettings {
-            batch_size: 500,
-            wakeup: Wakeup::Poll,
-            idle_poll: Duration::from_millis(5),
-            lease_ttl: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(5),
-            stall_report_interval: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-/// One consumer group: its name, routes (first match wins), ordering under failure, and
-/// where dead letters are copied.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    pub name: String,
-    pub routes: Vec<Route>,
-    pub ordering: OrderingMode,
-    /// A stream (named without the key prefix) that receives a copy of each dead letter.
-    pub dead_letter_stream: Option<String>,
-    /// The fields its stream entries carry.
-    pub entry_fields: EntryFields,
-    /// How many handler calls may run at once ([`DEFAULT_MAX_IN_FLIGHT`] unless set).
-    pub max_in_flight: usize,
-}
-
-/// `[[groups]] max_in_flight` when unset.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
-
-/// The largest `[[groups]] max_in_flight` accepted.
-pub const MAX_IN_FLIGHT_LIMIT: u64 = 65_536;
-
-impl GroupConfig {
-    /// A group with these routes, `key` ordering and no dead-letter stream.
-    pub fn new(name: impl Into<String>, routes: Vec<Route>) -> GroupConfig {
-        GroupConfig {
-            name: name.into(),
-            routes,
-            ordering: OrderingMode::default(),
-            dead_letter_stream: None,
-            entry_fields: EntryFields::default(),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-        }
-    }
 }
 
 impl Config {
@@ -326,7 +192,11 @@ impl Config {
 // figment::Jail's closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
 mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
     use super::*;
+    use crate::relay::ordering::OrderingMode;
     use figment::Jail;
 
     fn load(overrides: &Overrides) -> Result<Config, ConfigErrors> {
@@ -829,66 +699,5 @@ mod tests {
             text.contains("--config") && text.contains("/nonexistent/outbox-relay.toml"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn webhook_urls_show_query_names_never_values() {
-        let url =
-            WebhookUrl::parse("https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1").unwrap();
-        let shown = "https://u:REDACTED@hooks.example/h?token=REDACTED&x=REDACTED";
-        assert_eq!(url.to_string(), shown);
-        assert_eq!(format!("{url:?}"), format!("WebhookUrl({shown:?})"));
-        assert_eq!(
-            url.expose().as_str(),
-            "https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1"
-        );
-        // Text quoting the URL, or echoing its query, loses the values.
-        let text = url.scrub(
-            "error for url (https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1); \
-             404: no route for /h?token=s3cret&x=1",
-        );
-        assert!(!text.contains("s3cret"), "{text}");
-        assert!(
-            text.ends_with("no route for /h?token=REDACTED&x=REDACTED"),
-            "{text}"
-        );
-        assert_eq!(url.scrub("max=10"), "max=10");
-        // As written when there is nothing to hide; never echoed when it does not parse.
-        assert_eq!(redact_webhook_url("http://h/hook"), "http://h/hook");
-        assert_eq!(
-            redact_webhook_url("ftp://h/hook?token=s3cret"),
-            "ftp://h/hook?token=REDACTED"
-        );
-        assert_eq!(
-            redact_webhook_url("::bad?token=s3cret"),
-            "<unparseable URL>"
-        );
-        assert_eq!(redact_webhook_url("::bad"), "::bad");
-        let headers = redact_headers([("Authorization", "Bearer s3cret"), ("x-tenant", "acme")]);
-        assert_eq!(
-            headers.into_iter().collect::<Vec<_>>(),
-            [("Authorization", "REDACTED"), ("x-tenant", "REDACTED")]
-        );
-    }
-
-    #[test]
-    fn urls_never_show_their_password() {
-        let url = ConnectionUrl::parse(
-            "postgres://app:s3cret@db:5432/app?sslmode=require",
-            &["postgres"],
-        )
-        .unwrap();
-        assert_eq!(
-            url.to_string(),
-            "postgres://app:REDACTED@db:5432/app?sslmode=require"
-        );
-        assert!(!format!("{url:?}").contains("s3cret"));
-        let url = ConnectionUrl::parse("postgres://db/app?user=u&password=s3cret", &["postgres"])
-            .unwrap();
-        assert!(!url.to_string().contains("s3cret"), "{url}");
-        assert_eq!(redact_url("::not a url s3cret"), "<unparseable URL>");
-        let error =
-            ConnectionUrl::parse("postgres://u:s3cret@h:notaport/db", &["postgres"]).unwrap_err();
-        assert!(!error.contains("s3cret"), "{error}");
     }
 }

@@ -47,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::reply::{parse_outputs, quote};
 use super::{DecodedMessage, Handler, HandlerError, Output};
-use crate::config::REDACTED;
+use crate::redact::REDACTED;
 
 /// The most a program may write to stdout per call (its outputs); more is a permanent failure.
 pub const STDOUT_LIMIT: usize = 16 * 1024 * 1024;

@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::reply::{parse_outputs, quote};
 use super::{DecodedMessage, Handler, HandlerError, Output};
-use crate::config::{WebhookUrl, redact_webhook_url};
+use crate::redact::{WebhookUrl, redact_webhook_url};
 
 /// A configured `http` route handler. `Debug` shows the URL redacted and no header.
 #[derive(Clone)]

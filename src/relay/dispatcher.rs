@@ -85,7 +85,7 @@ impl Dispatcher {
             registry: None,
             jitter: rand::random::<f64>,
             entry_fields: EntryFields::default(),
-            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: super::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 

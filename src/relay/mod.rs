@@ -18,6 +18,7 @@ mod prefetch;
 mod repair;
 pub mod retry_plan;
 pub mod route;
+mod settings;
 mod stall;
 mod tail;
 mod wakeup;
@@ -32,10 +33,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use group::{RETRY_SCAN_INTERVAL, Step};
 pub use route::{Action, InvalidPattern, Route};
+pub use settings::{
+    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
+    Wakeup,
+};
 
 use dispatcher::Dispatcher;
 
-use crate::config::{GroupConfig, RelaySettings, Wakeup as WakeupMode};
 use crate::registry::{Registry, RegistryError, Unregistered};
 use crate::sink::{Sink, SinkError};
 use crate::store;
@@ -164,8 +168,8 @@ impl Relay {
             }
         }
         let wakeup = match self.settings.wakeup {
-            WakeupMode::Poll => wakeup::Wakeup::poll(),
-            WakeupMode::Notify => wakeup::Wakeup::notify(
+            Wakeup::Poll => wakeup::Wakeup::poll(),
+            Wakeup::Notify => wakeup::Wakeup::notify(
                 self.pool.clone(),
                 self.settings.max_backoff,
                 shutdown.clone(),

@@ -18,6 +18,7 @@
 
 mod dedupe_mark;
 mod keys;
+mod settings;
 mod watermark;
 
 use std::path::Path;
@@ -32,10 +33,11 @@ use redis::{
 
 pub use dedupe_mark::DedupeMark;
 pub use keys::{hash_tag, late_token_key, watermark_key};
+pub use settings::{RedisClientCert, RedisSettings, RedisTls};
 use watermark::{ReplicaWait, StreamKeys, WatchConnections};
 
-use crate::config::{ConnectionUrl, RedisSettings, RedisTls};
 use crate::position::Position;
+use crate::redact::ConnectionUrl;
 
 /// One entry for a stream: the message's position and the output's ordinal among that
 /// message's entries in this stream (together, its identity for deduplication), and its fields.

@@ -64,7 +64,7 @@ pub use schemas::{
 };
 pub use stream_marks::{StreamMark, stream_marks_of_group};
 
-use crate::config::ConnectionUrl;
+use crate::redact::ConnectionUrl;
 
 /// A transaction id selected as `tx_id::text` (sqlx has no xid8 type).
 fn decode_tx_id(tx_id: &str) -> Result<u64, sqlx::Error> {

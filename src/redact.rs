@@ -186,3 +186,69 @@ pub fn redact_headers<'a>(
         .map(|(name, _)| (name, REDACTED))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_show_query_names_never_values() {
+        let url =
+            WebhookUrl::parse("https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1").unwrap();
+        let shown = "https://u:REDACTED@hooks.example/h?token=REDACTED&x=REDACTED";
+        assert_eq!(url.to_string(), shown);
+        assert_eq!(format!("{url:?}"), format!("WebhookUrl({shown:?})"));
+        assert_eq!(
+            url.expose().as_str(),
+            "https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1"
+        );
+        // Text quoting the URL, or echoing its query, loses the values.
+        let text = url.scrub(
+            "error for url (https://u:pw-s3cret@hooks.example/h?token=s3cret&x=1); \
+             404: no route for /h?token=s3cret&x=1",
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.ends_with("no route for /h?token=REDACTED&x=REDACTED"),
+            "{text}"
+        );
+        assert_eq!(url.scrub("max=10"), "max=10");
+        // As written when there is nothing to hide; never echoed when it does not parse.
+        assert_eq!(redact_webhook_url("http://h/hook"), "http://h/hook");
+        assert_eq!(
+            redact_webhook_url("ftp://h/hook?token=s3cret"),
+            "ftp://h/hook?token=REDACTED"
+        );
+        assert_eq!(
+            redact_webhook_url("::bad?token=s3cret"),
+            "<unparseable URL>"
+        );
+        assert_eq!(redact_webhook_url("::bad"), "::bad");
+        let headers = redact_headers([("Authorization", "Bearer s3cret"), ("x-tenant", "acme")]);
+        assert_eq!(
+            headers.into_iter().collect::<Vec<_>>(),
+            [("Authorization", "REDACTED"), ("x-tenant", "REDACTED")]
+        );
+    }
+
+    #[test]
+    fn urls_never_show_their_password() {
+        let url = ConnectionUrl::parse(
+            "postgres://app:s3cret@db:5432/app?sslmode=require",
+            &["postgres"],
+        )
+        .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:REDACTED@db:5432/app?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let url = ConnectionUrl::parse("postgres://db/app?user=u&password=s3cret", &["postgres"])
+            .unwrap();
+        assert!(!url.to_string().contains("s3cret"), "{url}");
+        assert_eq!(redact_url("::not a url s3cret"), "<unparseable URL>");
+        let error =
+            ConnectionUrl::parse("postgres://u:s3cret@h:notaport/db", &["postgres"]).unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}
