@@ -29,7 +29,6 @@
 //! - [`json`]: JSON of any nesting depth Postgres accepts (parse, print, drop, validate).
 //! - [`retry`]: the retry schedule (backoff with jitter, dead after `max_attempts`).
 //! - [`sink`]: the effectively-once append to Redis Streams (one optimistic transaction per batch).
-//! - [`bench`]: the measurements behind `outbox-relay bench`.
 //! - [`telemetry`]: metric names and events, the relay's [`telemetry::Health`] for readiness,
 //!   W3C `traceparent` propagation, and the logging setup.
 //! - [`testing`]: helpers for applications' tests (what did this transaction publish?).
@@ -38,7 +37,6 @@
 // also panic in `outbox-relay ... | head`).
 #![deny(clippy::print_stdout)]
 
-pub mod bench;
 pub mod config;
 pub mod handler;
 pub mod json;

@@ -5,6 +5,7 @@
 // `println!` panics when the reader of stdout is gone: the commands print with `outln!`.
 #![deny(clippy::print_stdout)]
 
+mod bench;
 mod cli;
 
 use std::io::IsTerminal;

@@ -9,8 +9,8 @@ use sqlx::PgPool;
 use super::publish::payload_of_size;
 use super::relay_process::phase;
 use super::{BenchError, Measurement, Progress};
-use crate::position::Position;
-use crate::store;
+use outbox_relay::position::Position;
+use outbox_relay::store;
 
 /// Rows per backlog-filling transaction.
 pub(super) const FILL_CHUNK: u64 = 20_000;

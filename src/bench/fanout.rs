@@ -216,7 +216,7 @@ impl FanoutBench {
         &self,
         scratch: &mut RelayScratch,
         groups: u32,
-        last: crate::Position,
+        last: outbox_relay::Position,
         progress: &dyn Progress,
     ) -> Result<FanoutRun, BenchError> {
         let pool = scratch.database.pool.clone();

@@ -26,14 +26,14 @@ use super::relay_process::{RelayScratch, phase};
 use super::slow_endpoint::{CallCount, SlowEndpoint};
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
-use crate::Position;
-use crate::config::{
+use outbox_relay::Position;
+use outbox_relay::config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, GroupConfig, RedisSettings, RelaySettings,
 };
-use crate::handler::{DecodedMessage, Handler, HandlerError, Output};
-use crate::relay::Relay;
-use crate::sink::Sink;
-use crate::store;
+use outbox_relay::handler::{DecodedMessage, Handler, HandlerError, Output};
+use outbox_relay::relay::Relay;
+use outbox_relay::sink::Sink;
+use outbox_relay::store;
 
 const TOPIC: &str = "bench.handler";
 const HTTP_GROUP: &str = "bench-handler-http";
@@ -101,7 +101,7 @@ pub struct HandlerRun {
 impl HandlerRun {
     /// The same run timed from its first call: without the relay's startup, which is the
     /// same however large the backlog.
-    pub fn from_first_call(&self) -> Option<Measurement> {
+    pub fn since_first_call(&self) -> Option<Measurement> {
         let first_call = self.first_call?;
         Some(Measurement {
             messages: self.handled.messages,
@@ -110,7 +110,7 @@ impl HandlerRun {
     }
 
     fn details(&self, ideal: Measurement) -> Value {
-        let from_first_call = self.from_first_call();
+        let from_first_call = self.since_first_call();
         json!({
             "messages": self.handled.messages,
             "calls": self.calls,

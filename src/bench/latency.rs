@@ -25,9 +25,9 @@ use super::publish::payload_of_size;
 use super::relay_process::{RelayProcess, RelayScratch, phase};
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
-use crate::config::Wakeup;
-use crate::publish::{Message, Publisher};
-use crate::store;
+use outbox_relay::config::Wakeup;
+use outbox_relay::publish::{Message, Publisher};
+use outbox_relay::store;
 
 const GROUP: &str = "bench-latency";
 const STREAM: &str = "latency";

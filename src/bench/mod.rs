@@ -13,13 +13,13 @@ mod fanout;
 mod flaky_endpoint;
 mod handler;
 mod latency;
-pub mod pg_activity;
+mod pg_activity;
 mod progress;
 mod publish;
 mod relay_process;
 mod retry;
 mod slow_endpoint;
-pub mod stages;
+mod stages;
 mod summary;
 mod webhook;
 
@@ -29,19 +29,17 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 pub use drain::{DrainBench, DrainBenchReport};
-pub use fanout::{FanoutBench, FanoutBenchReport, FanoutRun, Growth};
+pub use fanout::{FanoutBench, FanoutBenchReport, Growth};
 pub use handler::{HandlerBench, HandlerBenchReport, HandlerRun};
 pub use latency::{LatencyBench, LatencyBenchReport};
-pub use pg_activity::IdleCost;
-pub use progress::{Progress, Silent};
-pub use publish::{NotifyCost, PublishBench, PublishBenchReport};
+pub use progress::Progress;
+pub use publish::{PublishBench, PublishBenchReport};
 pub use relay_process::RelayScratch;
 pub use retry::{RetryBench, RetryBenchReport};
-pub use stages::StageBreakdown;
-pub use summary::{Line, Machine, Summary};
+pub use summary::Summary;
 
-use crate::config::ConnectionUrl;
-use crate::store::{self, ConnectError};
+use outbox_relay::config::ConnectionUrl;
+use outbox_relay::store::{self, ConnectError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

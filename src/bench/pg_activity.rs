@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use super::BenchError;
 use super::relay_process::phase;
-use crate::store::APPLICATION_NAME;
+use outbox_relay::store::APPLICATION_NAME;
 
 /// Cumulative row counters of one table in schema `outbox`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

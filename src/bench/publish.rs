@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress, median};
-use crate::publish::{Message, Publisher};
-use crate::registry::{Registry, SchemaFormat, Unregistered};
-use crate::store;
+use outbox_relay::publish::{Message, Publisher};
+use outbox_relay::registry::{Registry, SchemaFormat, Unregistered};
+use outbox_relay::store;
 
 const TOPIC: &str = "bench.published";
 

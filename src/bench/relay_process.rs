@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
 use super::{BenchError, ScratchDatabase};
-use crate::config::ConnectionUrl;
-use crate::sink::delete_keys_with_prefix;
-use crate::store;
+use outbox_relay::config::ConnectionUrl;
+use outbox_relay::sink::delete_keys_with_prefix;
+use outbox_relay::store;
 
 /// A key prefix of this run's own on the configured Redis; [`ScratchRedis::clean`] deletes
 /// everything under it.

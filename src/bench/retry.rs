@@ -20,7 +20,7 @@ use super::pg_activity::settled_table_counters;
 use super::relay_process::{RelayProcess, RelayScratch, phase};
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
-use crate::Position;
+use outbox_relay::Position;
 
 const TOPIC: &str = "bench.retry";
 

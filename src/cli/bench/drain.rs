@@ -1,6 +1,6 @@
 //! `outbox-relay bench drain`
 
-use outbox_relay::bench::{DrainBench, DrainBenchReport, RelayScratch};
+use crate::bench::{DrainBench, DrainBenchReport, RelayScratch};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};

@@ -1,6 +1,6 @@
 //! `outbox-relay bench fanout`
 
-use outbox_relay::bench::{FanoutBench, FanoutBenchReport, Growth, RelayScratch};
+use crate::bench::{FanoutBench, FanoutBenchReport, Growth, RelayScratch};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};

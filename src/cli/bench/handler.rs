@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_relay::bench::{HandlerBench, HandlerBenchReport, HandlerRun, RelayScratch};
+use crate::bench::{HandlerBench, HandlerBenchReport, HandlerRun, RelayScratch};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};
@@ -74,7 +74,7 @@ fn print_report(report: &HandlerBenchReport) {
 fn print_run(report: &HandlerBenchReport, name: &str, run: &HandlerRun) {
     let s = &report.settings;
     let comparison = report.comparison(run);
-    let startup = match (run.first_call, run.from_first_call()) {
+    let startup = match (run.first_call, run.since_first_call()) {
         (Some(first_call), Some(steady)) => format!(
             "; first call after {:.3} s, from it {:.0} msg/s, ratio {:.3}×",
             first_call.as_secs_f64(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_relay::bench::{LatencyBench, LatencyBenchReport, RelayScratch};
+use crate::bench::{LatencyBench, LatencyBenchReport, RelayScratch};
 use outbox_relay::config::{Config, Wakeup};
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};

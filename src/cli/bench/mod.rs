@@ -11,8 +11,8 @@ mod retry;
 
 use std::path::PathBuf;
 
+use crate::bench::{Progress, Summary};
 use anyhow::Context;
-use outbox_relay::bench::{Progress, Summary};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
@@ -82,7 +82,7 @@ fn relay_exe() -> anyhow::Result<PathBuf> {
 async fn conclude<R>(
     progress: TerminalProgress,
     cleanup: impl std::future::Future<Output = ()>,
-    report: Result<R, outbox_relay::bench::BenchError>,
+    report: Result<R, crate::bench::BenchError>,
     show: impl FnOnce(&R) -> Summary,
     out: &JsonOut,
 ) -> anyhow::Result<()> {

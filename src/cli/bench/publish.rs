@@ -1,7 +1,7 @@
 //! `outbox-relay bench publish`
 
+use crate::bench::{Comparison, PublishBench, PublishBenchReport, ScratchDatabase};
 use outbox_relay::Publisher;
-use outbox_relay::bench::{Comparison, PublishBench, PublishBenchReport, ScratchDatabase};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude};

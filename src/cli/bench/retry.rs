@@ -1,6 +1,6 @@
 //! `outbox-relay bench retry`
 
-use outbox_relay::bench::{RelayScratch, RetryBench, RetryBenchReport};
+use crate::bench::{RelayScratch, RetryBench, RetryBenchReport};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};
