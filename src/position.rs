@@ -20,6 +20,7 @@ impl Position {
     /// Before every message.
     pub const ZERO: Position = Position { tx_id: 0, seq: 0 };
 
+    /// The position of the message with this transaction id and `seq`.
     pub fn new(tx_id: u64, seq: i64) -> Self {
         Position { tx_id, seq }
     }

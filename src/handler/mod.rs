@@ -26,18 +26,24 @@ use crate::store::OutboxRow;
 /// A message as a handler receives it: decoded and checked against its schema version.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecodedMessage {
+    /// The message's id (UUIDv7), as `publish_in_tx` returned it.
     pub id: Uuid,
+    /// The topic it was published to.
     pub topic: String,
+    /// Its ordering key, if it has one.
     pub key: Option<String>,
     /// Any nesting depth Postgres accepts; serializing the message (an HTTP body) grows the
     /// stack as it descends.
     #[serde(serialize_with = "crate::json::serialize")]
     pub payload: serde_json::Value,
+    /// Its headers (with `traceparent` when the publisher was traced).
     pub headers: BTreeMap<String, String>,
+    /// The schema version the payload was validated against; `None`: its topic has none.
     pub schema_version: Option<i32>,
     /// `"<tx_id>:<seq>"`.
     #[serde(serialize_with = "serialize_display")]
     pub position: Position,
+    /// When the publishing transaction inserted it.
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// 1 for the first attempt, 2 for the first retry, …
     pub attempt: u32,
@@ -74,12 +80,15 @@ impl DecodedMessage {
 /// …) are the message's.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Output {
+    /// The stream, named without the key prefix.
     pub stream: String,
+    /// The entry's `payload` field, as JSON.
     #[serde(serialize_with = "crate::json::serialize")]
     pub payload: serde_json::Value,
 }
 
 impl Output {
+    /// An entry for `stream` carrying `payload`.
     pub fn new(stream: impl Into<String>, payload: serde_json::Value) -> Output {
         Output {
             stream: stream.into(),
@@ -98,18 +107,22 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// A failure that may pass later, with `reason` for the logs and `last_error`.
     pub fn retryable(reason: impl Into<String>) -> HandlerError {
         HandlerError::Retryable(reason.into())
     }
 
+    /// A failure that never will, with `reason` for the logs and `last_error`.
     pub fn permanent(reason: impl Into<String>) -> HandlerError {
         HandlerError::Permanent(reason.into())
     }
 
+    /// True for [`HandlerError::Retryable`].
     pub fn is_retryable(&self) -> bool {
         matches!(self, HandlerError::Retryable(_))
     }
 
+    /// Why the handler did not take the message.
     pub fn reason(&self) -> &str {
         match self {
             HandlerError::Retryable(reason) | HandlerError::Permanent(reason) => reason,

@@ -96,14 +96,17 @@ impl Message {
         self
     }
 
+    /// The topic the message is published to.
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
+    /// The ordering key, if the message has one.
     pub fn key_str(&self) -> Option<&str> {
         self.key.as_deref()
     }
 
+    /// The headers set so far.
     pub fn headers(&self) -> &BTreeMap<String, String> {
         &self.headers
     }
@@ -160,36 +163,85 @@ pub struct ValidMessage<'a> {
 /// Why a message was refused. Nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidMessage {
+    /// The topic is the empty string.
     #[error("topic must not be empty")]
     EmptyTopic,
+    /// The topic is longer than [`MAX_TOPIC_BYTES`].
     #[error("topic `{topic}` is {len} bytes long; the limit is {MAX_TOPIC_BYTES}")]
-    TopicTooLong { topic: Preview, len: usize },
+    TopicTooLong {
+        /// The topic's beginning.
+        topic: Preview,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The topic contains whitespace or a control character.
     #[error("topic {topic:?} contains whitespace or a control character")]
-    TopicHasWhitespace { topic: Preview },
+    TopicHasWhitespace {
+        /// The topic's beginning.
+        topic: Preview,
+    },
+    /// The key is the empty string (no key is `None`).
     #[error("key must be absent or non-empty")]
     EmptyKey,
+    /// The key is longer than [`MAX_KEY_BYTES`].
     #[error("key is {len} bytes long; the limit is {MAX_KEY_BYTES}")]
-    KeyTooLong { len: usize },
+    KeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The key contains a NUL character.
     #[error("key contains a NUL character, which Postgres text cannot store")]
     KeyHasNul,
+    /// Serializing the payload to JSON failed.
     #[error("payload could not be serialized to JSON: {reason}")]
-    PayloadNotSerializable { reason: String },
+    PayloadNotSerializable {
+        /// serde_json's error, as text.
+        reason: String,
+    },
+    /// The payload is a JSON scalar (a string, number, boolean or null).
     #[error("payload must be a JSON object or array, not {found}")]
-    PayloadNotDocument { found: &'static str },
+    PayloadNotDocument {
+        /// What it is instead (`"a string"`, …).
+        found: &'static str,
+    },
+    /// The payload's compact JSON is larger than [`PublishLimits::max_payload_bytes`].
+    ///
+    /// [`PublishLimits::max_payload_bytes`]: crate::PublishLimits::max_payload_bytes
     #[error(
         "payload is {size} bytes of JSON; the limit is {limit} bytes (publish.max_payload_bytes)"
     )]
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The payload contains a `\u0000` character.
     #[error("payload contains a \\u0000 character, which Postgres jsonb cannot store")]
     PayloadHasNul,
+    /// The headers given as JSON are not an object.
     #[error("headers must be a JSON object of strings, not {found}")]
-    HeadersNotObject { found: &'static str },
+    HeadersNotObject {
+        /// What they are instead (`"an array"`, …).
+        found: &'static str,
+    },
+    /// A header given as JSON has a value that is not a string.
     #[error("header `{name}` must have a string value, not {found}")]
-    HeaderNotString { name: String, found: &'static str },
+    HeaderNotString {
+        /// The header's name.
+        name: String,
+        /// What its value is instead (`"a number"`, …).
+        found: &'static str,
+    },
+    /// A header's name is the empty string.
     #[error("header names must not be empty")]
     EmptyHeaderName,
+    /// A header's name or value contains a NUL character.
     #[error("header `{name}` contains a NUL character, which Postgres jsonb cannot store")]
-    HeaderHasNul { name: String },
+    HeaderHasNul {
+        /// The header's name.
+        name: String,
+    },
 }
 
 /// The first 64 characters of a user-supplied string, for error messages that must stay

@@ -44,6 +44,7 @@ pub struct PublishLimits {
 }
 
 impl PublishLimits {
+    /// `max_payload_bytes` when not set: 1 MiB.
     pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 }
 
@@ -99,7 +100,9 @@ pub enum PublishError {
     /// One message of a batch failed validation; no message of the batch was written.
     #[error("message #{index} of the batch refused (nothing of the batch was written): {reason}")]
     InvalidInBatch {
+        /// The message's index in the batch, from 0.
         index: usize,
+        /// Why it was refused.
         reason: InvalidMessage,
     },
     /// The connection is not inside a transaction, so the message would not be tied to one.
@@ -114,8 +117,11 @@ pub enum PublishError {
         registry::joined_errors(errors)
     )]
     SchemaRejected {
+        /// The message's topic.
         topic: String,
+        /// The schema version the payload was checked against (the topic's latest).
         version: i32,
+        /// Where and how the payload fails the schema.
         errors: Vec<SchemaError>,
     },
     /// One payload of a batch does not match its topic's latest schema; no message of the
@@ -126,9 +132,13 @@ pub enum PublishError {
         registry::joined_errors(errors)
     )]
     SchemaRejectedInBatch {
+        /// The message's index in the batch, from 0.
         index: usize,
+        /// The message's topic.
         topic: String,
+        /// The schema version the payload was checked against (the topic's latest).
         version: i32,
+        /// Where and how the payload fails the schema.
         errors: Vec<SchemaError>,
     },
     /// The topic has no registered schema and the publisher's policy is
@@ -138,12 +148,17 @@ pub enum PublishError {
          (register one: outbox-relay schema register --topic {topic} --file SCHEMA.json); \
          nothing was written"
     )]
-    Unregistered { topic: String },
+    Unregistered {
+        /// The topic without a schema.
+        topic: String,
+    },
     /// Reading the topic's latest schema failed; if Postgres failed, the caller's transaction
     /// is now aborted.
     #[error("could not look up the schema of topic `{topic}`")]
     SchemaLookup {
+        /// The message's topic.
         topic: String,
+        /// The registry's error.
         #[source]
         source: RegistryError,
     },
@@ -153,7 +168,10 @@ pub enum PublishError {
         "the schema of topic(s) {} changed while publishing; nothing was written, publish again",
         topics.join(", ")
     )]
-    SchemaChanged { topics: Vec<String> },
+    SchemaChanged {
+        /// The topics whose latest schema changed.
+        topics: Vec<String>,
+    },
     /// Postgres refused a payload as nested deeper than jsonb can be (its `max_stack_depth`
     /// bounds the nesting); nothing was written, and the caller's transaction is now aborted.
     #[error(
@@ -162,14 +180,18 @@ pub enum PublishError {
          levels at its 2MB default); nothing was written"
     )]
     PayloadTooDeep {
+        /// How many messages the insert carried.
         count: usize,
+        /// Postgres' error (SQLSTATE 54001).
         #[source]
         source: sqlx::Error,
     },
     /// Postgres refused or failed the insert; the caller's transaction is now aborted.
     #[error("could not insert {count} message(s) into outbox.messages")]
     Insert {
+        /// How many messages the insert carried.
         count: usize,
+        /// Postgres' error.
         #[source]
         source: sqlx::Error,
     },
@@ -201,6 +223,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher with `limits` that allows topics without a schema (see
+    /// [`Publisher::with_unregistered`]).
     pub fn new(limits: PublishLimits) -> Self {
         Publisher {
             limits,
@@ -216,10 +240,12 @@ impl Publisher {
         }
     }
 
+    /// The limits every message is checked against.
     pub fn limits(&self) -> PublishLimits {
         self.limits
     }
 
+    /// What this publisher does with a topic that has no registered schema.
     pub fn unregistered(&self) -> Unregistered {
         self.unregistered
     }

@@ -108,6 +108,7 @@ impl FromStr for SchemaFormat {
 /// What [`Registry::register`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
+    /// The topic the schema is for.
     pub topic: String,
     /// The new version, or the latest one when `created` is false.
     pub version: i32,
@@ -120,7 +121,9 @@ pub struct Registered {
 /// A payload checked against a stored version ([`Registry::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validation {
+    /// The topic the payload was checked for.
     pub topic: String,
+    /// The version it was checked against.
     pub version: i32,
     /// Empty when the payload is valid.
     pub errors: Vec<SchemaError>,
@@ -132,30 +135,47 @@ pub struct Validation {
 pub enum Rejection {
     /// The row names a version that was never registered (written by plain SQL).
     #[error("schema version {version} of topic `{topic}` is not registered")]
-    UnknownVersion { topic: String, version: i32 },
+    UnknownVersion {
+        /// The row's topic.
+        topic: String,
+        /// The version the row names.
+        version: i32,
+    },
     /// The payload does not match the version the row names (or, unstamped, the latest).
     #[error(
         "payload does not match schema `{topic}` version {version}: {}",
         schema::joined(errors)
     )]
     Invalid {
+        /// The row's topic.
         topic: String,
+        /// The version the payload was checked against.
         version: i32,
+        /// Where and how the payload fails the schema.
         errors: Vec<SchemaError>,
     },
     /// The topic has no schema and `registry.unregistered = "reject"`.
     #[error("topic `{topic}` has no registered schema and registry.unregistered = \"reject\"")]
-    Unregistered { topic: String },
+    Unregistered {
+        /// The row's topic.
+        topic: String,
+    },
 }
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The topic is not one a message could be published to (empty, too long, whitespace).
     #[error("topic refused: {0}")]
     InvalidTopic(InvalidMessage),
     /// The definition does not compile as a JSON Schema; nothing was stored.
     #[error("the schema for `{topic}` is not a valid JSON Schema: {reason}")]
-    InvalidSchema { topic: String, reason: String },
+    InvalidSchema {
+        /// The topic the schema was for.
+        topic: String,
+        /// What the JSON Schema compiler said.
+        reason: String,
+    },
     /// The definition breaks the compatibility rules of `mode` against version `latest`;
     /// nothing was stored. Each violation names its rule and schema path.
     #[error(
@@ -163,30 +183,49 @@ pub enum RegistryError {
         joined_violations(violations)
     )]
     Incompatible {
+        /// The topic the schema was for.
         topic: String,
+        /// The compatibility mode it was checked under.
         mode: Compatibility,
+        /// The topic's latest version, which it was checked against.
         latest: i32,
+        /// Each rule the definition breaks, with its schema path.
         violations: Vec<Violation>,
     },
+    /// The topic has no schema, or not this version.
     #[error("{}", not_found(topic, *version))]
-    NotFound { topic: String, version: Option<i32> },
+    NotFound {
+        /// The topic asked for.
+        topic: String,
+        /// The version asked for; `None`: any (the topic has none).
+        version: Option<i32>,
+    },
     /// A stored version cannot be used for validation (written by hand, or a format this
     /// outbox-relay does not know). Not the payload's fault: fix or remove the schema row.
     #[error("stored schema `{topic}` version {version} cannot be used: {reason}")]
     UnusableSchema {
+        /// The stored schema's topic.
         topic: String,
+        /// The stored schema's version.
         version: i32,
+        /// Why it cannot be used.
         reason: String,
     },
+    /// Reading `outbox.schemas` failed.
     #[error("could not read {what} from outbox.schemas")]
     Read {
+        /// What was being read (`the latest schema of `orders``, …).
         what: String,
+        /// Postgres' error.
         #[source]
         source: sqlx::Error,
     },
+    /// Storing a new version failed; nothing was stored.
     #[error("could not register a schema for `{topic}`")]
     Register {
+        /// The topic the schema was for.
         topic: String,
+        /// Postgres' error.
         #[source]
         source: sqlx::Error,
     },

@@ -45,24 +45,45 @@ use crate::sink::{Sink, SinkError};
 use crate::store;
 use crate::telemetry::{Health, WorkerHealth};
 
+/// Why a consumer group's step failed: Postgres, the schema registry or Redis, naming the
+/// group.
+///
+/// Inside [`Relay::run`] none of these stops the relay: the group's worker logs the error
+/// (WARN), counts it in `outbox_relay_errors_total`, reports the group as failing in its
+/// [`Health`], and tries the step again after a capped backoff. Nothing is lost meanwhile: the
+/// cursor moves only after Redis accepted the batch, and what is appended again is
+/// deduplicated. [`Relay::run`] itself returns one only when it cannot create a group's row at
+/// startup.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// A statement failed (reading the batch, advancing the cursor, renewing the lease, …).
     #[error("consumer group `{group}`: could not {operation}")]
     Store {
+        /// The consumer group.
         group: String,
+        /// What the worker was doing, as in "could not {operation}".
         operation: &'static str,
+        /// Postgres' error.
         #[source]
         source: sqlx::Error,
     },
+    /// A message could not be checked against its schema because reading the registry failed
+    /// (a message that fails its schema is a permanent failure of that message, not this).
     #[error("consumer group `{group}`: could not decode a message through the schema registry")]
     Registry {
+        /// The consumer group.
         group: String,
+        /// The registry's error.
         #[source]
         source: RegistryError,
     },
+    /// The append to Redis failed (a fenced append is not an error: the worker goes back to
+    /// standby).
     #[error("consumer group `{group}`: could not append to Redis")]
     Sink {
+        /// The consumer group.
         group: String,
+        /// The sink's error.
         #[source]
         source: SinkError,
     },
@@ -83,6 +104,16 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay reading the outbox through `pool` and appending through `sink`, one worker per
+    /// group of `groups`, with `settings` (the binary builds both from its configuration:
+    /// `Config::relay` and `Config::groups`). Nothing connects or runs yet: add handlers and
+    /// options with the builder methods ([`Relay::handler`], [`Relay::route`],
+    /// [`Relay::registry`], [`Relay::health`], [`Relay::owner`], [`Relay::from_now`]), then
+    /// call [`Relay::run`], which is where errors come from.
+    ///
+    /// `groups` may be empty when every group is defined in code: [`Relay::route`] creates a
+    /// group it does not know. Every group shares `pool`; it needs one connection, two with
+    /// `wakeup = "notify"` (its listener keeps one), and more only make it faster under load.
     pub fn new(
         pool: PgPool,
         sink: Sink,

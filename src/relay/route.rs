@@ -23,7 +23,10 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Action {
     /// Append the message to the stream named by the template (no handler call: the stored
     /// JSON goes to Redis as it is).
-    Forward { stream: StreamTemplate },
+    Forward {
+        /// The stream's name, with the message's topic and key in it (`events.{topic}`).
+        stream: StreamTemplate,
+    },
     /// Consume the message without output.
     Drop,
     /// Call a handler (`http`, `exec`, or a custom [`Handler`]) and append what it returns.
@@ -31,6 +34,7 @@ pub enum Action {
         /// What it is, for logs and errors: `http POST <url>`, `exec <program>` or the name
         /// given at registration.
         name: String,
+        /// The handler.
         handler: Arc<dyn Handler>,
     },
 }
@@ -60,7 +64,9 @@ impl PartialEq for Action {
 #[derive(Debug, thiserror::Error)]
 #[error("topic pattern `{pattern}` is not a valid glob: {problem}")]
 pub struct InvalidPattern {
+    /// The pattern as given.
     pub pattern: String,
+    /// What is wrong with it.
     pub problem: String,
 }
 
@@ -69,8 +75,11 @@ pub struct InvalidPattern {
 pub struct Route {
     patterns: Vec<String>,
     matcher: GlobSet,
+    /// What the route does with a matching message.
     pub action: Action,
+    /// How failed handler calls are retried.
     pub retry: RetryPolicy,
+    /// How long one handler call may take ([`DEFAULT_HANDLER_TIMEOUT`] unless set).
     pub timeout: Duration,
 }
 
@@ -126,10 +135,12 @@ impl Route {
         self
     }
 
+    /// True when one of the route's patterns matches `topic`.
     pub fn matches(&self, topic: &str) -> bool {
         self.matcher.is_match(topic)
     }
 
+    /// The topic patterns (globs), as given.
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }

@@ -34,11 +34,18 @@ pub const NOTIFY_FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// `[relay]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
+    /// Messages read per batch.
     pub batch_size: usize,
+    /// How a caught-up worker learns about new messages.
     pub wakeup: Wakeup,
+    /// The wait before polling again when caught up.
     pub idle_poll: Duration,
+    /// A group's lease time: a standby takes over this long after the active relay stopped
+    /// renewing.
     pub lease_ttl: Duration,
+    /// The longest wait between retries after Postgres or Redis failed.
     pub max_backoff: Duration,
+    /// How often a stalled group (xmin held back) is reported.
     pub stall_report_interval: Duration,
     /// How long a stopping worker lets its in-flight step finish before abandoning it.
     pub shutdown_grace: Duration,
@@ -62,8 +69,11 @@ impl Default for RelaySettings {
 /// where dead letters are copied.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
+    /// The group's name, its row in `outbox.consumer_groups`.
     pub name: String,
+    /// Its routes, in order: the first whose patterns match a topic takes the message.
     pub routes: Vec<Route>,
+    /// Its order under failure.
     pub ordering: OrderingMode,
     /// A stream (named without the key prefix) that receives a copy of each dead letter.
     pub dead_letter_stream: Option<String>,

@@ -43,8 +43,11 @@ use crate::redact::ConnectionUrl;
 /// message's entries in this stream (together, its identity for deduplication), and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The position of the message the entry comes from.
     pub position: Position,
+    /// The entry's ordinal among that message's entries in this stream, from 0.
     pub ordinal: u32,
+    /// The entry's fields.
     pub fields: Vec<(&'static str, String)>,
 }
 
@@ -57,14 +60,19 @@ pub type Fields = Vec<(&'static str, String)>;
 pub struct LateEntry {
     /// The message the entry comes from (a failed append is charged to it).
     pub message_id: uuid::Uuid,
+    /// Unique to the entry within (group, stream): an append with a token already seen adds
+    /// nothing.
     pub token: String,
+    /// The entry's fields.
     pub fields: Fields,
 }
 
 /// The late entries of one stream, in the order they should appear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateAppend {
+    /// The stream, named without the key prefix.
     pub stream: String,
+    /// Its late entries.
     pub entries: Vec<LateEntry>,
 }
 
@@ -76,15 +84,20 @@ pub const LATE_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 /// generation (entries of a newer generation are not compared with older ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Writer<'a> {
+    /// The consumer group.
     pub group: &'a str,
+    /// The epoch of the lease the writer holds.
     pub epoch: i64,
+    /// The group's replay generation.
     pub replay_generation: i64,
 }
 
 /// The entries of one batch for one stream (named without the key prefix), ascending by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {
+    /// The stream, named without the key prefix.
     pub stream: String,
+    /// Its entries, ascending by position.
     pub entries: Vec<Entry>,
     /// How far the group has appended to this stream before, as far as the caller knows (from
     /// Postgres and its own appends). A watermark in Redis behind it means Redis lost
@@ -119,6 +132,7 @@ impl std::fmt::Display for WrongType {
 /// restarted empty or from an older snapshot, or failed over to a replica that lagged).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostAppends {
+    /// The stream, named without the key prefix.
     pub stream: String,
     /// What the watermark in Redis holds now (`None`: gone).
     pub redis_mark: Option<DedupeMark>,
@@ -134,29 +148,52 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
         .join("; ")
 }
 
+/// Why connecting to Redis, or an append, failed.
+///
+/// A connect failure says whether trying again later may help
+/// ([`SinkError::is_transient_connect`]). After a failed append the caller must not move its
+/// cursor, and appending the same batch again is safe: the watermark and the late tokens
+/// deduplicate, so what did reach Redis is not added twice. [`SinkError::is_fenced`] means the
+/// caller lost its lease and must stop writing.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// `transient`: connecting again later may work (see [`SinkError::is_transient_connect`]).
     #[error("could not connect to Redis at {url}: {cause}")]
     Connect {
+        /// The URL, its password redacted.
         url: String,
+        /// What went wrong, with what to check for TLS and authentication failures.
         cause: String,
+        /// True when connecting again later may work.
         transient: bool,
     },
     /// A `[redis] tls_*` file could not be read when connecting.
     #[error("could not read `redis.{key}` ({path}): {source}")]
     TlsFile {
+        /// The setting (`tls_ca_file`, …).
         key: &'static str,
+        /// The file.
         path: String,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
     /// A newer lease epoch has written to the stream: this relay lost its lease.
     #[error("append to stream `{stream}` refused: {detail} (another relay holds the lease)")]
-    Fenced { stream: String, detail: String },
+    Fenced {
+        /// The stream, named without the key prefix.
+        stream: String,
+        /// Why it was refused (the writer's lease epoch against the newer one).
+        detail: String,
+    },
     /// A watermark holds something this relay never writes: a bug, or another program's key.
     #[error("watermark `{key}` holds `{value}`, which is not a position this relay writes")]
-    CorruptWatermark { key: String, value: String },
+    CorruptWatermark {
+        /// The watermark's Redis key.
+        key: String,
+        /// What it holds.
+        value: String,
+    },
     /// Stream keys that are not streams: nothing was appended to them (see
     /// [`SinkError::WrongType`]'s entries for which).
     #[error("append refused: {}", join(.0))]
@@ -171,13 +208,19 @@ pub enum SinkError {
         "append acknowledged by {acked} of {wanted} replica(s) within {timeout_ms} ms ([redis] wait_replicas); it will be appended and waited for again"
     )]
     NotReplicated {
+        /// How many replicas acknowledged.
         acked: i64,
+        /// `[redis] wait_replicas`.
         wanted: u32,
+        /// `[redis] wait_timeout_ms`.
         timeout_ms: u64,
     },
     /// The watched watermarks changed under every attempt (other writers kept appending).
     #[error("append gave up after {attempts} attempts: the stream's watermark kept changing")]
-    Contended { attempts: usize },
+    Contended {
+        /// How many times the transaction was tried.
+        attempts: usize,
+    },
     /// Redis failed or timed out; the append may or may not have happened. Retrying is safe:
     /// the watermark and the late tokens deduplicate.
     #[error("append to Redis failed")]
@@ -277,10 +320,19 @@ fn describe_connect_error(error: &RedisError) -> String {
 /// How many entries an append added (the rest were already there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppendReport {
+    /// Entries added to their streams.
     pub appended: u64,
+    /// Entries skipped: the group had appended them already.
     pub skipped: u64,
 }
 
+/// The Redis Streams output of a relay process: connect one with [`Sink::connect`] and hand
+/// it to [`Relay::new`](crate::relay::Relay::new). Clones share one connection, which
+/// reconnects by itself.
+///
+/// [`Sink::append`] is the effectively-once append: entries a group already appended are
+/// skipped (so a replay after a crash adds nothing), and a writer whose lease epoch is older
+/// than one that already wrote to the stream is refused ([`SinkError::Fenced`]).
 #[derive(Clone)]
 pub struct Sink {
     connection: ConnectionManager,
@@ -338,6 +390,7 @@ impl Sink {
         self.connection.clone()
     }
 
+    /// `[redis] key_prefix`: what every key this sink writes starts with.
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix
     }

@@ -8,8 +8,11 @@ use std::time::Duration;
 /// `[redis]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
+    /// Prepended to every key the relay writes (streams and their bookkeeping).
     pub key_prefix: String,
+    /// Cap streams at about this many entries (`XADD … MAXLEN ~ N`); `None`: uncapped.
     pub max_len: Option<u64>,
+    /// How long one Redis call may take (and connecting).
     pub response_timeout: Duration,
     /// Replicas that must acknowledge an append (`WAIT`) before the cursor moves; 0: none.
     pub wait_replicas: u32,
@@ -46,7 +49,9 @@ pub struct RedisTls {
 /// A client certificate and its private key, for Redis servers that require mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisClientCert {
+    /// The client's certificate chain, PEM.
     pub cert_file: PathBuf,
+    /// Its private key, PEM.
     pub key_file: PathBuf,
 }
 

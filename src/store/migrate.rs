@@ -14,7 +14,9 @@ const MIGRATIONS_TABLE: &str = "outbox._sqlx_migrations";
 /// One migration applied by a [`migrate`] call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedMigration {
+    /// Its number (`0003` of `0003_deliveries.sql`).
     pub version: i64,
+    /// Its description (`deliveries`).
     pub description: String,
 }
 
@@ -27,15 +29,21 @@ pub struct MigrationReport {
     pub known: usize,
 }
 
+/// Why [`migrate`] (or [`schema_version`]) failed. A migration that failed was rolled back
+/// with its transaction; the ones before it stay applied, and running [`migrate`] again goes
+/// on from there.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    /// Reading `outbox._sqlx_migrations` failed (Postgres unreachable, no permission).
     #[error("could not read which outbox migrations are applied")]
     ReadApplied(#[source] sqlx::Error),
+    /// A newer outbox-relay migrated this database: this one does not know migration `.0`.
     #[error(
         "the outbox schema in this database is newer than this outbox-relay: migration {0} is \
          applied but unknown here; upgrade outbox-relay"
     )]
     SchemaNewerThanBinary(i64),
+    /// A migration failed to apply.
     #[error("applying the outbox migrations failed")]
     Apply(#[source] sqlx::migrate::MigrateError),
 }
@@ -79,7 +87,12 @@ pub enum SchemaVersion {
     /// Every migration this outbox-relay knows is applied, and nothing newer.
     Current,
     /// `applied` of the `known` migrations are applied (0: `migrate` never ran here).
-    Behind { applied: usize, known: usize },
+    Behind {
+        /// How many are applied.
+        applied: usize,
+        /// How many this outbox-relay knows.
+        known: usize,
+    },
     /// A migration newer than this outbox-relay is applied (a newer version migrated).
     Newer(i64),
 }
