@@ -619,10 +619,21 @@ fn transaction(
     })
 }
 
-/// `XADD stream [MAXLEN ~ n] * field value …`.
+/// `XADD stream [MAXLEN ~ n] * field value …`, its buffers sized once (growing them arg by
+/// arg was ~10 % of the relay's CPU in a drain: realloc and the copies it makes).
 fn xadd(stream: &str, max_len: u64, entry: &Entry) -> redis::Cmd {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream);
+    // "MAXLEN" "~" and up to 20 digits.
+    const TRIM_BYTES: usize = 6 + 1 + 20;
+    let field_bytes: usize = entry
+        .fields
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    let mut cmd = redis::Cmd::with_capacity(
+        5 + 2 * entry.fields.len(),
+        "XADD".len() + stream.len() + TRIM_BYTES + 1 + field_bytes,
+    );
+    cmd.arg("XADD").arg(stream);
     if max_len > 0 {
         cmd.arg("MAXLEN").arg("~").arg(max_len);
     }

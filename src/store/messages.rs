@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
+use sqlx::{Column, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::position::Position;
@@ -262,16 +262,40 @@ pub async fn messages_fetch_visible(
 /// An [`OutboxRow`] from a statement that selects the message columns as
 /// `messages_fetch_visible.sql` does (`tx_id_text`, `payload_text`, `headers_text`, …).
 pub(super) fn outbox_row(row: &sqlx::postgres::PgRow) -> Result<OutboxRow, sqlx::Error> {
-    let tx_id: &str = row.try_get("tx_id_text")?;
+    // By position, in the order `OUTBOX_ROW_COLUMNS` names them (a lookup by name hashes the
+    // column name for every column of every row); the first column is checked by name once
+    // per row (debug builds check every name).
+    let at = row.try_column(OUTBOX_ROW_COLUMNS[0])?.ordinal();
+    debug_assert!(
+        OUTBOX_ROW_COLUMNS
+            .iter()
+            .enumerate()
+            .all(|(i, name)| row.columns().get(at + i).is_some_and(|c| c.name() == *name)),
+        "the statement's message columns are not in OUTBOX_ROW_COLUMNS order"
+    );
+    let tx_id: &str = row.try_get(at)?;
     let tx_id = super::decode_tx_id(tx_id)?;
     Ok(OutboxRow {
-        position: Position::new(tx_id, row.try_get("seq")?),
-        id: row.try_get("id")?,
-        topic: row.try_get("topic")?,
-        key: row.try_get("key")?,
-        schema_version: row.try_get("schema_version")?,
-        payload: row.try_get("payload_text")?,
-        headers: row.try_get("headers_text")?,
-        created_at: row.try_get("created_at")?,
+        position: Position::new(tx_id, row.try_get(at + 1)?),
+        id: row.try_get(at + 2)?,
+        topic: row.try_get(at + 3)?,
+        key: row.try_get(at + 4)?,
+        schema_version: row.try_get(at + 5)?,
+        payload: row.try_get(at + 6)?,
+        headers: row.try_get(at + 7)?,
+        created_at: row.try_get(at + 8)?,
     })
 }
+
+/// The message columns of a statement [`outbox_row`] reads, in this order, one after another.
+const OUTBOX_ROW_COLUMNS: [&str; 9] = [
+    "tx_id_text",
+    "seq",
+    "id",
+    "topic",
+    "key",
+    "schema_version",
+    "payload_text",
+    "headers_text",
+    "created_at",
+];
