@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use super::RelayError;
-use super::group::{AppendFailure, GroupWorker, Lease, State, Step, latencies};
+use super::active::{Active, AppendFailure, lost_lease};
+use super::group::{Group, Step, latencies};
 use super::plan::BatchPlan;
 use super::prefetch::{PendingAdvance, Prefetch};
 use super::tail::ReadResult;
@@ -31,19 +32,17 @@ pub(super) enum Admit {
     No,
 }
 
-impl GroupWorker {
+impl Active {
     /// On shutdown, the calls still running in the window get until `deadline` to finish
     /// and be committed; what is left then is abandoned, unmarked, to the next owner.
-    pub(super) async fn finish_window(&mut self, deadline: Instant) {
-        while !self.window.is_empty()
-            && let State::Active(lease) = self.state
-        {
-            let pass = self.forward_pass(lease, Admit::No);
+    pub(super) async fn finish_window(&mut self, group: &Group, deadline: Instant) {
+        while !self.window.is_empty() {
+            let pass = self.forward_pass(group, Admit::No);
             match tokio::time::timeout_at(deadline.into(), pass).await {
                 Ok(Ok(Step::Standby)) | Ok(Err(_)) => break,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    tracing::warn!(group = %self.name, in_window = self.window.len(),
+                    tracing::warn!(group = %group.name, in_window = self.window.len(),
                         "shutdown grace over; abandoning the calls still running to the next owner");
                     break;
                 }
@@ -55,17 +54,17 @@ impl GroupWorker {
     /// [`GroupWorker::forward_batch`]; after a failure the window starts again from the
     /// cursor (what it had taken out for the failed commit is read again, never skipped).
     /// Whether another batch fits in the window.
-    fn window_has_room(&self) -> bool {
-        let batch_size = self.settings.batch_size;
+    fn window_has_room(&self, group: &Group) -> bool {
+        let batch_size = group.settings.batch_size;
         self.window.len() + batch_size <= batch_size * WINDOW_BATCHES
     }
 
     pub(super) async fn forward_pass(
         &mut self,
-        lease: Lease,
+        group: &Group,
         admit: Admit,
     ) -> Result<Step, RelayError> {
-        let result = self.forward_batch(lease, admit).await;
+        let result = self.forward_batch(group, admit).await;
         if result.is_err() {
             self.window.reset();
         }
@@ -77,17 +76,17 @@ impl GroupWorker {
     /// first. `Some(step)` when the lease went meanwhile.
     async fn append_batch(
         &mut self,
-        lease: Lease,
+        group: &Group,
         rows: &[OutboxRow],
         plan: &mut BatchPlan,
     ) -> Result<Option<Step>, RelayError> {
         loop {
             self.marks.expect(&mut plan.appends);
-            let wrong = match self.append(lease, &plan.appends, &plan.late).await {
+            let wrong = match self.append(group, &plan.appends, &plan.late).await {
                 Ok(()) => return Ok(None),
                 Err(AppendFailure::Unwritable(wrong)) => wrong,
                 Err(AppendFailure::Lost(lost)) => {
-                    if let Some(step) = self.repair(lease, &lost).await? {
+                    if let Some(step) = self.repair(group, &lost).await? {
                         return Ok(Some(step));
                     }
                     continue;
@@ -95,8 +94,8 @@ impl GroupWorker {
                 Err(AppendFailure::Step(step)) => return Ok(Some(step)),
                 Err(AppendFailure::Error(error)) => return Err(error),
             };
-            self.report_unwritable(&wrong);
-            let failed = plan.fail_streams(&self.dispatcher, rows, &wrong);
+            group.report_unwritable(&wrong);
+            let failed = plan.fail_streams(&group.dispatcher, rows, &wrong);
             // Dead-letter copies refused stay pending in their dead rows, for a later pass.
             let refused = |late: &LateAppend| wrong.iter().any(|w| w.stream == late.stream);
             if plan.late.iter().any(refused) {
@@ -107,15 +106,19 @@ impl GroupWorker {
                 continue;
             }
             let recorded = store::deliveries_record(
-                &self.pool,
-                self.holder(&lease),
+                &group.pool,
+                self.holder(group),
                 &failed,
-                self.dispatcher.dead_letter_stream.is_some(),
+                group.dispatcher.dead_letter_stream.is_some(),
             )
             .await
-            .map_err(self.store_error("record failed deliveries"))?;
+            .map_err(group.store_error("record failed deliveries"))?;
             if !recorded {
-                return Ok(Some(self.lost_lease(lease, "delivery insert fenced")));
+                return Ok(Some(lost_lease(
+                    group,
+                    &self.lease,
+                    "delivery insert fenced",
+                )));
             }
             self.retries.recorded_through = self
                 .retries
@@ -131,36 +134,37 @@ impl GroupWorker {
     /// Reads more messages into the window (when `admit` and there is room), lets the calls
     /// run until the window's first message is finished (not past the lease renewal), then
     /// commits the finished prefix: failures recorded, entries appended, the cursor moved.
-    async fn forward_batch(&mut self, mut lease: Lease, admit: Admit) -> Result<Step, RelayError> {
+    async fn forward_batch(&mut self, group: &Group, admit: Admit) -> Result<Step, RelayError> {
         let started = Instant::now();
-        let batch_size = self.settings.batch_size;
+        let batch_size = group.settings.batch_size;
         let mut read = None;
-        if admit == Admit::Yes && self.window_has_room() && !self.window.is_halted() {
-            let from = self.window.read_through().unwrap_or(lease.cursor);
+        if admit == Admit::Yes && self.window_has_room(group) && !self.window.is_halted() {
+            let from = self.window.read_through().unwrap_or(self.lease.cursor);
             let rows = self
-                .read_batch(from)
+                .read_batch(group, from)
                 .await
-                .map_err(self.store_error("read the outbox"))?;
+                .map_err(group.store_error("read the outbox"))?;
             let Some(rows) = rows else {
-                return Ok(self.lost_lease(lease, "outbox read fenced"));
+                return Ok(lost_lease(group, &self.lease, "outbox read fenced"));
             };
             if rows.len() >= batch_size
                 && let Some(last) = rows.last()
             {
                 self.prefetch = Some(Prefetch::start(
-                    &self.tail,
-                    &self.name,
+                    &group.tail,
+                    &group.name,
                     last.position,
                     batch_size,
                 ));
             }
             read = Some(rows.len());
             if !rows.is_empty() {
-                let recorded = self.recorded_among(&rows).await?;
+                let recorded = self.recorded_among(group, &rows).await?;
+                self.stalls.forwarding();
                 self.window
                     .admit(rows, &recorded, &self.retries.parked)
                     .await
-                    .map_err(self.registry_error())?;
+                    .map_err(group.registry_error())?;
             }
         }
         let mut times = StageTimes {
@@ -168,59 +172,58 @@ impl GroupWorker {
             ..StageTimes::default()
         };
         if self.window.is_empty() {
-            if let Some(step) = self.settle_advance(lease).await? {
+            if let Some(step) = self.settle_advance(group).await? {
                 return Ok(step);
             }
-            self.stall
-                .check(&self.pool, &self.name, lease.cursor, &self.key_prefix)
-                .await
-                .map_err(self.store_error("check for stalls"))?;
-            return self.renew_if_due(lease).await;
+            // Caught up: the stall watch beside the pipeline looks at why, if it lasts.
+            self.stalls.caught_up(self.lease.cursor);
+            return Ok(Step::Idle);
         }
         let handling = Instant::now();
         self.window
             .collect_finished()
             .await
-            .map_err(self.registry_error())?;
+            .map_err(group.registry_error())?;
         if !self.window.head_finished() {
             // A full read: read on while the calls run, rather than wait for them.
-            if read == Some(batch_size) && self.window_has_room() {
+            if read == Some(batch_size) && self.window_has_room(group) {
                 return Ok(Step::Busy);
             }
-            let renew_at = tokio::time::Instant::from_std(lease.renew_at);
+            // Until a call finishes, the lease keeper finds the lease gone (the next step
+            // stands by), or the periodic look at the delivery rows comes.
+            let lost = self.lease_lost_token();
+            let scan = self.next_scan();
             tokio::select! {
                 finished = self.window.next_finished() => {
-                    finished.map_err(self.registry_error())?;
+                    finished.map_err(group.registry_error())?;
                 }
-                () = tokio::time::sleep_until(renew_at) => {}
+                () = lost.cancelled() => return Ok(Step::Busy),
+                () = scan => return Ok(Step::Busy),
             }
             if !self.window.head_finished() {
-                return Ok(match self.renew_if_due(lease).await? {
-                    Step::Standby => Step::Standby,
-                    _ => Step::Busy,
-                });
+                return Ok(Step::Busy);
             }
             self.window
                 .collect_finished()
                 .await
-                .map_err(self.registry_error())?;
+                .map_err(group.registry_error())?;
         }
         let (rows, steps) = self.window.take_finished(batch_size);
-        let mut plan = self.dispatcher.plan_batch(&rows, steps);
+        let mut plan = group.dispatcher.plan_batch(&rows, steps);
         times.decode = self.window.take_decode_time();
         times.handle = handling.elapsed().saturating_sub(times.decode);
         let recording = Instant::now();
         if let Some(last_failure) = plan.failures.last() {
             let recorded = store::deliveries_record(
-                &self.pool,
-                self.holder(&lease),
+                &group.pool,
+                self.holder(group),
                 &plan.failures,
-                self.dispatcher.dead_letter_stream.is_some(),
+                group.dispatcher.dead_letter_stream.is_some(),
             )
             .await
-            .map_err(self.store_error("record failed deliveries"))?;
+            .map_err(group.store_error("record failed deliveries"))?;
             if !recorded {
-                return Ok(self.lost_lease(lease, "delivery insert fenced"));
+                return Ok(lost_lease(group, &self.lease, "delivery insert fenced"));
             }
             // From here a re-read of this batch must find these rows (and leave them alone).
             self.retries.recorded_through = self
@@ -234,7 +237,7 @@ impl GroupWorker {
         }
         times.cursor = recording.elapsed();
         let appending = Instant::now();
-        if let Some(step) = self.append_batch(lease, &rows, &mut plan).await? {
+        if let Some(step) = self.append_batch(group, &rows, &mut plan).await? {
             return Ok(step);
         }
         times.append = appending.elapsed();
@@ -244,45 +247,42 @@ impl GroupWorker {
         if plan.handled < rows.len() {
             self.window.reset();
         }
-        self.dead_letters_copied(&plan).await?;
-        let marks = self.marks.raise(&plan.appends, lease.replay_generation);
+        self.dead_letters_copied(group, &plan).await?;
+        let marks = self
+            .marks
+            .raise(&plan.appends, self.lease.replay_generation);
         let appended_at = chrono::Utc::now();
         let Some(through) = plan.through else {
-            return self.renew_if_due(lease).await;
+            return Ok(Step::Idle);
         };
         // The previous batch's cursor update must have landed before this one is sent.
         let advancing = Instant::now();
-        if let Some(step) = self.settle_advance(lease).await? {
+        if let Some(step) = self.settle_advance(group).await? {
             return Ok(step);
         }
         self.pending_advance = Some(PendingAdvance::start(
-            &self.pool,
-            self.holder(&lease),
+            &group.pool,
+            self.holder(group),
             through,
-            self.settings.lease_ttl,
+            group.settings.lease_ttl,
             marks,
         ));
         // The update runs while the next batch is read, handled and appended (or, when the
         // next read finds nothing, until that read settles it): a crash before it lands
         // re-reads batches the watermark then skips.
         times.cursor += advancing.elapsed();
-        telemetry::stage_times(&self.name, &times);
-        self.log_pass("batch forwarded", &plan.tally, Some(through));
+        telemetry::stage_times(&group.name, &times);
+        group.log_pass("batch forwarded", &plan.tally, Some(through));
         telemetry::pass_committed(
-            &self.name,
+            &group.name,
             "new",
             &plan.by_topic,
             started.elapsed(),
             latencies(appended_at, &plan.delivered_at),
         );
-        lease.cursor = through;
-        lease.renew_at = Instant::now() + self.settings.lease_ttl / 3;
-        self.state = State::Active(lease);
+        self.lease.cursor = through;
         Ok(
-            if rows.len() >= self.settings.batch_size
-                || plan.handled < rows.len()
-                || !self.window.is_empty()
-            {
+            if rows.len() >= batch_size || plan.handled < rows.len() || !self.window.is_empty() {
                 Step::Busy
             } else {
                 Step::Trickle
@@ -291,7 +291,7 @@ impl GroupWorker {
     }
 
     /// Clears the pending flag of the dead rows whose dead-letter copy `plan` appended.
-    async fn dead_letters_copied(&self, plan: &BatchPlan) -> Result<(), RelayError> {
+    async fn dead_letters_copied(&self, group: &Group, plan: &BatchPlan) -> Result<(), RelayError> {
         let copied: Vec<uuid::Uuid> = plan
             .late
             .iter()
@@ -300,21 +300,22 @@ impl GroupWorker {
         if copied.is_empty() {
             return Ok(());
         }
-        store::deliveries_dead_letter_copied(&self.pool, &self.name, &copied)
+        store::deliveries_dead_letter_copied(&group.pool, &group.name, &copied)
             .await
-            .map_err(self.store_error("clear the pending dead-letter copies"))
+            .map_err(group.store_error("clear the pending dead-letter copies"))
     }
 
     /// The batch after `from`: the prefetched one when it was read from there, else a read
     /// now.
-    async fn read_batch(&mut self, from: Position) -> ReadResult {
+    async fn read_batch(&mut self, group: &Group, from: Position) -> ReadResult {
         if let Some(prefetch) = self.prefetch.take()
             && let Some(read) = prefetch.take(from).await
         {
             return read;
         }
-        self.tail
-            .read(&self.name, from, self.settings.batch_size)
+        group
+            .tail
+            .read(&group.name, from, group.settings.batch_size)
             .await
     }
 }

@@ -8,6 +8,7 @@
 //!           it, unmarked, after that), release their leases, return
 //! ```
 
+mod active;
 pub mod dispatcher;
 pub mod entry_fields;
 mod forward;
@@ -228,30 +229,17 @@ impl Relay {
                 .with_entry_fields(group.entry_fields)
                 .with_max_in_flight(group.max_in_flight),
             );
-            let worker = group::GroupWorker {
-                window: window::Window::new(Arc::clone(&dispatcher)),
-                dispatcher,
+            let group = group::Group {
                 name: group.name,
+                dispatcher,
                 pool: self.pool.clone(),
                 sink: self.sink.clone(),
                 settings: self.settings.clone(),
                 owner: self.owner.clone(),
                 key_prefix: self.sink.key_prefix().to_owned(),
-                state: group::State::Standby,
-                stall: stall::StallWatch::new(self.settings.stall_report_interval),
-                wakeup: wakeup.clone(),
-                notified_tx_id: 0,
-                retries: group::RetryState::new(),
                 tail: tail.clone(),
-                prefetch: None,
-                pending_advance: None,
-                health: self.health.clone(),
-                idle_streak: 0,
-                reported: WorkerHealth::Starting,
-                marks: repair::StreamMarks::default(),
-                marks_checked_at: std::time::Instant::now(),
-                dead_letters_pending: false,
             };
+            let worker = group::GroupWorker::new(group, wakeup.clone(), self.health.clone());
             workers.spawn(worker.run(shutdown.clone()));
         }
         while workers.join_next().await.is_some() {}

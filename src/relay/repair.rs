@@ -19,10 +19,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::RelayError;
-use super::group::{GroupWorker, Lease, Step};
+use super::active::{Active, lost_lease};
+use super::group::{Group, Step};
 use super::ordering::Parked;
 use crate::position::Position;
-use crate::sink::{DedupeMark, LostAppends, SinkError, StreamAppend, Writer};
+use crate::sink::{DedupeMark, LostAppends, StreamAppend, Writer};
 use crate::store::{self, StreamMark};
 use crate::telemetry;
 
@@ -114,12 +115,12 @@ struct Repaired {
     pruned_before: Option<Position>,
 }
 
-impl GroupWorker {
+impl Active {
     /// Compares every stream this group appended to with its watermark in Redis, and repairs
     /// those behind (at most every [`MARK_CHECK_INTERVAL`] unless `now`).
     pub(super) async fn check_stream_marks(
         &mut self,
-        lease: Lease,
+        group: &Group,
         now: bool,
     ) -> Result<Option<Step>, RelayError> {
         if !now && Instant::now() < self.marks_checked_at + MARK_CHECK_INTERVAL {
@@ -130,11 +131,11 @@ impl GroupWorker {
         if streams.is_empty() {
             return Ok(None);
         }
-        let in_redis = self
+        let in_redis = group
             .sink
-            .watermarks(&self.name, &streams)
+            .watermarks(&group.name, &streams)
             .await
-            .map_err(self.sink_error())?;
+            .map_err(group.sink_error())?;
         let lost: Vec<LostAppends> = streams
             .iter()
             .zip(in_redis)
@@ -147,34 +148,36 @@ impl GroupWorker {
                 })
             })
             .collect();
-        self.repair(lease, &lost).await
+        self.repair(group, &lost).await
     }
 
     /// Re-appends what Redis lost of each stream in `lost`; `Some(Standby)` when the lease
     /// went meanwhile.
     pub(super) async fn repair(
         &mut self,
-        lease: Lease,
+        group: &Group,
         lost: &[LostAppends],
     ) -> Result<Option<Step>, RelayError> {
         for stream in lost {
-            let repaired = match self.repair_stream(lease, stream).await {
+            let repaired = match self.repair_stream(group, stream).await {
                 Ok(repaired) => repaired,
                 Err(RepairError::Fenced) => {
-                    return Ok(Some(
-                        self.lost_lease(lease, "fenced in Redis while repairing"),
-                    ));
+                    return Ok(Some(lost_lease(
+                        group,
+                        &self.lease,
+                        "fenced in Redis while repairing",
+                    )));
                 }
                 Err(RepairError::Relay(error)) => return Err(error),
             };
-            self.report_repair(stream, &repaired);
+            report_repair(group, stream, &repaired);
         }
         Ok(None)
     }
 
     async fn repair_stream(
         &mut self,
-        lease: Lease,
+        group: &Group,
         lost: &LostAppends,
     ) -> Result<Repaired, RepairError> {
         let through = lost.appended_through.position;
@@ -189,22 +192,22 @@ impl GroupWorker {
         };
         let mut after = Position::new(start.tx_id, start.seq - 1);
         let mut repaired = Repaired::default();
-        let oldest = store::messages_oldest_after(&self.pool, after)
+        let oldest = store::messages_oldest_after(&group.pool, after)
             .await
-            .map_err(self.store_error("find where the outbox starts"))?;
+            .map_err(group.store_error("find where the outbox starts"))?;
         if oldest.is_none_or(|oldest| oldest > start) && start != Position::new(0, 0) {
             repaired.pruned_before = oldest;
         }
         let writer = Writer {
-            group: &self.name,
-            epoch: lease.epoch,
-            replay_generation: lease.replay_generation,
+            group: &group.name,
+            epoch: self.lease.epoch,
+            replay_generation: self.lease.replay_generation,
         };
         loop {
             let rows =
-                store::messages_between(&self.pool, after, through, self.settings.batch_size)
+                store::messages_between(&group.pool, after, through, group.settings.batch_size)
                     .await
-                    .map_err(self.store_error("read the messages to re-append"))?;
+                    .map_err(group.store_error("read the messages to re-append"))?;
             let Some(last) = rows.last() else {
                 break;
             };
@@ -212,20 +215,20 @@ impl GroupWorker {
             repaired.read += rows.len() as u64;
             let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
             let recorded: HashSet<uuid::Uuid> =
-                store::deliveries_known(&self.pool, &self.name, &ids)
+                store::deliveries_known(&group.pool, &group.name, &ids)
                     .await
-                    .map_err(self.store_error("look up recorded deliveries"))?
+                    .map_err(group.store_error("look up recorded deliveries"))?
                     .into_iter()
                     .collect();
             let rows: Vec<_> = rows
                 .into_iter()
-                .filter(|row| self.dispatcher.rederives(row))
+                .filter(|row| group.dispatcher.rederives(row))
                 .collect();
-            let plan = self
+            let plan = group
                 .dispatcher
                 .first_pass(&rows, &recorded, &Parked::default())
                 .await
-                .map_err(self.registry_error())?;
+                .map_err(group.registry_error())?;
             repaired
                 .failed
                 .extend(plan.failures.iter().map(|f| f.position));
@@ -236,10 +239,10 @@ impl GroupWorker {
             append.appended_through = None;
             let first = append.entries.first().map(|e| e.position);
             let last = append.entries.last().map(|e| e.position);
-            match self.sink.append(writer, &[append], &[]).await {
+            match group.sink.append(writer, &[append], &[]).await {
                 Ok(report) => repaired.appended += report.appended,
                 Err(error) if error.is_fenced() => return Err(RepairError::Fenced),
-                Err(error) => return Err(RepairError::Relay(self.sink_error()(error))),
+                Err(error) => return Err(RepairError::Relay(group.sink_error()(error))),
             }
             if let (Some(first), Some(last)) = (first, last) {
                 let from = repaired.range.map_or(first, |(from, _)| from);
@@ -248,51 +251,43 @@ impl GroupWorker {
         }
         Ok(repaired)
     }
+}
 
-    /// One ERROR line per repaired stream: what was lost, what was appended again, and what
-    /// could not be.
-    fn report_repair(&self, lost: &LostAppends, repaired: &Repaired) {
-        let redis_mark = lost.redis_mark.map_or_else(
-            || "none (the watermark is gone)".to_owned(),
-            |m| m.position.to_string(),
-        );
-        let range = repaired
-            .range
-            .map(|(from, to)| format!("{from}..{to}"))
-            .unwrap_or_default();
-        let not_repaired = match (repaired.pruned_before, repaired.failed.is_empty()) {
-            (None, true) => "none".to_owned(),
-            (pruned, _) => {
-                let mut parts = Vec::new();
-                if let Some(oldest) = pruned {
-                    parts.push(format!(
-                        "entries of messages pruned from the outbox before {oldest} (they are gone; `outbox-relay status` shows the group, restore outbox.messages from a backup to send them)"
-                    ));
-                }
-                if !repaired.failed.is_empty() {
-                    parts.push(format!(
-                        "{} message(s) whose handler failed when called again, first at {}",
-                        repaired.failed.len(),
-                        repaired.failed[0]
-                    ));
-                }
-                parts.join("; ")
+/// One ERROR line per repaired stream: what was lost, what was appended again, and what
+/// could not be.
+fn report_repair(group: &Group, lost: &LostAppends, repaired: &Repaired) {
+    let redis_mark = lost.redis_mark.map_or_else(
+        || "none (the watermark is gone)".to_owned(),
+        |m| m.position.to_string(),
+    );
+    let range = repaired
+        .range
+        .map(|(from, to)| format!("{from}..{to}"))
+        .unwrap_or_default();
+    let not_repaired = match (repaired.pruned_before, repaired.failed.is_empty()) {
+        (None, true) => "none".to_owned(),
+        (pruned, _) => {
+            let mut parts = Vec::new();
+            if let Some(oldest) = pruned {
+                parts.push(format!(
+                    "entries of messages pruned from the outbox before {oldest} (they are gone; `outbox-relay status` shows the group, restore outbox.messages from a backup to send them)"
+                ));
             }
-        };
-        tracing::error!(group = %self.name, stream = %lost.stream, redis_mark,
-            appended_through = %lost.appended_through.position, reappended = repaired.appended,
-            reappended_positions = range, messages_read = repaired.read, not_repaired,
-            "Redis lost entries the group had appended (restart without persistence, an older snapshot, or a failover to a lagging replica); re-appended them from the outbox");
-        telemetry::appends_repaired(&self.name, &lost.stream, repaired.appended);
-    }
-
-    /// Wraps a Redis failure with this group.
-    pub(super) fn sink_error(&self) -> impl FnOnce(SinkError) -> RelayError + '_ {
-        move |source| RelayError::Sink {
-            group: self.name.clone(),
-            source,
+            if !repaired.failed.is_empty() {
+                parts.push(format!(
+                    "{} message(s) whose handler failed when called again, first at {}",
+                    repaired.failed.len(),
+                    repaired.failed[0]
+                ));
+            }
+            parts.join("; ")
         }
-    }
+    };
+    tracing::error!(group = %group.name, stream = %lost.stream, redis_mark,
+        appended_through = %lost.appended_through.position, reappended = repaired.appended,
+        reappended_positions = range, messages_read = repaired.read, not_repaired,
+        "Redis lost entries the group had appended (restart without persistence, an older snapshot, or a failover to a lagging replica); re-appended them from the outbox");
+    telemetry::appends_repaired(&group.name, &lost.stream, repaired.appended);
 }
 
 enum RepairError {

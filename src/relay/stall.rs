@@ -9,10 +9,63 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use tokio::sync::watch;
+
+use super::group::Group;
 use crate::position::Position;
 use crate::store::{self, Blockage};
 
-/// How often a caught-up group looks (cheap: one index probe).
+/// The stall check, beside the delivery path: a task that looks every [`CHECK_EVERY`] while
+/// the worker says it is caught up (a query never delays a delivery). Stopped when dropped.
+pub(super) struct StallWatcher {
+    /// Where the worker is caught up; `None` while it forwards.
+    caught_up: watch::Sender<Option<Position>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallWatcher {
+    pub fn start(group: &Group) -> StallWatcher {
+        let (caught_up, at) = watch::channel(None);
+        let pool = group.pool.clone();
+        let name = group.name.clone();
+        let key_prefix = group.key_prefix.clone();
+        let mut watch = StallWatch::new(group.settings.stall_report_interval);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CHECK_EVERY).await;
+                let Some(cursor) = *at.borrow() else {
+                    continue;
+                };
+                if let Err(error) = watch.check(&pool, &name, cursor, &key_prefix).await {
+                    tracing::debug!(group = %name, %error, "could not check for stalls");
+                }
+            }
+        });
+        StallWatcher { caught_up, task }
+    }
+
+    /// The worker read everything visible; its cursor stands at `cursor`.
+    pub fn caught_up(&self, cursor: Position) {
+        self.caught_up.send_if_modified(|at| {
+            let changed = *at != Some(cursor);
+            *at = Some(cursor);
+            changed
+        });
+    }
+
+    /// The worker found messages to forward.
+    pub fn forwarding(&self) {
+        self.caught_up.send_if_modified(|at| at.take().is_some());
+    }
+}
+
+impl Drop for StallWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often a caught-up group is looked at (cheap: one index probe).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Transactions hold the xmin back for milliseconds all the time; a group counts as stalled
 /// only when its cursor has been held back this long.
@@ -20,7 +73,7 @@ const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// A holder older than this is an ERROR (someone must act), younger a WARN.
 const HOLDER_IS_AN_ERROR_AFTER: f64 = 60.0;
 
-pub(super) struct StallWatch {
+struct StallWatch {
     report_interval: Duration,
     next_check: Instant,
     last_report: Option<Instant>,
