@@ -424,3 +424,176 @@ mod idle_ramp_tests {
         assert!(idle_ramp(u32::MAX) >= Duration::from_secs(60));
     }
 }
+
+/// A worker driven one [`GroupWorker::step`] at a time against the real Postgres and Redis:
+/// each assertion waits on what a step returned, never on time.
+#[cfg(test)]
+mod driven_tests {
+    use super::*;
+    use crate::redact::ConnectionUrl;
+    use crate::relay::route::{Action, Route, StreamTemplate};
+    use crate::relay::tail::SharedTail;
+    use crate::sink::RedisSettings;
+    use redis::AsyncCommands;
+
+    fn url(variable: &str, default: &str) -> String {
+        std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+    }
+
+    /// A fresh, migrated database and a worker on it forwarding `t.*` to one stream under a
+    /// unique Redis key prefix; [`clean_up`] removes both.
+    async fn worker(batch_size: usize) -> (GroupWorker, PgPool, String) {
+        let admin_url = url(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1/postgres",
+        );
+        let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let database = format!("outbox_unit_{}", &unique[unique.len() - 16..]);
+        store::database_create(&admin, &database).await.unwrap();
+        admin.close().await;
+        let database_url = ConnectionUrl::parse(&admin_url, &["postgres", "postgresql"]).unwrap();
+        let pool = store::connect_to_database(&database_url, &database, 4)
+            .await
+            .unwrap();
+        store::migrate(&pool).await.unwrap();
+        store::consumer_groups_ensure(&pool, "g", false)
+            .await
+            .unwrap();
+        let redis_url =
+            ConnectionUrl::parse(&url("TEST_REDIS_URL", "redis://127.0.0.1:6379"), &["redis"])
+                .unwrap();
+        let prefix = format!("unit:{unique}:");
+        let sink = Sink::connect(
+            &redis_url,
+            &RedisSettings {
+                key_prefix: prefix.clone(),
+                ..RedisSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        let forward = Route::new(
+            vec!["t.*".into()],
+            Action::Forward {
+                stream: StreamTemplate::parse("s").unwrap(),
+            },
+        )
+        .unwrap();
+        let settings = RelaySettings {
+            batch_size,
+            ..RelaySettings::default()
+        };
+        let dispatcher = Arc::new(Dispatcher::new(
+            "g",
+            vec![forward],
+            crate::relay::ordering::OrderingMode::Key,
+            None,
+        ));
+        let group = Group {
+            name: "g".into(),
+            dispatcher,
+            tail: SharedTail::new(pool.clone(), "unit-owner".into(), 1, batch_size),
+            pool: pool.clone(),
+            key_prefix: prefix.clone(),
+            sink,
+            settings,
+            owner: "unit-owner".into(),
+        };
+        let worker = GroupWorker::new(group, Wakeup::poll(), Health::new());
+        (worker, pool, format!("{prefix}s"))
+    }
+
+    async fn clean_up(worker: GroupWorker, pool: PgPool) {
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let mut redis = worker.group.sink.connection();
+        crate::sink::delete_keys_with_prefix(&mut redis, &worker.group.key_prefix)
+            .await
+            .unwrap();
+        drop(worker);
+        pool.close().await;
+        let admin_url = url(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1/postgres",
+        );
+        let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+        store::database_drop(&admin, &database).await.unwrap();
+    }
+
+    async fn publish(pool: &PgPool, count: i32) {
+        sqlx::query(
+            "SELECT outbox.publish('t.x', jsonb_build_object('n', n), 'k' || (n % 7)) \
+               FROM generate_series(1, $1) AS n",
+        )
+        .bind(count)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn stream_length(worker: &GroupWorker, key: &str) -> usize {
+        let mut redis = worker.group.sink.connection();
+        redis.xlen(key).await.unwrap()
+    }
+
+    /// Steps until one returns `until` (at most 50 steps).
+    async fn step_until(worker: &mut GroupWorker, until: Step) -> Vec<Step> {
+        let mut steps = Vec::new();
+        while steps.last() != Some(&until) {
+            assert!(steps.len() < 50, "no {until:?} after {steps:?}");
+            steps.push(worker.step().await.unwrap());
+        }
+        steps
+    }
+
+    #[tokio::test]
+    async fn a_driven_worker_forwards_then_drops_its_work_in_one_transition_when_the_lease_goes() {
+        let (mut worker, pool, stream) = worker(100).await;
+        publish(&pool, 250).await;
+        assert_eq!(worker.step().await.unwrap(), Step::Busy, "takes the lease");
+        assert!(worker.state.is_active());
+        step_until(&mut worker, Step::Idle).await;
+        assert_eq!(stream_length(&worker, &stream).await, 250);
+        let State::Active(active) = &worker.state else {
+            panic!("still active");
+        };
+        let through = active.lease.cursor;
+        let stored = store::consumer_groups_cursor(&pool, "g")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.cursor, through,
+            "every batch committed, the last one included"
+        );
+
+        // Another relay takes the group over; the next step finds out and stands by, and
+        // nothing is appended or committed after that.
+        sqlx::query(
+            "UPDATE outbox.consumer_groups \
+                SET lease_owner = 'other', lease_epoch = lease_epoch + 1 WHERE name = 'g'",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        publish(&pool, 30).await;
+        assert_eq!(worker.step().await.unwrap(), Step::Standby);
+        assert!(
+            !worker.state.is_active(),
+            "the active state is gone with its work"
+        );
+        assert_eq!(stream_length(&worker, &stream).await, 250);
+        let stored = store::consumer_groups_cursor(&pool, "g")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.cursor, through);
+        assert_eq!(stored.lease_owner.as_deref(), Some("other"));
+        // Standing by, it cannot take a lease another relay holds.
+        assert_eq!(worker.step().await.unwrap(), Step::Standby);
+        clean_up(worker, pool).await;
+    }
+}
