@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
-use super::forward::Admit;
+use super::forward::{Admit, PendingAppend};
 use super::group::{Group, Step, latencies};
 use super::ordering::{OrderingMode, Parked};
 use super::prefetch::{PendingAdvance, Prefetch};
@@ -102,6 +102,8 @@ pub(super) struct Active {
     pub window: Window,
     /// The next batch, being read while the current one is forwarded (a backlog).
     pub prefetch: Option<Prefetch>,
+    /// The last batch's append, sent while the next batch is read, decided and planned.
+    pub pending_append: Option<PendingAppend>,
     /// The last batch's cursor update, running while the next batch is forwarded.
     pub pending_advance: Option<PendingAdvance>,
     pub retries: RetryState,
@@ -132,6 +134,7 @@ impl Active {
             lease,
             window: Window::new(Arc::clone(&group.dispatcher)),
             prefetch: None,
+            pending_append: None,
             pending_advance: None,
             retries: RetryState::new(recorded_through),
             marks: StreamMarks::load(marks),
@@ -203,9 +206,9 @@ impl Active {
         // A retry pass runs on an empty window only.
         let retries_due = self.window.is_empty() && self.retries.due_now(Instant::now());
         let halted = halts_reading(group.dispatcher.ordering, &self.retries.parked);
-        // Anything but a forward batch settles the last cursor update first.
+        // Anything but a forward batch settles the last append and cursor update first.
         if (retries_due || halted)
-            && let Some(step) = self.settle_advance(group).await?
+            && let Some(step) = self.settle(group).await?
         {
             return Ok(step);
         }
@@ -424,7 +427,7 @@ impl Active {
     /// The caller drops this state afterwards.
     pub async fn release(&mut self, group: &Group) {
         self.window.reset();
-        if let Err(error) = self.settle_advance(group).await {
+        if let Err(error) = self.settle(group).await {
             tracing::warn!(group = %group.name, error = %super::group::error_chain(&error),
                 "the last cursor update failed; its batch will be read again");
         }

@@ -10,15 +10,16 @@
 use std::time::Instant;
 
 use super::RelayError;
-use super::active::{Active, AppendFailure, lost_lease};
+use super::active::{Active, AppendFailure, Lease, lost_lease};
 use super::group::{Group, Step, latencies};
 use super::plan::BatchPlan;
 use super::prefetch::{PendingAdvance, Prefetch};
 use super::tail::ReadResult;
 use crate::position::Position;
-use crate::sink::LateAppend;
+use crate::sink::{LateAppend, SinkError, StreamAppend, Writer};
 use crate::store::{self, OutboxRow};
 use crate::telemetry::{self, StageTimes};
+use std::sync::Arc;
 
 /// How many batches the window may hold: enough distinct keys to keep `max_in_flight` calls
 /// busy behind a slow one, with memory bounded.
@@ -48,6 +49,13 @@ impl Active {
                 }
             }
         }
+        // The last batch sent ahead lands (or is abandoned with the rest) within the grace.
+        if tokio::time::timeout_at(deadline.into(), self.settle(group))
+            .await
+            .is_err()
+        {
+            self.pending_append = None;
+        }
         self.window.reset();
     }
 
@@ -66,7 +74,10 @@ impl Active {
     ) -> Result<Step, RelayError> {
         let result = self.forward_batch(group, admit).await;
         if result.is_err() {
+            // As after a crash: the next read starts at the cursor, and what the append in
+            // flight wrote is skipped by the watermark.
             self.window.reset();
+            self.pending_append = None;
         }
         result
     }
@@ -172,7 +183,7 @@ impl Active {
             ..StageTimes::default()
         };
         if self.window.is_empty() {
-            if let Some(step) = self.settle_advance(group).await? {
+            if let Some(step) = self.settle(group).await? {
                 return Ok(step);
             }
             // Caught up: the stall watch beside the pipeline looks at why, if it lasts.
@@ -236,29 +247,104 @@ impl Active {
             plan.apply_parks(&mut self.retries.parked);
         }
         times.cursor = recording.elapsed();
-        let appending = Instant::now();
+        // The previous batch's append, sent while this one was read and planned, lands first:
+        // appends go out per stream in position order, and this one's marks follow from it.
+        match self.settle_append(group).await? {
+            Settled::Clean => {}
+            Settled::Step(step) => return Ok(step),
+            // The previous batch needed the careful path, which may have parked chains this
+            // batch holds: it is read again from the cursor (its failures, recorded above, are
+            // found and left alone).
+            Settled::Redone => return Ok(Step::Busy),
+        }
+        let more = rows.len() >= batch_size || plan.handled < rows.len();
+        if plan.is_clean(rows.len()) {
+            self.marks.expect(&mut plan.appends);
+            let appending = PendingAppend::send(group, &self.lease, rows, plan, times, started);
+            self.pending_append = Some(appending);
+        } else {
+            let appending = Instant::now();
+            if let Some(step) = self.append_batch(group, &rows, &mut plan).await? {
+                return Ok(step);
+            }
+            times.append = appending.elapsed();
+            // A failure recorded now holds back its chain's later messages still in the
+            // window; `strict` stopped at one: what lies after it is read again once it is
+            // done.
+            self.window.park(&plan.parks);
+            if plan.handled < rows.len() {
+                self.window.reset();
+            }
+            if let Some(step) = self.commit_appended(group, &plan, times, started).await? {
+                return Ok(step);
+            }
+        }
+        Ok(if more || !self.window.is_empty() {
+            Step::Busy
+        } else {
+            Step::Trickle
+        })
+    }
+
+    /// Lands the append in flight and the cursor update in flight, in that order.
+    /// `Some(Standby)` when the lease went.
+    pub(super) async fn settle(&mut self, group: &Group) -> Result<Option<Step>, RelayError> {
+        match self.settle_append(group).await? {
+            Settled::Step(step) => Ok(Some(step)),
+            Settled::Clean | Settled::Redone => self.settle_advance(group).await,
+        }
+    }
+
+    /// Waits for the append in flight, if any, and commits its batch. A refusal of any kind
+    /// (a stream key of the wrong type, lost entries, a fence, an error) sends the batch
+    /// again on the careful path ([`Active::append_batch`]), which acts on it; what the
+    /// first try wrote is skipped there by the watermark.
+    async fn settle_append(&mut self, group: &Group) -> Result<Settled, RelayError> {
+        let Some(pending) = self.pending_append.take() else {
+            return Ok(Settled::Clean);
+        };
+        let waiting = Instant::now();
+        let (rows, mut plan, mut times, started, appended) = pending.wait().await;
+        times.append += waiting.elapsed();
+        if appended {
+            return Ok(
+                match self.commit_appended(group, &plan, times, started).await? {
+                    Some(step) => Settled::Step(step),
+                    None => Settled::Clean,
+                },
+            );
+        }
         if let Some(step) = self.append_batch(group, &rows, &mut plan).await? {
-            return Ok(step);
+            return Ok(Settled::Step(step));
         }
-        times.append = appending.elapsed();
-        // A failure recorded now holds back its chain's later messages still in the window;
-        // `strict` stopped at one: what lies after it is read again once it is done.
-        self.window.park(&plan.parks);
-        if plan.handled < rows.len() {
-            self.window.reset();
+        self.window.reset();
+        if let Some(step) = self.commit_appended(group, &plan, times, started).await? {
+            return Ok(Settled::Step(step));
         }
-        self.dead_letters_copied(group, &plan).await?;
+        Ok(Settled::Redone)
+    }
+
+    /// After a batch's append: the dead-letter copies cleared, the marks raised, the cursor
+    /// update started (once the previous one landed).
+    async fn commit_appended(
+        &mut self,
+        group: &Group,
+        plan: &BatchPlan,
+        mut times: StageTimes,
+        started: Instant,
+    ) -> Result<Option<Step>, RelayError> {
+        self.dead_letters_copied(group, plan).await?;
         let marks = self
             .marks
             .raise(&plan.appends, self.lease.replay_generation);
         let appended_at = chrono::Utc::now();
         let Some(through) = plan.through else {
-            return Ok(Step::Idle);
+            return Ok(None);
         };
         // The previous batch's cursor update must have landed before this one is sent.
         let advancing = Instant::now();
         if let Some(step) = self.settle_advance(group).await? {
-            return Ok(step);
+            return Ok(Some(step));
         }
         self.pending_advance = Some(PendingAdvance::start(
             &group.pool,
@@ -281,13 +367,7 @@ impl Active {
             latencies(appended_at, &plan.delivered_at),
         );
         self.lease.cursor = through;
-        Ok(
-            if rows.len() >= batch_size || plan.handled < rows.len() || !self.window.is_empty() {
-                Step::Busy
-            } else {
-                Step::Trickle
-            },
-        )
+        Ok(None)
     }
 
     /// Clears the pending flag of the dead rows whose dead-letter copy `plan` appended.
@@ -317,5 +397,89 @@ impl Active {
             .tail
             .read(&group.name, from, group.settings.batch_size)
             .await
+    }
+}
+
+/// How the append in flight ended, for the pass that waited for it.
+enum Settled {
+    /// Appended and committed (or there was none).
+    Clean,
+    /// Appended on the careful path, and the window started again from the cursor.
+    Redone,
+    /// The lease went.
+    Step(Step),
+}
+
+/// A batch whose append was sent while the worker went on to the next one: its rows and plan
+/// (for the careful path, should the append be refused), and the append task, aborted when
+/// dropped (as after a crash: the cursor has not moved, and the watermark skips what it
+/// wrote when the batch is read again).
+pub(super) struct PendingAppend {
+    rows: Vec<OutboxRow>,
+    plan: BatchPlan,
+    /// The plan's appends, shared with the task (never copied: they are most of the batch).
+    appends: Arc<Vec<StreamAppend>>,
+    times: StageTimes,
+    started: Instant,
+    task: tokio::task::JoinHandle<Result<(), SinkError>>,
+}
+
+impl PendingAppend {
+    fn send(
+        group: &Group,
+        lease: &Lease,
+        rows: Vec<OutboxRow>,
+        mut plan: BatchPlan,
+        times: StageTimes,
+        started: Instant,
+    ) -> PendingAppend {
+        let sink = group.sink.clone();
+        let name = group.name.clone();
+        let (epoch, replay_generation) = (lease.epoch, lease.replay_generation);
+        let appends = Arc::new(std::mem::take(&mut plan.appends));
+        let sending = Arc::clone(&appends);
+        let task = tokio::spawn(async move {
+            let writer = Writer {
+                group: &name,
+                epoch,
+                replay_generation,
+            };
+            sink.append(writer, &sending, &[]).await.map(|_| ())
+        });
+        PendingAppend {
+            rows,
+            plan,
+            appends,
+            times,
+            started,
+            task,
+        }
+    }
+
+    /// The batch back, its appends in its plan again, and whether they went through.
+    async fn wait(mut self) -> (Vec<OutboxRow>, BatchPlan, StageTimes, Instant, bool) {
+        let appended = match (&mut self.task).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "the append sent ahead was refused; sending it again on the careful path");
+                false
+            }
+            Err(join) => {
+                tracing::warn!(error = %join, "the append sent ahead failed; sending it again on the careful path");
+                false
+            }
+        };
+        let rows = std::mem::take(&mut self.rows);
+        let mut plan = std::mem::take(&mut self.plan);
+        let appends = std::mem::take(&mut self.appends);
+        // The task has ended (its reference is dropped, even after a panic).
+        plan.appends = Arc::try_unwrap(appends).unwrap_or_else(|shared| (*shared).clone());
+        (rows, plan, self.times, self.started, appended)
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

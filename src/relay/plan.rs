@@ -67,6 +67,17 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// Whether the batch of `rows` messages has entries to append and nothing else to act
+    /// on — no failure, parked chain, stop or dead-letter copy — so its append may be sent
+    /// while the next batch is read and planned.
+    pub fn is_clean(&self, rows: usize) -> bool {
+        !self.appends.is_empty()
+            && self.failures.is_empty()
+            && self.parks.is_empty()
+            && self.late.is_empty()
+            && self.handled == rows
+    }
+
     /// Adds this batch's parked chains to `parked` (once its failures are recorded).
     pub fn apply_parks(&self, parked: &mut Parked) {
         for chain in &self.parks {

@@ -127,6 +127,10 @@ impl Active {
             return Ok(None);
         }
         self.marks_checked_at = Instant::now();
+        // An append in flight would race the comparison (and a repair): it lands first.
+        if let Some(step) = self.settle(group).await? {
+            return Ok(Some(step));
+        }
         let streams = self.marks.streams();
         if streams.is_empty() {
             return Ok(None);
