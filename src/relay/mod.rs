@@ -9,15 +9,15 @@
 //! ```
 
 mod active;
-pub mod dispatcher;
-pub mod entry_fields;
+pub(crate) mod dispatcher;
+pub(crate) mod entry_fields;
 mod forward;
 mod group;
-pub mod ordering;
-pub mod plan;
+pub(crate) mod ordering;
+pub(crate) mod plan;
 mod prefetch;
 mod repair;
-pub mod retry_plan;
+pub(crate) mod retry_plan;
 pub mod route;
 mod settings;
 mod stall;
@@ -33,6 +33,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use group::{RETRY_SCAN_INTERVAL, Step};
+pub use entry_fields::{EntryField, EntryFields};
+pub use ordering::OrderingMode;
 pub use route::{Action, InvalidPattern, Route};
 pub use settings::{
     DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
