@@ -159,6 +159,7 @@ impl Active {
                 return Ok(lost_lease(group, &self.lease, "outbox read fenced"));
             };
             if rows.len() >= batch_size
+                && self.prefetch.is_none()
                 && let Some(last) = rows.last()
             {
                 self.prefetch = Some(Prefetch::start(
@@ -388,10 +389,12 @@ impl Active {
     /// The batch after `from`: the prefetched one when it was read from there, else a read
     /// now.
     async fn read_batch(&mut self, group: &Group, from: Position) -> ReadResult {
-        if let Some(prefetch) = self.prefetch.take()
-            && let Some(read) = prefetch.take(from).await
-        {
-            return read;
+        if let Some(prefetch) = &mut self.prefetch {
+            if let Some(read) = prefetch.take(from).await {
+                return read;
+            }
+            // Read ahead from elsewhere, or its reads ended: read here.
+            self.prefetch = None;
         }
         group
             .tail

@@ -32,8 +32,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use group::{RETRY_SCAN_INTERVAL, Step};
 pub use entry_fields::{EntryField, EntryFields};
+pub use group::{RETRY_SCAN_INTERVAL, Step};
 pub use ordering::OrderingMode;
 pub use route::{Action, InvalidPattern, Route};
 pub use settings::{

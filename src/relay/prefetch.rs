@@ -2,11 +2,11 @@
 //! the current one is handled, appended and committed ([`Prefetch`]), and committing a batch's
 //! cursor while the next one is handled and appended ([`PendingAdvance`]).
 //!
-//! When a read fills a whole batch there is a backlog, so the worker starts reading the batch
-//! after it at once — from the last row it read, on a pooled connection of its own — and the
-//! Postgres read overlaps the Redis append and the cursor update. The rows are used only if
-//! the cursor then stands exactly where the prefetch read from (every row of the batch was
-//! passed); otherwise (a strict group stopped early, the lease was lost, a replay moved the
+//! When a read fills a whole batch there is a backlog, so the worker starts reading the
+//! batches after it at once — from the last row it read, on a pooled connection of its own,
+//! up to two batches ahead — and the Postgres reads overlap the handling, the Redis append and
+//! the cursor update. The rows are used only if the worker then reads exactly where they
+//! start (every row before them was taken); otherwise (a strict group stopped early, the lease was lost, a replay moved the
 //! cursor) they are dropped and read again. Nothing is lost either way: a read is only rows
 //! past a position, below the snapshot xmin, and fenced by the lease like any other read
 //! (it goes through the shared tail like any other read, see `tail`).
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::tail::{ReadResult, SharedTail};
 use crate::position::Position;
-use crate::store::{self, LeaseHolder, OutboxRow};
+use crate::store::{self, LeaseHolder};
 
 /// A Postgres task running in the background, aborted when dropped before it was waited for.
 struct Background<T> {
@@ -55,30 +55,72 @@ impl<T> Drop for Background<T> {
     }
 }
 
-/// A read of the batch after `after`, running.
+/// How many batches a backlog is read ahead of the worker: two, so Postgres reads the batch
+/// after next while the worker takes the next one (with one, the read chain paused each time
+/// until the worker took its batch).
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// Reads of the batches after `after`, one after another, up to [`READ_AHEAD_BATCHES`] ahead
+/// of the worker; it stops after a batch that is not full (the backlog is read), a fenced
+/// read or an error (each handed over like rows). Aborted when dropped.
 pub(super) struct Prefetch {
-    after: Position,
-    read: Background<Option<Vec<OutboxRow>>>,
+    /// Where the next batch handed over starts.
+    next: Position,
+    reads: tokio::sync::mpsc::Receiver<ReadResult>,
+    task: JoinHandle<()>,
 }
 
 impl Prefetch {
-    /// Starts reading up to `limit` rows after `after` for `group` (through the shared tail).
+    /// Starts reading up to `limit` rows at a time after `after` for `group` (through the
+    /// shared tail).
     pub fn start(tail: &Arc<SharedTail>, group: &str, after: Position, limit: usize) -> Self {
         let tail = Arc::clone(tail);
         let group = group.to_owned();
-        let read = Background::spawn("the prefetch read", async move {
-            tail.read(&group, after, limit).await
+        let (sender, reads) = tokio::sync::mpsc::channel(READ_AHEAD_BATCHES);
+        let task = tokio::spawn(async move {
+            let mut after = after;
+            loop {
+                let read = tail.read(&group, after, limit).await;
+                let next = match &read {
+                    Ok(Some(rows)) if rows.len() >= limit => rows.last().map(|row| row.position),
+                    _ => None,
+                };
+                if sender.send(read).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(position) => after = position,
+                    None => return,
+                }
+            }
         });
-        Prefetch { after, read }
+        Prefetch {
+            next: after,
+            reads,
+            task,
+        }
     }
 
-    /// The prefetched read, if it read from `cursor`; `None` (and the read is dropped)
-    /// otherwise.
-    pub async fn take(self, cursor: Position) -> Option<ReadResult> {
-        if self.after != cursor {
+    /// The next batch read ahead, if it starts at `cursor`; `None` when it does not or the
+    /// reads have ended (the caller then reads for itself, and drops this when it does not
+    /// start at `cursor`).
+    pub async fn take(&mut self, cursor: Position) -> Option<ReadResult> {
+        if self.next != cursor {
             return None;
         }
-        Some(self.read.wait().await)
+        let read = self.reads.recv().await?;
+        if let Ok(Some(rows)) = &read
+            && let Some(last) = rows.last()
+        {
+            self.next = last.position;
+        }
+        Some(read)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
