@@ -42,6 +42,27 @@ impl ConnectionUrl {
         ConnectionUrl(url.to_string())
     }
 
+    /// The URL's scheme (`redis`, `rediss`, `postgres`, …).
+    pub fn scheme(&self) -> &str {
+        self.0.split_once(':').map_or("", |(scheme, _)| scheme)
+    }
+
+    /// The same scheme, credentials, path and query, another host and port: a Redis Cluster
+    /// node the seed told about. An IPv6 host is bracketed.
+    pub fn with_host_port(&self, host: &str, port: u16) -> ConnectionUrl {
+        let mut url = url::Url::parse(&self.0).expect("checked when parsed");
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        // A host this relay was told by a cluster node: if it is not one a URL can carry, keep
+        // the seed's and let connecting say what is wrong.
+        let _ = url.set_host(Some(&host));
+        let _ = url.set_port(Some(port));
+        ConnectionUrl(url.to_string())
+    }
+
     /// True for `rediss://` (Redis over TLS).
     pub fn is_tls(&self) -> bool {
         self.0.starts_with("rediss://")

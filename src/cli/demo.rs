@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use outbox_relay::config::{Config, GroupConfig, Overrides, RawConfig};
 use outbox_relay::relay::Relay;
 use outbox_relay::relay::route::{Action, Route, StreamTemplate};
-use outbox_relay::sink::{Sink, delete_keys_with_prefix};
+use outbox_relay::sink::Sink;
 use outbox_relay::{Message, store};
 use rand::Rng;
 use redis::AsyncCommands;
@@ -427,7 +427,7 @@ async fn check(
 }
 
 async fn clean_up(pool: &PgPool, sink: &Sink, group: &str) -> anyhow::Result<()> {
-    let keys = delete_keys_with_prefix(&mut sink.connection(), sink.key_prefix()).await?;
+    let keys = sink.delete_keys_with_prefix(sink.key_prefix()).await?;
     store::consumer_groups_delete(pool, group).await?;
     outln!("cleaned up: {keys} Redis keys and the consumer group {group} (--keep keeps them)");
     Ok(())

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, PostgresSettings, RawPostgres, RawPublish,
-    RawRedis, RawRegistry, RawRelay, RedisClientCert, RedisSettings, RegistrySettings,
+    ClusterSeeds, ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, PostgresSettings, RawPostgres,
+    RawPublish, RawRedis, RawRegistry, RawRelay, RedisClientCert, RedisSettings, RegistrySettings,
     RelaySettings, Wakeup,
 };
 use crate::publish::PublishLimits;
@@ -84,6 +84,50 @@ pub(super) fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSet
         (None, None) => {}
     }
     redis
+}
+
+/// `[redis] cluster` and `cluster_nodes`, next to the URL they go with: seeds are only
+/// meaningful for a cluster, and every node of one cluster is reached the same way (TCP, with
+/// or without TLS, as `redis_url` says).
+pub(super) fn check_redis_cluster(
+    raw: &RawRedis,
+    redis_url: Option<&ConnectionUrl>,
+    errors: &mut ConfigErrors,
+) -> Option<ClusterSeeds> {
+    let listed = raw.cluster_nodes.as_deref().unwrap_or_default();
+    if raw.cluster != Some(true) {
+        if !listed.is_empty() {
+            errors.push(
+                "redis.cluster_nodes",
+                "set, but `redis.cluster` is not true: seed nodes are for a Redis Cluster (set `cluster = true`, or remove them)",
+            );
+        }
+        return None;
+    }
+    let tls = redis_url.map(ConnectionUrl::is_tls);
+    if let Some(url) = redis_url
+        && !matches!(url.scheme(), "redis" | "rediss")
+    {
+        errors.push(
+            "redis_url",
+            "a Redis Cluster is reached over TCP: with `redis.cluster = true` the URL must start with redis:// or rediss://",
+        );
+    }
+    let mut nodes = Vec::with_capacity(listed.len());
+    for node in listed {
+        match ConnectionUrl::parse(node, &["redis", "rediss"]) {
+            Ok(url) if tls.is_some_and(|tls| tls != url.is_tls()) => errors.push(
+                "redis.cluster_nodes",
+                format!(
+                    "`{}` and redis_url differ in TLS: every node of one cluster is reached the same way (redis:// or rediss:// for all)",
+                    url.redacted()
+                ),
+            ),
+            Ok(url) => nodes.push(url),
+            Err(problem) => errors.push("redis.cluster_nodes", problem),
+        }
+    }
+    Some(ClusterSeeds { nodes })
 }
 
 /// The certificate files a Postgres URL names (`sslrootcert`, `sslcert`, `sslkey`) must be

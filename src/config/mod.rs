@@ -24,7 +24,7 @@ pub use crate::relay::{
     DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
     Wakeup,
 };
-pub use crate::sink::{RedisClientCert, RedisSettings, RedisTls};
+pub use crate::sink::{ClusterSeeds, RedisClientCert, RedisSettings, RedisTls};
 pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
     Overrides, RawConfig, RawGroup, RawHttp, RawPostgres, RawPublish, RawRedis, RawRegistry,
@@ -34,8 +34,8 @@ pub use raw::{
 use crate::publish::PublishLimits;
 use crate::registry::Unregistered;
 use check::{
-    check_postgres, check_postgres_tls_files, check_publish, check_redis, check_registry,
-    check_relay,
+    check_postgres, check_postgres_tls_files, check_publish, check_redis, check_redis_cluster,
+    check_registry, check_relay,
 };
 use groups::check_groups;
 
@@ -123,7 +123,8 @@ impl Config {
             check_postgres_tls_files(url, &mut errors);
         }
         let publish = check_publish(&raw.publish, &mut errors);
-        let redis = check_redis(&raw.redis, &mut errors);
+        let mut redis = check_redis(&raw.redis, &mut errors);
+        redis.cluster = check_redis_cluster(&raw.redis, redis_url.as_ref(), &mut errors);
         if redis.tls.is_set() && redis_url.as_ref().is_some_and(|url| !url.is_tls()) {
             errors.push(
                 "redis_url",
@@ -672,6 +673,50 @@ mod tests {
                  redis_url = \"rediss://h:6379\"\n[redis]\ntls_ca_file = \"ca.pem\"\n",
             );
             assert!(config.is_ok(), "{config:?}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redis_cluster_seeds_need_cluster_and_the_urls_scheme() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let from_section = |redis: &str| {
+                Config::from_toml(&format!(
+                    "database_url = \"postgres://h/db\"\nredis_url = \"redis://a:7000\"\n[redis]\n{redis}\n"
+                ))
+            };
+            let config =
+                from_section("cluster = true\ncluster_nodes = [\"redis://b:7000\"]").unwrap();
+            let seeds = config.redis.cluster.expect("a cluster");
+            assert_eq!(seeds.nodes[0].expose(), "redis://b:7000");
+            assert_eq!(from_section("").unwrap().redis.cluster, None);
+            let text = from_section("cluster_nodes = [\"redis://b:7000\"]")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("redis.cluster_nodes: set, but `redis.cluster` is not true"),
+                "{text}"
+            );
+            let text =
+                from_section("cluster = true\ncluster_nodes = [\"rediss://b:7000\", \"http://c\"]")
+                    .unwrap_err()
+                    .to_string();
+            assert!(text.contains("differ in TLS"), "{text}");
+            assert!(text.contains("unsupported scheme `http`"), "{text}");
+            jail.create_file(
+                "outbox-relay.toml",
+                "database_url = \"postgres://h/db\"\nredis_url = \"redis://a:7000\"\n",
+            )?;
+            jail.set_env("OUTBOX_REDIS__CLUSTER", "true");
+            let file = Overrides {
+                config_file: Some("outbox-relay.toml".into()),
+                ..Overrides::default()
+            };
+            assert!(
+                load(&file).unwrap().redis.cluster.is_some(),
+                "OUTBOX_REDIS__CLUSTER"
+            );
             Ok(())
         });
     }

@@ -100,6 +100,14 @@ pub struct RawRedis {
     /// The private key, PEM, of `tls_client_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_key_file: Option<PathBuf>,
+    /// `true`: `redis_url` is a seed node of a Redis Cluster; the relay discovers the masters
+    /// and follows `MOVED`/`ASK` (default false: one Redis server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<bool>,
+    /// With `cluster = true`: more seed nodes, e.g. `["redis://10.0.0.2:6379"]`, tried when
+    /// `redis_url` does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_nodes: Option<Vec<String>>,
 }
 
 /// `[relay]` section.

@@ -16,6 +16,8 @@
 //! generation, so the entries a replay sends again pass the filter once, and a crash during the
 //! replay still adds nothing twice.
 
+mod cluster;
+mod connection;
 mod dedupe_mark;
 mod keys;
 mod settings;
@@ -31,9 +33,11 @@ use redis::{
     TlsCertificates,
 };
 
+use cluster::Cluster;
+pub use connection::RedisConnection;
 pub use dedupe_mark::DedupeMark;
 pub use keys::{hash_tag, late_token_key, watermark_key};
-pub use settings::{RedisClientCert, RedisSettings, RedisTls};
+pub use settings::{ClusterSeeds, RedisClientCert, RedisSettings, RedisTls};
 use watermark::{ReplicaWait, StreamKeys, WatchConnections};
 
 use crate::position::Position;
@@ -317,6 +321,18 @@ fn describe_connect_error(error: &RedisError) -> String {
     }
 }
 
+/// One Redis server, or a cluster.
+#[derive(Clone)]
+enum Backend {
+    /// One server: a batch's streams in one transaction.
+    Single {
+        connection: ConnectionManager,
+        watch: Arc<WatchConnections>,
+    },
+    /// `[redis] cluster = true`: one transaction per stream, on its slot's master.
+    Cluster(Arc<Cluster>),
+}
+
 /// How many entries an append added (the rest were already there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppendReport {
@@ -335,36 +351,31 @@ pub struct AppendReport {
 /// than one that already wrote to the stream is refused ([`SinkError::Fenced`]).
 #[derive(Clone)]
 pub struct Sink {
-    connection: ConnectionManager,
+    backend: Backend,
     key_prefix: String,
     max_len: u64,
-    watch: Arc<WatchConnections>,
     late_script: Script,
     /// `[redis] wait_replicas` and `wait_timeout_ms`, when set.
     wait: Option<ReplicaWait>,
 }
 
 impl Sink {
-    /// Connects (and keeps reconnecting in the background) to `url`.
+    /// Connects (and keeps reconnecting in the background) to `url`: one Redis server, or with
+    /// `settings.cluster` the Redis Cluster `url` (and the other seeds) belong to. Either way
+    /// the server is asked first whether it is a cluster node, so a `[redis] cluster` that
+    /// does not match the server is a clear error rather than `MOVED` replies later.
     pub async fn connect(url: &ConnectionUrl, settings: &RedisSettings) -> Result<Sink, SinkError> {
         let fail = |e: RedisError| SinkError::Connect {
             url: url.to_string(),
             cause: describe_connect_error(&e),
             transient: connect_error_is_transient(&e),
         };
-        let client: redis::Client = match tls_certificates(&settings.tls)? {
+        let certificates = tls_certificates(&settings.tls)?;
+        let client: redis::Client = match certificates.clone() {
             Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
             None => redis::Client::open(url.expose()),
         }
         .map_err(fail)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_connection_timeout(Some(settings.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(fail)?;
         let wait = (settings.wait_replicas > 0).then_some(ReplicaWait {
             replicas: settings.wait_replicas,
             timeout: settings.wait_timeout,
@@ -374,20 +385,54 @@ impl Sink {
         let watch_config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(watch_timeout))
             .set_connection_timeout(Some(settings.response_timeout));
+        let backend = match &settings.cluster {
+            None => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(settings.response_timeout))
+                    .set_connection_timeout(Some(settings.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                let connection = ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map_err(fail)?;
+                check_cluster_setting(url, &mut connection.clone(), false).await?;
+                Backend::Single {
+                    connection,
+                    watch: Arc::new(WatchConnections::new(client, watch_config)),
+                }
+            }
+            Some(seeds) => {
+                let mut all = vec![url.clone()];
+                all.extend(seeds.nodes.iter().cloned());
+                check_seed_is_a_cluster(&all, &certificates, settings.response_timeout).await?;
+                let cluster =
+                    Cluster::connect(&all, certificates, settings.response_timeout, watch_config)
+                        .await
+                        .map_err(fail)?;
+                Backend::Cluster(Arc::new(cluster))
+            }
+        };
         Ok(Sink {
-            connection,
+            backend,
             key_prefix: settings.key_prefix.clone(),
             max_len: settings.max_len.unwrap_or(0),
-            watch: Arc::new(WatchConnections::new(client, watch_config)),
             late_script: Script::new(include_str!("append_late.lua")),
             wait,
         })
     }
 
-    /// A handle on the sink's Redis connection (it reconnects by itself), for reading back
-    /// what was appended.
-    pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    /// A handle on the sink's Redis connection (it reconnects by itself; on a cluster it
+    /// routes each command to its key's master), for reading back what was appended.
+    pub fn connection(&self) -> RedisConnection {
+        match &self.backend {
+            Backend::Single { connection, .. } => RedisConnection::Single(connection.clone()),
+            Backend::Cluster(cluster) => RedisConnection::Cluster(cluster.routed()),
+        }
+    }
+
+    /// True when the sink writes to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// `[redis] key_prefix`: what every key this sink writes starts with.
@@ -419,10 +464,18 @@ impl Sink {
                     watermark: watermark_key(&self.key_prefix, &append.stream, writer.group),
                 })
                 .collect();
-            appended += self
-                .watch
-                .append(writer, &keys, appends, self.max_len, self.wait)
-                .await?;
+            appended += match &self.backend {
+                Backend::Single { watch, .. } => {
+                    watch
+                        .append(writer, &keys, appends, self.max_len, self.wait)
+                        .await?
+                }
+                Backend::Cluster(cluster) => {
+                    cluster
+                        .append(writer, &keys, appends, self.max_len, self.wait)
+                        .await?
+                }
+            };
         }
         if !late.is_empty() {
             appended += self.append_late(writer, late).await?;
@@ -433,10 +486,28 @@ impl Sink {
         })
     }
 
-    /// Appends the late entries, one script call per stream in one pipeline. Streams whose key
-    /// is not a stream get nothing (the script checks before writing) and come back in
+    /// Appends the late entries, one script call per stream in one pipeline (on a cluster, a
+    /// pipeline per stream, all at once: one pipeline cannot span slots). Streams whose key is
+    /// not a stream get nothing (the script checks before writing) and come back in
     /// [`SinkError::WrongType`] once the others are appended.
     async fn append_late(&self, writer: Writer<'_>, late: &[LateAppend]) -> Result<u64, SinkError> {
+        if !self.is_cluster() {
+            return self.append_late_pipelined(writer, late).await;
+        }
+        let results = futures_util::future::join_all(
+            late.iter()
+                .map(|append| self.append_late_pipelined(writer, std::slice::from_ref(append))),
+        )
+        .await;
+        cluster::merge_results(results)
+    }
+
+    /// [`Sink::append_late`] of `late` in one pipeline (all in one slot on a cluster).
+    async fn append_late_pipelined(
+        &self,
+        writer: Writer<'_>,
+        late: &[LateAppend],
+    ) -> Result<u64, SinkError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for append in late {
@@ -447,7 +518,7 @@ impl Sink {
                 .arg(wait.replicas)
                 .arg(wait.timeout.as_millis() as u64);
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let mut replies: Vec<redis::Value> = pipe
             .query_async(&mut connection)
             .await
@@ -551,41 +622,158 @@ impl Sink {
         group: &str,
         streams: &[&str],
     ) -> Result<Vec<Option<DedupeMark>>, SinkError> {
-        let mut pipe = redis::pipe();
-        for stream in streams {
-            pipe.cmd("HGET")
-                .arg(watermark_key(&self.key_prefix, stream, group))
-                .arg("position");
-        }
-        let mut connection = self.connection.clone();
-        let texts: Vec<Option<String>> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(SinkError::Redis)?;
+        let keys: Vec<String> = streams
+            .iter()
+            .map(|stream| watermark_key(&self.key_prefix, stream, group))
+            .collect();
+        let texts: Vec<Option<String>> = if self.is_cluster() {
+            // One command per key: a pipeline cannot span slots.
+            let reads = keys.iter().map(|key| {
+                let mut connection = self.connection();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg("position")
+                        .query_async::<Option<String>>(&mut connection)
+                        .await
+                }
+            });
+            futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(SinkError::Redis)?
+        } else {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("HGET").arg(key).arg("position");
+            }
+            pipe.query_async(&mut self.connection())
+                .await
+                .map_err(SinkError::Redis)?
+        };
         texts
             .into_iter()
-            .zip(streams)
-            .map(|(text, stream)| {
-                text.map(|text| {
-                    watermark::parse_watermark(
-                        &watermark_key(&self.key_prefix, stream, group),
-                        text,
-                    )
-                })
-                .transpose()
+            .zip(&keys)
+            .map(|(text, key)| {
+                text.map(|text| watermark::parse_watermark(key, text))
+                    .transpose()
             })
             .collect()
     }
 
-    /// A cheap round trip, for health checks.
-    pub async fn ping(&self) -> Result<(), SinkError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
-            .map_err(SinkError::Redis)
+    /// Deletes every key that starts with `prefix` (SCAN, then UNLINK; on a cluster, on every
+    /// master) and says how many there were: for tools that wrote under a prefix of their own
+    /// (`demo`, `bench`).
+    pub async fn delete_keys_with_prefix(&self, prefix: &str) -> Result<usize, SinkError> {
+        match &self.backend {
+            Backend::Single { connection, .. } => {
+                delete_keys_with_prefix(&mut connection.clone(), prefix)
+                    .await
+                    .map_err(SinkError::Redis)
+            }
+            Backend::Cluster(cluster) => {
+                let mut deleted = 0;
+                for master in cluster.masters() {
+                    let client = cluster.client_for(&master).map_err(SinkError::Redis)?;
+                    let mut connection = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(SinkError::Redis)?;
+                    deleted += delete_keys_with_prefix(&mut connection, prefix)
+                        .await
+                        .map_err(SinkError::Redis)?;
+                }
+                Ok(deleted)
+            }
+        }
     }
+
+    /// A cheap round trip, for health checks. On a cluster, also that every slot has a
+    /// master (`cluster_state:ok`): while one is not covered, appends to it cannot succeed.
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        match &self.backend {
+            Backend::Single { connection, .. } => redis::cmd("PING")
+                .query_async::<String>(&mut connection.clone())
+                .await
+                .map(|_| ())
+                .map_err(SinkError::Redis),
+            Backend::Cluster(cluster) => cluster.check_state().await.map_err(SinkError::Redis),
+        }
+    }
+}
+
+/// Whether the server's `INFO cluster` matches `[redis] cluster`: a cluster node where one
+/// server was configured (every key of another slot would come back `MOVED`), or a plain
+/// server where a cluster was, is a configuration error naming the setting. A server that
+/// does not answer `INFO` (a proxy that hides it) is taken at its word.
+async fn check_cluster_setting<C>(
+    url: &ConnectionUrl,
+    connection: &mut C,
+    configured: bool,
+) -> Result<(), SinkError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let Ok(info) = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async::<String>(connection)
+        .await
+    else {
+        return Ok(());
+    };
+    let enabled = info.lines().any(|line| line.trim() == "cluster_enabled:1");
+    let cause = match (configured, enabled) {
+        (false, true) => {
+            "this Redis is a cluster node (INFO: cluster_enabled:1): set `[redis] cluster = true` (OUTBOX_REDIS__CLUSTER=true) to write to a Redis Cluster"
+        }
+        (true, false) => {
+            "this Redis is not a cluster node (INFO: cluster_enabled:0): remove `[redis] cluster = true`, or point redis_url at a node of the cluster"
+        }
+        _ => return Ok(()),
+    };
+    Err(SinkError::Connect {
+        url: url.to_string(),
+        cause: cause.to_owned(),
+        transient: false,
+    })
+}
+
+/// [`check_cluster_setting`] against the first seed that answers (`[redis] cluster = true`).
+/// None answering is a transient connect error.
+async fn check_seed_is_a_cluster(
+    seeds: &[ConnectionUrl],
+    certificates: &Option<TlsCertificates>,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout));
+    let mut last_error = None;
+    for seed in seeds {
+        let client = match certificates.clone() {
+            Some(certificates) => redis::Client::build_with_tls(seed.expose(), certificates),
+            None => redis::Client::open(seed.expose()),
+        };
+        let connected = match client {
+            Ok(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match connected {
+            Ok(mut connection) => return check_cluster_setting(seed, &mut connection, true).await,
+            Err(error) => last_error = Some((seed, error)),
+        }
+    }
+    let (seed, error) = last_error.expect("at least one seed");
+    Err(SinkError::Connect {
+        url: seed.to_string(),
+        cause: describe_connect_error(&error),
+        transient: connect_error_is_transient(&error),
+    })
 }
 
 /// True for a `NOSCRIPT` reply (the server does not have the script cached).
@@ -593,8 +781,9 @@ fn is_no_script(reply: &redis::Value) -> bool {
     matches!(reply, redis::Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
 }
 
-/// Deletes every key that starts with `prefix` (SCAN, then UNLINK) and says how many there
-/// were: for tools that wrote under a prefix of their own (`demo`, `bench`).
+/// Deletes every key on one server that starts with `prefix` (SCAN, then UNLINK one key at a
+/// time in a pipeline, so keys of different cluster slots mix) and says how many there were.
+/// [`Sink::delete_keys_with_prefix`] does it on every master of a cluster.
 pub async fn delete_keys_with_prefix<C>(
     connection: &mut C,
     prefix: &str,
@@ -612,7 +801,11 @@ where
         keys
     };
     if !keys.is_empty() {
-        redis::AsyncCommands::unlink::<_, ()>(connection, &keys).await?;
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("UNLINK").arg(key).ignore();
+        }
+        pipe.query_async::<()>(connection).await?;
     }
     Ok(keys.len())
 }

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::redact::ConnectionUrl;
+
 /// `[redis]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
@@ -20,6 +22,18 @@ pub struct RedisSettings {
     pub wait_timeout: Duration,
     /// Certificates for a `rediss://` URL; all unset means the default trust roots.
     pub tls: RedisTls,
+    /// `[redis] cluster = true`: the URL is a seed node of a Redis Cluster. `None`: one Redis
+    /// server (or a proxy that looks like one).
+    pub cluster: Option<ClusterSeeds>,
+}
+
+/// `[redis] cluster_nodes`: seed nodes besides `redis_url`, tried in order when discovering
+/// the cluster's masters. Each has the URL's scheme; the URL's user and password are used for
+/// every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSeeds {
+    /// More seed nodes (may be empty).
+    pub nodes: Vec<ConnectionUrl>,
 }
 
 impl Default for RedisSettings {
@@ -31,6 +45,7 @@ impl Default for RedisSettings {
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
             tls: RedisTls::default(),
+            cluster: None,
         }
     }
 }

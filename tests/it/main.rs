@@ -16,6 +16,7 @@ mod migrate;
 mod operate;
 mod privileges;
 mod publish;
+mod redis_cluster;
 mod redis_faults;
 mod registry;
 mod relay_concurrency;

@@ -5,6 +5,7 @@
 //! a superuser connection used to create and drop databases.
 
 pub mod cli;
+pub mod cluster;
 pub mod redis;
 pub mod relay;
 pub mod servers;

@@ -242,8 +242,45 @@ impl PrivateRedis {
         )
     }
 
+    /// A node for a Redis Cluster (not yet part of one): `--cluster-enabled yes`, its node
+    /// table in its own directory, a 1 s node timeout so a failover takes seconds.
+    pub fn start_cluster_node() -> PrivateRedis {
+        PrivateRedis::start_with(
+            false,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ],
+        )
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server process is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+    }
+
+    /// SIGKILL, and nothing more: the server is gone until [`PrivateRedis::start_again`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn spawn(&mut self) {
