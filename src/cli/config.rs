@@ -117,13 +117,29 @@ async fn connect(config: &Config) -> Value {
         }
     }
     if let Some(url) = &config.redis_url {
+        // On a cluster the ping also checks that every slot has a master.
         let redis = match Sink::connect(url, &config.redis).await {
-            Ok(_) => json!({ "ok": true }),
+            Ok(sink) => match sink.ping().await {
+                Ok(()) => json!({ "ok": true }),
+                Err(e) => json!({ "ok": false, "error": format!("{e}: {}", error_chain(&e)) }),
+            },
             Err(e) => json!({ "ok": false, "error": e.to_string() }),
         };
         results.insert("redis".into(), redis);
     }
     Value::Object(results)
+}
+
+/// The causes under an error, joined (a [`SinkError::Redis`] says only "append to Redis
+/// failed"; the reason is its source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.join(": ")
 }
 
 /// The checked configuration with defaults filled in, in the shape of the config file.
@@ -144,6 +160,10 @@ fn effective(raw: &RawConfig, config: &Config) -> Value {
             "tls_ca_file": path(tls.ca_file.as_ref()),
             "tls_client_cert_file": path(tls.client.as_ref().map(|c| &c.cert_file)),
             "tls_client_key_file": path(tls.client.as_ref().map(|c| &c.key_file)),
+            "cluster": config.redis.cluster.is_some(),
+            "cluster_nodes": config.redis.cluster.as_ref().map_or_else(Vec::new, |seeds| {
+                seeds.nodes.iter().map(|url| url.redacted()).collect()
+            }),
         },
         "relay": {
             "batch_size": config.relay.batch_size,
