@@ -9,6 +9,7 @@ mod config_check;
 mod connection_budget;
 mod deep_json;
 mod demo;
+mod deploy;
 mod examples;
 mod http_secrets;
 mod inspect;
