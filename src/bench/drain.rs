@@ -1,7 +1,9 @@
 //! `bench drain`: a backlog of N messages forwarded to one stream by one group (a real
-//! `outbox-relay run` process), next to two ceilings for the same work in the same run:
+//! `outbox-relay run` process), next to four ceilings for the same work in the same run:
 //! (a) reading the same rows with a plain sqlx SELECT in cursor order, batch by batch;
-//! (b) XADD of entries of the same shape with redis-rs pipelines of the same batch size.
+//! (b) XADD of entries of the same shape with redis-rs pipelines of the same batch size;
+//! and the C-tool ceilings ([`super::c_tools`]): (c) `psql` `\copy` of the same rows and
+//! (d) `redis-benchmark` XADD of the relay's entry, 1 client, 500 deep.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,11 +14,16 @@ use uuid::Uuid;
 use serde_json::json;
 
 use super::backlog::{Backlog, FILL_CHUNK, wait_until_passed};
+use super::c_tools::{self, CToolCeilings};
 use super::publish::{payload_of_size, register_schema};
 use super::relay_process::{RelayProcess, RelayScratch, ScratchRedis, phase};
 use super::stages::StageBreakdown;
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
+use outbox_relay::position::Position;
+use outbox_relay::relay::EntryFields;
+use outbox_relay::sink::Fields;
+use outbox_relay::store;
 
 const GROUP: &str = "bench-drain";
 const STREAM: &str = "drain";
@@ -61,6 +68,8 @@ pub struct DrainBenchReport {
     pub read_ceiling: Measurement,
     /// (b) pipelined XADD.
     pub append_ceiling: Measurement,
+    /// (c) psql COPY and (d) redis-benchmark XADD, or why each was skipped.
+    pub c_tools: CToolCeilings,
     /// The relay's peak resident set, bytes.
     pub relay_peak_rss: Option<u64>,
     /// Whether the relay's `/metrics` answered at the end of the drain.
@@ -84,9 +93,17 @@ impl DrainBenchReport {
         }
     }
 
-    /// The figures for the summary table and `--json`.
-    pub fn summary(&self) -> Summary {
-        let s = &self.settings;
+    /// The relay next to the lower of the two C-tool ceilings, when both were measured.
+    pub fn against_lower_c_tool_ceiling(&self) -> Option<Comparison> {
+        self.c_tools.lower().map(|ceiling| Comparison {
+            ours: self.relay,
+            ceiling,
+        })
+    }
+
+    /// The summary's lines: the relay against the lower in-run ceiling, each of them, then
+    /// against the lower C-tool ceiling and each C-tool ceiling that was measured.
+    fn lines(&self) -> Vec<Line> {
         let read = Comparison {
             ours: self.relay,
             ceiling: self.read_ceiling,
@@ -95,6 +112,41 @@ impl DrainBenchReport {
             ours: self.relay,
             ceiling: self.append_ceiling,
         };
+        let mut lines = vec![
+            Line::comparison(
+                "drain",
+                "relay vs lower ceiling",
+                &self.against_lower_ceiling(),
+            ),
+            Line::comparison("drain", "relay vs (a) plain SELECT", &read),
+            Line::comparison("drain", "relay vs (b) pipelined XADD", &append),
+        ];
+        if let Some(lower) = self.against_lower_c_tool_ceiling() {
+            lines.push(Line::comparison(
+                "drain",
+                "relay vs lower C-tool ceiling",
+                &lower,
+            ));
+        }
+        let tools = [
+            ("relay vs (c) psql COPY", &self.c_tools.copy),
+            ("relay vs (d) redis-benchmark XADD", &self.c_tools.xadd),
+        ];
+        for (what, ceiling) in tools {
+            if let Ok(ceiling) = ceiling {
+                let c = Comparison {
+                    ours: self.relay,
+                    ceiling: *ceiling,
+                };
+                lines.push(Line::comparison("drain", what, &c));
+            }
+        }
+        lines
+    }
+
+    /// The figures for the summary table and `--json`.
+    pub fn summary(&self) -> Summary {
+        let s = &self.settings;
         let wall = self.relay.elapsed.as_secs_f64();
         let stages = self.stages.as_ref().map(|stages| {
             stages
@@ -118,21 +170,18 @@ impl DrainBenchReport {
                 "schema": s.schema,
             }),
             machine: Machine::this_one(),
-            lines: vec![
-                Line::comparison(
-                    "drain",
-                    "relay vs lower ceiling",
-                    &self.against_lower_ceiling(),
-                ),
-                Line::comparison("drain", "relay vs (a) plain SELECT", &read),
-                Line::comparison("drain", "relay vs (b) pipelined XADD", &append),
-            ],
+            lines: self.lines(),
             details: json!({
                 "fill_seconds": self.fill.elapsed.as_secs_f64(),
                 "relay_peak_rss_bytes": self.relay_peak_rss,
                 "relay_wall_seconds": wall,
                 "metrics_scraped": self.metrics_scraped,
                 "stages": stages,
+                "c_tools": {
+                    "psql_copy": c_tool_detail(&self.c_tools.copy),
+                    "redis_benchmark_xadd": c_tool_detail(&self.c_tools.xadd),
+                    "xadd_pipeline": c_tools::XADD_PIPELINE,
+                },
             }),
         }
     }
@@ -172,6 +221,12 @@ impl DrainBench {
         let read_ceiling = self.read_ceiling(pool, progress).await?;
         progress.phase("ceiling (b): pipelined XADD", Some(self.messages));
         let append_ceiling = self.append_ceiling(redis, progress).await?;
+        progress.phase("ceiling (c): psql COPY", None);
+        let copy = c_tools::copy_ceiling(database_url, self.messages).await;
+        progress.phase("ceiling (d): redis-benchmark XADD", None);
+        let entry = relay_entry(pool, last).await?;
+        let xadd = c_tools::xadd_ceiling(redis_url, redis, &entry, self.messages).await;
+        let c_tools = CToolCeilings { copy, xadd };
 
         let toml = format!(
             "[redis]\nkey_prefix = \"{}\"\n[relay]\nbatch_size = {}\n\
@@ -219,6 +274,7 @@ impl DrainBench {
             relay: relay_measurement,
             read_ceiling,
             append_ceiling,
+            c_tools,
             relay_peak_rss,
             metrics_scraped,
             stages,
@@ -317,5 +373,29 @@ impl DrainBench {
             messages: sent,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// The entry the relay appends for the row at `last` (every field: the bench's group keeps
+/// the default `entry_fields`), for redis-benchmark to repeat.
+async fn relay_entry(pool: &PgPool, last: Position) -> Result<Fields, BenchError> {
+    let before = Position::new(last.tx_id, last.seq - 1);
+    let row = store::messages_between(pool, before, last, 1)
+        .await
+        .map_err(|e| phase("read the backlog's last row", e))?
+        .pop()
+        .ok_or_else(|| phase("read the backlog's last row", "it is gone"))?;
+    Ok(EntryFields::default().of(GROUP, &row, row.payload.clone()))
+}
+
+/// A C-tool ceiling in `--json`: its rate, or why it was skipped.
+fn c_tool_detail(ceiling: &Result<Measurement, c_tools::Skipped>) -> serde_json::Value {
+    match ceiling {
+        Ok(m) => json!({
+            "per_second": m.per_second(),
+            "messages": m.messages,
+            "seconds": m.elapsed.as_secs_f64(),
+        }),
+        Err(skipped) => json!({ "skipped": skipped.to_string() }),
     }
 }

@@ -8,6 +8,7 @@
 //! turns into a [`Summary`]: the lines of the summary table and the `--json` document.
 
 mod backlog;
+mod c_tools;
 mod drain;
 mod fanout;
 mod flaky_endpoint;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+pub use c_tools::Skipped;
 pub use drain::{DrainBench, DrainBenchReport};
 pub use fanout::{FanoutBench, FanoutBenchReport, Growth};
 pub use handler::{HandlerBench, HandlerBenchReport, HandlerRun};

@@ -225,11 +225,14 @@ impl RelayProcess {
 
     /// SIGTERM, and wait for the exit (SIGKILL after 10 s).
     pub async fn stop(mut self) -> Result<(), BenchError> {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
+        // Not `kill` from PATH: a bench run with a PATH that lacks it (as the C-tool ceilings'
+        // test does) left the relay running until the 10 s deadline.
+        if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
+            // SAFETY: kill(2) takes two integers and touches no memory of this process; the
+            // child is not reaped before `wait` below, so its pid cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
         }
         match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
             Ok(Ok(status)) if status.success() => {

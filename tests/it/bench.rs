@@ -10,8 +10,10 @@ use crate::harness::TestDb;
 use crate::harness::cli::{Run, outbox_relay, run};
 use crate::harness::redis::TestRedis;
 
-fn bench(db: &TestDb, redis: &TestRedis, args: &[&str]) -> Run {
+/// `bench <args>` with `env` set for it (and the relay it starts).
+fn bench(db: &TestDb, redis: &TestRedis, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = run(outbox_relay()
+        .envs(env.iter().copied())
         .args([
             "--database-url",
             &db.url,
@@ -57,6 +59,15 @@ async fn assert_cleaned_up(db: &TestDb, redis: &TestRedis, out: &Run) {
 
 /// `bench <args> --json FILE`, and the file parsed.
 fn bench_json(db: &TestDb, redis: &TestRedis, args: &[&str]) -> (Run, Value) {
+    bench_json_with_env(db, redis, args, &[])
+}
+
+fn bench_json_with_env(
+    db: &TestDb,
+    redis: &TestRedis,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Run, Value) {
     let file = std::env::temp_dir().join(format!(
         "outbox-bench-test-{}-{}.json",
         std::process::id(),
@@ -65,7 +76,7 @@ fn bench_json(db: &TestDb, redis: &TestRedis, args: &[&str]) -> (Run, Value) {
     let mut args = args.to_vec();
     let path = file.to_string_lossy().into_owned();
     args.extend(["--json", &path]);
-    let out = bench(db, redis, &args);
+    let out = bench(db, redis, &args, env);
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{path}: {e}"));
     let _ = std::fs::remove_file(&file);
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -120,6 +131,22 @@ fn json_line<'a>(json: &'a Value, what: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no line `{what}` in {json}"))
 }
 
+/// Whether `tool` is a file in one of PATH's directories.
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// The C-tool ceilings: (tool, the report's line, the summary's line).
+const C_TOOLS: [(&str, &str, &str); 2] = [
+    ("psql", "ceiling (c) psql COPY", "relay vs (c) psql COPY"),
+    (
+        "redis-benchmark",
+        "ceiling (d) redis-bench",
+        "relay vs (d) redis-benchmark XADD",
+    ),
+];
+
 fn line<'a>(out: &'a Run, prefix: &str) -> &'a str {
     out.stdout
         .lines()
@@ -147,6 +174,24 @@ async fn bench_drain_forwards_the_whole_backlog_and_cleans_up() {
         assert!(line(&out, "ceiling (a) plain SELECT").contains("msg/s"));
         assert!(line(&out, "ceiling (b) XADD pipes").contains("msg/s"));
         assert!(line(&out, "relay peak RSS").contains("MiB"));
+        // The C tools run where they are installed (they are next to Postgres and Redis here);
+        // where one is missing, its ceiling says so.
+        for (tool, report, summary) in C_TOOLS {
+            let shown = line(&out, report);
+            if on_path(tool) {
+                assert!(shown.contains("msg/s"), "{shown}");
+                assert!(json_line(&json, summary)["ceiling"].as_f64().unwrap() > 0.0);
+            } else {
+                assert!(shown.contains(&format!("skipped: `{tool}` is not on PATH")));
+            }
+        }
+        if C_TOOLS.iter().all(|(tool, _, _)| on_path(tool)) {
+            assert!(line(&out, "relay vs lower C-tool").contains("ratio"));
+            let lower = json_line(&json, "relay vs lower C-tool ceiling")["ceiling"].as_f64();
+            let copy = json_line(&json, C_TOOLS[0].2)["ceiling"].as_f64().unwrap();
+            let xadd = json_line(&json, C_TOOLS[1].2)["ceiling"].as_f64().unwrap();
+            assert_eq!(lower, Some(copy.min(xadd)), "{json}");
+        }
         let validation = if extra.is_some() { "on" } else { "off" };
         assert!(
             out.stderr
@@ -156,6 +201,38 @@ async fn bench_drain_forwards_the_whole_backlog_and_cleans_up() {
         );
         assert_cleaned_up(&db, &redis, &out).await;
     }
+}
+
+#[tokio::test]
+async fn bench_drain_skips_a_c_tool_ceiling_it_cannot_run_and_goes_on() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    // No psql and no redis-benchmark on this PATH (the relay is started by its full path).
+    let (out, json) = bench_json_with_env(
+        &db,
+        &redis,
+        &["drain", "--messages", "500"],
+        &[("PATH", "/nonexistent")],
+    );
+    assert_summary(&out, &json, "drain");
+    for (tool, report, summary) in C_TOOLS {
+        let shown = line(&out, report);
+        assert!(
+            shown.contains(&format!("skipped: `{tool}` is not on PATH")),
+            "{shown}"
+        );
+        let lines = json["lines"].as_array().unwrap();
+        assert!(!lines.iter().any(|l| l["what"] == summary), "{json}");
+    }
+    let details = &json["details"]["c_tools"];
+    assert_eq!(details["psql_copy"]["skipped"], "`psql` is not on PATH");
+    assert_eq!(
+        details["redis_benchmark_xadd"]["skipped"],
+        "`redis-benchmark` is not on PATH"
+    );
+    assert!(line(&out, "relay vs lower C-tool").contains("unavailable"));
+    assert!(line(&out, "relay vs lower ceiling").contains("ratio"));
+    assert_cleaned_up(&db, &redis, &out).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! `outbox-relay bench drain`
 
-use crate::bench::{DrainBench, DrainBenchReport, RelayScratch};
+use crate::bench::{DrainBench, DrainBenchReport, Measurement, RelayScratch, Skipped};
 use outbox_relay::config::Config;
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};
@@ -13,7 +13,7 @@ pub struct Args {
     /// Payload size in bytes of JSON text.
     #[arg(long, default_value_t = 1024)]
     payload_bytes: usize,
-    /// The relay's batch_size (and the ceilings').
+    /// The relay's batch_size (and that of ceilings (a) and (b)).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
     /// Register a JSON Schema for the backlog's topic and stamp every row with it, so the relay
@@ -68,7 +68,21 @@ fn print_report(report: &DrainBenchReport) {
         report.append_ceiling.per_second(),
         report.append_ceiling.elapsed.as_secs_f64()
     );
+    print_c_tool(
+        "ceiling (c) psql COPY    ",
+        &report.c_tools.copy,
+        "psql \\copy, process wall clock",
+    );
+    print_c_tool(
+        "ceiling (d) redis-bench  ",
+        &report.c_tools.xadd,
+        "redis-benchmark XADD, 1 client, 500 deep",
+    );
     outln!("relay vs lower ceiling   {lower}");
+    match report.against_lower_c_tool_ceiling() {
+        Some(c_tool) => outln!("relay vs lower C-tool    {c_tool}"),
+        None => outln!("relay vs lower C-tool    unavailable: needs both (c) and (d)"),
+    }
     match report.relay_peak_rss {
         Some(bytes) => outln!(
             "relay peak RSS           {:.1} MiB",
@@ -95,5 +109,17 @@ fn print_report(report: &DrainBenchReport) {
         None => outln!(
             "where the time went      stage breakdown unavailable (the relay's /metrics did not answer)"
         ),
+    }
+}
+
+/// A C-tool ceiling's line: its rate, or that it was skipped and why.
+fn print_c_tool(label: &str, ceiling: &Result<Measurement, Skipped>, how: &str) {
+    match ceiling {
+        Ok(m) => outln!(
+            "{label}{:>9.0} msg/s in {:>7.3} s ({how})",
+            m.per_second(),
+            m.elapsed.as_secs_f64()
+        ),
+        Err(skipped) => outln!("{label}skipped: {skipped}"),
     }
 }

@@ -22,8 +22,18 @@ pub enum Scenario {
     /// Example: outbox-relay bench publish --messages 10000 --concurrency 8 --batches 1000 --batch-size 100
     Publish(publish::Args),
     /// A backlog forwarded to one stream by one group (a real `outbox-relay run` process),
-    /// next to a plain SELECT of the same rows and pipelined XADD of the same entries; with
-    /// the relay's peak RSS and where its time went (read / decode / handle / append / cursor).
+    /// next to four ceilings for the same work: (a) a plain SELECT of the same rows, (b)
+    /// pipelined XADD of the same entries, (c) `psql` \copy of the same rows, (d)
+    /// `redis-benchmark` XADD of the same entries; with the relay's peak RSS and where its time
+    /// went (read / decode / handle / append / cursor).
+    ///
+    /// (a) and (b) run in this process, batch by batch like the relay. (c) and (d) are the
+    /// servers' own C clients: psql copies the rows to /dev/null (timed as the process's wall
+    /// clock); redis-benchmark appends the relay's entry for the last row (same fields and
+    /// sizes) with 1 client, 500 deep, to a key of the run's own, deleted after; the relay is
+    /// also set against the lower of the two. A C tool missing from PATH, failing, or not given
+    /// a URL it can take safely (a Redis URL with a password, which redis-benchmark takes only
+    /// as an argument; rediss://) is reported as skipped, and the bench goes on.
     ///
     /// Example: outbox-relay bench drain --messages 100000 --json drain.json
     Drain(drain::Args),
