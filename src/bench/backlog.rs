@@ -27,6 +27,18 @@ pub(super) struct Backlog<'a> {
     pub keys: u64,
     /// Mark every n-th message's payload with `"fail_once": true`.
     pub fail_once_every: Option<u64>,
+    /// Spread the messages over this many topics, `<topic>.0` … (1: all on `topic`).
+    pub topics: u64,
+}
+
+impl Backlog<'_> {
+    /// The topics the backlog's messages are on.
+    pub fn topic_names(&self) -> Vec<String> {
+        match self.topics {
+            0 | 1 => vec![self.topic.to_owned()],
+            n => (0..n).map(|i| format!("{}.{i}", self.topic)).collect(),
+        }
+    }
 }
 
 impl Backlog<'_> {
@@ -45,7 +57,9 @@ impl Backlog<'_> {
             let chunk = (self.messages - written).min(FILL_CHUNK);
             sqlx::query(
                 "INSERT INTO outbox.messages (id, topic, key, payload, schema_version) \
-                 SELECT outbox.uuid_v7(), $1, 'customer-' || (g % $5), \
+                 SELECT outbox.uuid_v7(), \
+                        CASE WHEN $8 > 1 THEN $1 || '.' || (g % $8) ELSE $1 END, \
+                        'customer-' || (g % $5), \
                         CASE WHEN $6 > 0 AND g % $6 = 0 \
                              THEN jsonb_set($2, '{fail_once}', 'true') ELSE $2 END, $4 \
                    FROM generate_series($7 + 1, $7 + $3) AS g",
@@ -57,6 +71,7 @@ impl Backlog<'_> {
             .bind(self.keys.max(1) as i64)
             .bind(self.fail_once_every.unwrap_or(0) as i64)
             .bind(written as i64)
+            .bind(self.topics as i64)
             .execute(pool)
             .await
             .map_err(|e| phase("fill the backlog", e))?;

@@ -138,9 +138,14 @@ pub async fn xadd_ceiling(
     entry: &Fields,
     messages: u64,
 ) -> Result<Measurement, Skipped> {
-    let target = redis_benchmark_target(redis_url)?;
+    let mut target = redis_benchmark_target(redis_url)?;
     let (pipeline, requests) = xadd_requests(messages);
     let key = format!("{}ceiling-redis-benchmark", redis.prefix);
+    // On a cluster, straight to the master of the key's slot (redis-benchmark --cluster does
+    // not route a command given on its command line by its key).
+    if let Some((host, port)) = redis.master_of(&key) {
+        target = vec!["-h".to_owned(), host, "-p".to_owned(), port.to_string()];
+    }
     let mut command = Command::new("redis-benchmark");
     command
         .args(&target)

@@ -53,6 +53,9 @@ pub struct DrainBench {
     /// Register a schema for the backlog's topic and stamp every row with it, so the relay
     /// validates each payload (the ceilings read and append the same rows without validating).
     pub schema: bool,
+    /// Streams the backlog is spread over (one topic each, routed `stream = "{topic}"`); 1:
+    /// everything into one stream.
+    pub streams: u64,
     /// The `outbox-relay` binary to run as the relay.
     pub relay_exe: PathBuf,
 }
@@ -72,6 +75,8 @@ pub struct DrainBenchReport {
     pub c_tools: CToolCeilings,
     /// The relay's peak resident set, bytes.
     pub relay_peak_rss: Option<u64>,
+    /// Whether Redis was a cluster (`[redis] cluster = true`).
+    pub redis_cluster: bool,
     /// Whether the relay's `/metrics` answered at the end of the drain.
     pub metrics_scraped: bool,
     /// Where the relay's time went, from its `/metrics` (`None`: not scraped, or a relay
@@ -168,6 +173,8 @@ impl DrainBenchReport {
                 "payload_bytes": s.payload_bytes,
                 "batch_size": s.batch_size,
                 "schema": s.schema,
+                "streams": s.streams,
+                "redis_cluster": self.redis_cluster,
             }),
             machine: Machine::this_one(),
             lines: self.lines(),
@@ -201,19 +208,26 @@ impl DrainBench {
             redis,
         } = scratch;
         let pool = &database.pool;
-        let schema_version = if self.schema {
-            register_schema(pool, TOPIC).await?;
-            Some(1)
-        } else {
-            None
-        };
-        let backlog = Backlog {
+        let mut backlog = Backlog {
             topic: TOPIC,
             messages: self.messages,
             payload_bytes: self.payload_bytes,
-            schema_version,
+            schema_version: None,
             keys: 100,
             fail_once_every: None,
+            topics: self.streams.max(1),
+        };
+        let topics = backlog.topic_names();
+        if self.schema {
+            for topic in &topics {
+                register_schema(pool, topic).await?;
+            }
+            backlog.schema_version = Some(1);
+        }
+        // One stream per topic; a single one keeps its old name.
+        let (route, streams): (&str, Vec<String>) = match topics.len() {
+            1 => (STREAM, vec![STREAM.to_owned()]),
+            _ => ("{topic}", topics.clone()),
         };
         let (fill, last) = backlog.fill(pool, progress).await?;
         // The ceilings first, so the relay does not find its rows warmer in the cache than they did.
@@ -229,9 +243,10 @@ impl DrainBench {
         let c_tools = CToolCeilings { copy, xadd };
 
         let toml = format!(
-            "[redis]\nkey_prefix = \"{}\"\n[relay]\nbatch_size = {}\n\
-             [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{STREAM}\"\n",
-            redis.prefix, self.batch_size
+            "{}[relay]\nbatch_size = {}\n\
+             [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{route}\"\n",
+            redis.relay_section(),
+            self.batch_size
         );
         progress.phase("the relay drains the backlog", Some(self.messages));
         let started = Instant::now();
@@ -254,16 +269,19 @@ impl DrainBench {
         let metrics_scraped = metrics.is_some();
         let stages = metrics.and_then(|text| StageBreakdown::parse(&text));
         relay.stop().await?;
-        let appended: u64 = redis::cmd("XLEN")
-            .arg(format!("{}{STREAM}", redis.prefix))
-            .query_async(&mut redis.connection)
-            .await
-            .map_err(|e| phase("count the stream", e))?;
+        let mut appended = 0u64;
+        for stream in &streams {
+            appended += redis::cmd("XLEN")
+                .arg(format!("{}{stream}", redis.prefix))
+                .query_async::<u64>(&mut redis.connection)
+                .await
+                .map_err(|e| phase("count the streams", e))?;
+        }
         if appended != self.messages {
             return Err(phase(
                 "check",
                 format!(
-                    "the stream holds {appended} entries, expected {}",
+                    "the stream(s) hold {appended} entries, expected {}",
                     self.messages
                 ),
             ));
@@ -276,6 +294,7 @@ impl DrainBench {
             append_ceiling,
             c_tools,
             relay_peak_rss,
+            redis_cluster: redis.cluster,
             metrics_scraped,
             stages,
         })

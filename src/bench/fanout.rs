@@ -180,6 +180,7 @@ impl FanoutBench {
             schema_version: None,
             keys: 100,
             fail_once_every: None,
+            topics: 1,
         };
         let pool = scratch.database.pool.clone();
         let (_, last) = backlog.fill(&pool, progress).await?;
@@ -188,6 +189,7 @@ impl FanoutBench {
             payload_bytes: self.payload_bytes,
             batch_size: self.batch_size,
             schema: false,
+            streams: 1,
             relay_exe: self.relay_exe.clone(),
         };
         progress.phase("ceiling: plain SELECT", Some(self.messages));
@@ -224,8 +226,9 @@ impl FanoutBench {
             .map(|i| format!("fanout-{groups}-{i}"))
             .collect();
         let mut toml = format!(
-            "[redis]\nkey_prefix = \"{}\"\n[relay]\nbatch_size = {}\n",
-            scratch.redis.prefix, self.batch_size
+            "{}[relay]\nbatch_size = {}\n",
+            scratch.redis.relay_section(),
+            self.batch_size
         );
         for name in &names {
             toml.push_str(&format!(

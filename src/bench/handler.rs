@@ -208,6 +208,7 @@ impl HandlerBench {
             schema_version: None,
             keys: self.keys,
             fail_once_every: None,
+            topics: 1,
         };
         let (_, last) = backlog.fill(&scratch.database.pool, progress).await?;
         let endpoint = SlowEndpoint::start(self.latency).await?;
@@ -236,10 +237,10 @@ impl HandlerBench {
             .map(|n| format!("max_in_flight = {n}\n"))
             .unwrap_or_default();
         let toml = format!(
-            "[redis]\nkey_prefix = \"{prefix}\"\n[relay]\nbatch_size = {batch}\n\
+            "{redis}[relay]\nbatch_size = {batch}\n\
              [[groups]]\nname = \"{HTTP_GROUP}\"\n{max_in_flight}\
              [[groups.routes]]\ntopics = [\"*\"]\nhandler = \"http\"\nurl = \"{url}\"\n",
-            prefix = scratch.redis.prefix,
+            redis = scratch.redis.relay_section(),
             batch = self.batch_size,
             url = endpoint.url(),
         );
@@ -293,8 +294,8 @@ impl HandlerBench {
     ) -> Result<HandlerRun, BenchError> {
         let pool = &scratch.database.pool;
         let redis = RedisSettings {
-            key_prefix: scratch.redis.prefix.clone(),
-            ..RedisSettings::default()
+            response_timeout: RedisSettings::default().response_timeout,
+            ..scratch.redis.settings.clone()
         };
         let sink = Sink::connect(&scratch.redis_url, &redis)
             .await

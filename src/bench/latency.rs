@@ -212,9 +212,9 @@ impl LatencyBench {
             .map(|ms| format!("idle_poll_ms = {ms}\n"))
             .unwrap_or_default();
         let toml = format!(
-            "[redis]\nkey_prefix = \"{}\"\n[relay]\nwakeup = \"{wakeup}\"\n{idle_poll}\
+            "{}[relay]\nwakeup = \"{wakeup}\"\n{idle_poll}\
              [[groups]]\nname = \"{GROUP}\"\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"{STREAM}\"\n",
-            redis.prefix
+            redis.relay_section()
         );
         progress.phase("starting the relay", None);
         let mut relay = RelayProcess::start(&self.relay_exe, database_url, redis_url, &toml)?;
@@ -355,7 +355,7 @@ impl LatencyBench {
 
 /// XREAD BLOCK from the start of the stream, noting when each message id arrives.
 async fn consume(
-    mut connection: redis::aio::MultiplexedConnection,
+    mut connection: outbox_relay::sink::RedisConnection,
     stream_key: String,
     observations: Shared,
 ) {

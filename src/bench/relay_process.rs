@@ -12,36 +12,62 @@ use tokio::process::{Child, Command};
 
 use super::{BenchError, ScratchDatabase};
 use outbox_relay::config::ConnectionUrl;
-use outbox_relay::sink::delete_keys_with_prefix;
+use outbox_relay::sink::{RedisConnection, RedisSettings, Sink};
 use outbox_relay::store;
 
-/// A key prefix of this run's own on the configured Redis; [`ScratchRedis::clean`] deletes
-/// everything under it.
+/// A key prefix of this run's own on the configured Redis (one server or a cluster, as
+/// `[redis]` says); [`ScratchRedis::clean`] deletes everything under it.
 pub struct ScratchRedis {
     pub prefix: String,
-    pub connection: redis::aio::MultiplexedConnection,
+    /// Routed by key on a cluster: each command (or pipeline) must stay within one stream.
+    pub connection: RedisConnection,
+    /// True when `[redis] cluster = true`: the relays the bench starts are told so too.
+    pub cluster: bool,
+    /// What it was connected with: `[redis]`, this prefix.
+    pub settings: RedisSettings,
+    sink: Sink,
 }
 
 impl ScratchRedis {
-    pub async fn connect(url: &ConnectionUrl, scenario: &str) -> Result<Self, BenchError> {
-        let fail = |e: redis::RedisError| phase("connect to Redis", e);
-        let client = redis::Client::open(url.expose()).map_err(fail)?;
-        // Reading back or deleting a million entries takes longer than redis-rs's 500 ms default.
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-        let connection = client
-            .get_multiplexed_async_connection_with_config(&config)
+    pub async fn connect(
+        url: &ConnectionUrl,
+        settings: &RedisSettings,
+        scenario: &str,
+    ) -> Result<Self, BenchError> {
+        let prefix = format!("outbox-bench:{}:{scenario}:", std::process::id());
+        let settings = RedisSettings {
+            key_prefix: prefix.clone(),
+            // Reading back or deleting a million entries takes a while.
+            response_timeout: Duration::from_secs(60),
+            ..settings.clone()
+        };
+        let sink = Sink::connect(url, &settings)
             .await
-            .map_err(fail)?;
+            .map_err(|e| phase("connect to Redis", e))?;
         Ok(ScratchRedis {
-            prefix: format!("outbox-bench:{}:{scenario}:", std::process::id()),
-            connection,
+            prefix,
+            connection: sink.connection(),
+            cluster: sink.is_cluster(),
+            settings,
+            sink,
         })
     }
 
+    /// On a cluster, the master that holds `key` (`host`, `port`).
+    pub fn master_of(&self, key: &str) -> Option<(String, u16)> {
+        self.sink.master_of(key)
+    }
+
+    /// The `[redis]` section of a relay the bench starts: this prefix, and `cluster = true`
+    /// on a cluster.
+    pub fn relay_section(&self) -> String {
+        let cluster = if self.cluster { "cluster = true\n" } else { "" };
+        format!("[redis]\nkey_prefix = \"{}\"\n{cluster}", self.prefix)
+    }
+
     /// Deletes every key under the prefix; a failure is logged, not returned.
-    pub async fn clean(mut self) {
-        if let Err(error) = delete_keys_with_prefix(&mut self.connection, &self.prefix).await {
+    pub async fn clean(self) {
+        if let Err(error) = self.sink.delete_keys_with_prefix(&self.prefix).await {
             tracing::warn!(prefix = %self.prefix, %error, "could not delete the bench keys");
         }
     }
@@ -60,10 +86,11 @@ impl RelayScratch {
     pub async fn create(
         database_url: &ConnectionUrl,
         redis_url: &ConnectionUrl,
+        redis_settings: &RedisSettings,
         scenario: &str,
         max_connections: u32,
     ) -> Result<Self, BenchError> {
-        let redis = ScratchRedis::connect(redis_url, scenario).await?;
+        let redis = ScratchRedis::connect(redis_url, redis_settings, scenario).await?;
         let database = ScratchDatabase::create(database_url, max_connections).await?;
         Ok(RelayScratch {
             database_url: database_url.with_database(database.name()),

@@ -182,14 +182,15 @@ impl RetryBench {
             schema_version: None,
             keys: self.keys,
             fail_once_every,
+            topics: 1,
         };
         let (_, last) = backlog.fill(&pool, progress).await?;
         let toml = format!(
-            "[redis]\nkey_prefix = \"{prefix}\"\n[relay]\nbatch_size = {batch}\n\
+            "{redis}[relay]\nbatch_size = {batch}\n\
              [[groups]]\nname = \"{group}\"\nordering = \"{ordering}\"\n\
              [[groups.routes]]\ntopics = [\"*\"]\nhandler = \"http\"\nurl = \"{url}\"\n\
              backoff_initial_ms = {backoff}\nbackoff_max_ms = {backoff_max}\n",
-            prefix = scratch.redis.prefix,
+            redis = scratch.redis.relay_section(),
             batch = self.batch_size,
             ordering = self.ordering,
             url = endpoint.url(),

@@ -181,7 +181,7 @@ impl Cluster {
     }
 
     /// The master of `key`'s slot, as the map says now.
-    fn master_of(&self, key: &str) -> Option<NodeAddress> {
+    pub(super) fn master_of(&self, key: &str) -> Option<NodeAddress> {
         let slot = hash_slot(key);
         let slots = self.slots.read().expect("slot map poisoned");
         let index = slots.partition_point(|(first, _, _)| *first <= slot);

@@ -430,6 +430,15 @@ impl Sink {
         }
     }
 
+    /// On a cluster, the master that holds `key`'s hash slot now (`host`, `port`), as the
+    /// sink's slot map says; `None` on one server (or a slot without a master).
+    pub fn master_of(&self, key: &str) -> Option<(String, u16)> {
+        match &self.backend {
+            Backend::Single { .. } => None,
+            Backend::Cluster(cluster) => cluster.master_of(key).map(|node| (node.host, node.port)),
+        }
+    }
+
     /// True when the sink writes to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.backend, Backend::Cluster(_))

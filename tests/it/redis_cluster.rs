@@ -433,3 +433,48 @@ async fn a_cluster_setting_that_does_not_match_the_server_is_an_error_naming_it(
         assert!(text.contains(advice), "{setting} against {url}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drain_spreads_its_streams_over_the_cluster_and_cleans_up_every_master() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "bench.toml",
+        &format!(
+            "redis_url = \"{}\"\n[redis]\ncluster = true\n",
+            cluster.seed_url()
+        ),
+    );
+    let out = run(outbox_relay().args([
+        "bench",
+        "drain",
+        "--config",
+        config.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+        "--messages",
+        "3000",
+        "--streams",
+        "8",
+        "--json",
+        dir.0.join("summary.json").to_str().unwrap(),
+    ]));
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("8 stream(s) on a Redis Cluster"),
+        "{}",
+        out.stderr
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.0.join("summary.json")).unwrap())
+            .expect("--json");
+    assert_eq!(json["parameters"]["streams"], 8, "{json}");
+    assert_eq!(json["parameters"]["redis_cluster"], true, "{json}");
+    for master in cluster.masters() {
+        let left = cluster.cli(master, &["--scan", "--pattern", "outbox-bench:*"]);
+        assert!(left.trim().is_empty(), "keys left on {master}: {left}");
+    }
+}

@@ -20,6 +20,10 @@ pub struct Args {
     /// validates every payload (run with and without to see what validation costs).
     #[arg(long)]
     schema: bool,
+    /// Spread the backlog over this many streams (one topic each). With `[redis] cluster = true`
+    /// they land on the cluster's masters by hash slot.
+    #[arg(long, default_value_t = 1)]
+    streams: u64,
     #[command(flatten)]
     out: JsonOut,
 }
@@ -31,16 +35,24 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         payload_bytes: args.payload_bytes,
         batch_size: args.batch_size.max(1),
         schema: args.schema,
+        streams: args.streams.max(1),
         relay_exe: relay_exe()?,
     };
-    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "drain", 4).await?;
+    let mut scratch =
+        RelayScratch::create(&config.database_url, redis_url, &config.redis, "drain", 4).await?;
     eprintln!(
-        "bench drain: scratch database {}, {} messages of {} B, batch {}, schema validation {}",
+        "bench drain: scratch database {}, {} messages of {} B, batch {}, schema validation {}, {} stream(s) on {}",
         scratch.database.name(),
         bench.messages,
         bench.payload_bytes,
         bench.batch_size,
-        if bench.schema { "on" } else { "off" }
+        if bench.schema { "on" } else { "off" },
+        bench.streams,
+        if scratch.redis.cluster {
+            "a Redis Cluster"
+        } else {
+            "one Redis"
+        }
     );
     let progress = TerminalProgress::new("drain");
     let report = bench.run(&mut scratch, &progress).await;

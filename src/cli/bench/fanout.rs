@@ -36,7 +36,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         group_counts,
         relay_exe: relay_exe()?,
     };
-    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "fanout", 4).await?;
+    let mut scratch =
+        RelayScratch::create(&config.database_url, redis_url, &config.redis, "fanout", 4).await?;
     eprintln!(
         "bench fanout: scratch database {}, {} messages of {} B, batch {}, groups {:?}",
         scratch.database.name(),

@@ -42,7 +42,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         batch_size: args.batch_size.max(1),
         relay_exe: relay_exe()?,
     };
-    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "handler", 4).await?;
+    let mut scratch =
+        RelayScratch::create(&config.database_url, redis_url, &config.redis, "handler", 4).await?;
     eprintln!(
         "bench handler: scratch database {}, {} messages of {} B over {} keys, {} ms per call, max_in_flight {}, batch {}",
         scratch.database.name(),

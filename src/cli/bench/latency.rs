@@ -71,8 +71,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let connections = u32::try_from(bench.publishers)
         .unwrap_or(u32::MAX)
         .saturating_add(2);
-    let mut scratch =
-        RelayScratch::create(&config.database_url, redis_url, "latency", connections).await?;
+    let mut scratch = RelayScratch::create(
+        &config.database_url,
+        redis_url,
+        &config.redis,
+        "latency",
+        connections,
+    )
+    .await?;
     eprintln!(
         "bench latency: scratch database {}, {} msg/s for {:.1} s from {} publishers, wakeup {:?}",
         scratch.database.name(),

@@ -56,7 +56,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         keys: args.keys.max(1),
         relay_exe: relay_exe()?,
     };
-    let mut scratch = RelayScratch::create(&config.database_url, redis_url, "retry", 4).await?;
+    let mut scratch =
+        RelayScratch::create(&config.database_url, redis_url, &config.redis, "retry", 4).await?;
     eprintln!(
         "bench retry: scratch database {}, {} messages of {} B, 1 in {} failing once, ordering {}, backoff {} ms, {} keys",
         scratch.database.name(),
