@@ -75,6 +75,7 @@ impl Cluster {
         let mut builder = ClusterClientBuilder::new(seeds.iter().map(ConnectionUrl::expose))
             .connection_timeout(response_timeout)
             .response_timeout(response_timeout)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
             .retries(3);
         if let Some(certificates) = certificates.clone() {
             builder = builder.certs(certificates);
@@ -174,10 +175,7 @@ impl Cluster {
     /// A plain client for one master (same scheme, credentials and certificates as the seed).
     pub(super) fn client_for(&self, node: &NodeAddress) -> Result<redis::Client, RedisError> {
         let url = self.template.with_host_port(&node.host, node.port);
-        match self.certificates.clone() {
-            Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
-            None => redis::Client::open(url.expose()),
-        }
+        super::client(&url, self.certificates.clone())
     }
 
     /// The master of `key`'s slot, as the map says now.

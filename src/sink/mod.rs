@@ -273,6 +273,24 @@ fn is_tls_refusal(lower: &str) -> bool {
     lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
 }
 
+/// A client for the server at `url`, with `certificates` for TLS, whose connections send each
+/// write at once (`TCP_NODELAY`; redis-rs leaves Nagle's algorithm on, which can hold a small
+/// write back until the server acknowledges the previous one).
+fn client(
+    url: &ConnectionUrl,
+    certificates: Option<TlsCertificates>,
+) -> Result<redis::Client, RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .expose()
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    match certificates {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates),
+        None => redis::Client::open(info),
+    }
+}
+
 /// The certificates of `[redis] tls_*`, read now (so a renewed file is used after a restart),
 /// or `None` when none is configured and the default trust roots apply.
 fn tls_certificates(tls: &RedisTls) -> Result<Option<TlsCertificates>, SinkError> {
@@ -371,11 +389,7 @@ impl Sink {
             transient: connect_error_is_transient(&e),
         };
         let certificates = tls_certificates(&settings.tls)?;
-        let client: redis::Client = match certificates.clone() {
-            Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
-            None => redis::Client::open(url.expose()),
-        }
-        .map_err(fail)?;
+        let client = client(url, certificates.clone()).map_err(fail)?;
         let wait = (settings.wait_replicas > 0).then_some(ReplicaWait {
             replicas: settings.wait_replicas,
             timeout: settings.wait_timeout,
@@ -760,11 +774,7 @@ async fn check_seed_is_a_cluster(
         .set_connection_timeout(Some(timeout));
     let mut last_error = None;
     for seed in seeds {
-        let client = match certificates.clone() {
-            Some(certificates) => redis::Client::build_with_tls(seed.expose(), certificates),
-            None => redis::Client::open(seed.expose()),
-        };
-        let connected = match client {
+        let connected = match client(seed, certificates.clone()) {
             Ok(client) => {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
