@@ -12,7 +12,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use outbox_relay::telemetry::logging;
+use outbox_relay::config::ConfigErrors;
+use outbox_relay::telemetry::{error_text_of_role, logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,25 +30,21 @@ async fn main() -> ExitCode {
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", one_line(&failure.error));
+            eprintln!(
+                "error: {}",
+                message(&failure.error, failure.role.as_deref())
+            );
             ExitCode::from(failure.code)
         }
     }
 }
 
-/// The error and its causes on one line, skipping a cause its parent already printed (sqlx's
-/// database errors repeat their message through `source()`).
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
+/// A configuration report as it is (one problem a line, a TOML error's caret diagram under
+/// its line); any other error and its causes on one line, without the libraries' internals
+/// (see `telemetry::error_text`).
+fn message(error: &anyhow::Error, role: Option<&str>) -> String {
+    match error.downcast_ref::<ConfigErrors>() {
+        Some(errors) => errors.to_string(),
+        None => error_text_of_role(error.as_ref(), role),
     }
-    line.replace('\n', " ")
 }

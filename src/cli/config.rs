@@ -47,8 +47,8 @@ pub struct CheckArgs {
 
 pub async fn run(overrides: &Overrides, command: Command) -> anyhow::Result<()> {
     let Command::Check(args) = command;
-    let checked = RawConfig::load(overrides).and_then(|raw| {
-        let config = Config::from_raw(raw.clone())?;
+    let checked = RawConfig::load_with_unknown_keys(overrides).and_then(|(raw, unknown)| {
+        let config = Config::from_raw_and_unknown_keys(raw.clone(), unknown)?;
         Ok((raw, config))
     });
     let (raw, config) = match checked {

@@ -69,7 +69,8 @@ pub async fn move_cursor(
     let spinner = super::spinner("counting the messages the cursor moves over");
     let mut tx = pool.begin().await?;
     let Some(locked) = store::consumer_groups_lock(&mut tx, group).await? else {
-        return Err(super::no_such_group(group));
+        let known = store::consumer_groups_names(&mut *tx).await?;
+        return Err(super::unknown_group(group, &known));
     };
     let from = locked.cursor;
     let to = resolve(&mut tx, target, from).await?;
@@ -216,31 +217,47 @@ pub fn print(report: &MoveReport, verb: &str) {
     } else {
         "skipped (never delivered to this group)"
     };
+    let lie = if report.messages == 1 {
+        "message lies"
+    } else {
+        "messages lie"
+    };
     outln!(
-        "{} messages lie between: {} {would} {fate}",
+        "{} {lie} between: {} {would} {fate}",
         report.messages,
         report.affected
     );
     if report.with_delivery_row > 0 && report.deliveries_deleted.is_empty() {
+        let keep = if report.with_delivery_row == 1 {
+            "keeps its"
+        } else {
+            "keep their"
+        };
         outln!(
-            "{} keep their retrying/blocked/dead delivery row (see `outbox-relay stuck --group {}`)",
+            "{} {keep} retrying/blocked/dead delivery row (see `outbox-relay stuck --group {}`)",
             report.with_delivery_row,
             report.group
         );
     }
     if report.unrouted > 0 {
+        let are_in = if report.unrouted == 1 {
+            "is in a topic"
+        } else {
+            "are in topics"
+        };
         outln!(
-            "{} are of topics the group does not route (passed over, nothing sent)",
+            "{} {are_in} the group does not route (passed over, nothing sent)",
             report.unrouted
         );
     }
     for (status, count) in &report.deliveries_deleted {
+        let rows = if *count == 1 { "row" } else { "rows" };
         let verb = if report.dry_run {
             "would be deleted"
         } else {
             "deleted"
         };
-        outln!("{count} {status} delivery rows {verb}");
+        outln!("{count} {status} delivery {rows} {verb}");
     }
     if report.dry_run {
         outln!("nothing changed (run again with --yes to do it)");

@@ -81,6 +81,15 @@ impl Filter {
 
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
+    let group = match &command {
+        Command::List { filter, .. }
+        | Command::Retry { filter, .. }
+        | Command::Discard { filter, .. } => filter.group.as_deref(),
+    };
+    if let Err(error) = super::require_group(&pool, group).await {
+        pool.close().await;
+        return Err(error);
+    }
     let result = match command {
         Command::List {
             filter,

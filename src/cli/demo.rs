@@ -8,6 +8,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,6 +23,7 @@ use redis::streams::StreamRangeReply;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Where `docker compose up -d` puts Postgres and Redis (README quick start).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/app";
@@ -44,7 +46,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Uses the configured Postgres and Redis, or the ones `docker compose up -d` starts
 /// (postgres://postgres@127.0.0.1:5432/app, redis://127.0.0.1:6379). The demo migrates the
 /// database, runs a consumer group of its own (demo-<run>) from the current end of the outbox,
-/// and writes under the key prefix <redis.key_prefix>outbox-demo:<run>:.
+/// and writes under the key prefix <redis.key_prefix>outbox-demo:<run>:. At the end it removes
+/// the messages it published (topics demo.*), its streams and its group, unless --keep.
 ///
 /// Example: cargo run --release -- demo --messages 5000 --writers 8
 #[derive(Debug, clap::Args)]
@@ -58,20 +61,21 @@ pub struct Args {
     /// Percentage of transactions rolled back after publishing.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     rollback_percent: u8,
-    /// Keep the demo's streams and consumer group afterwards (default: removed at the end;
-    /// the messages stay in the outbox).
+    /// Keep what the demo made afterwards: the messages it published into the outbox, its
+    /// streams and its consumer group (default: all removed at the end, so no group of the
+    /// application ever forwards the demo's messages).
     #[arg(long)]
     keep: bool,
 }
 
 /// The configuration layers, with the docker-compose URLs where none is configured.
 pub fn load_config(overrides: &Overrides) -> Result<Config, outbox_relay::config::ConfigErrors> {
-    let mut raw = RawConfig::load(overrides)?;
+    let (mut raw, unknown) = RawConfig::load_with_unknown_keys(overrides)?;
     raw.database_url
         .get_or_insert_with(|| DEFAULT_DATABASE_URL.to_owned());
     raw.redis_url
         .get_or_insert_with(|| DEFAULT_REDIS_URL.to_owned());
-    Config::from_raw(raw)
+    Config::from_raw_and_unknown_keys(raw, unknown)
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
@@ -113,8 +117,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         redis.key_prefix
     );
 
+    // Every message id this run committed, kept outside `outcome` so a failed run cleans up too.
+    let committed = CommittedIds::default();
     let outcome = async {
-        let published = publish(&pool, &args).await?;
+        let published = publish(&pool, &args, &committed).await?;
         published.print();
         let landed = wait_until_drained(&sink, &published).await?;
         check(&sink, &group, &published, &landed).await
@@ -126,7 +132,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         .context("relay task")?
         .context("relay stopped")?;
     if !args.keep {
-        clean_up(&pool, &sink, &group).await?;
+        let ids = std::mem::take(&mut *committed.lock().expect("not poisoned"));
+        clean_up(&pool, &sink, &group, &ids).await?;
     }
     pool.close().await;
     outcome
@@ -188,12 +195,24 @@ impl Published {
     }
 }
 
-async fn publish(pool: &PgPool, args: &Args) -> anyhow::Result<Published> {
+/// The ids of the messages this run committed (rolled-back ones never existed).
+type CommittedIds = Arc<Mutex<Vec<Uuid>>>;
+
+async fn publish(
+    pool: &PgPool,
+    args: &Args,
+    committed: &CommittedIds,
+) -> anyhow::Result<Published> {
     let started = Instant::now();
     let per_writer = args.messages.div_ceil(args.writers as usize);
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..args.writers {
-        writers.spawn(writer(pool.clone(), per_writer, args.rollback_percent));
+        writers.spawn(writer(
+            pool.clone(),
+            per_writer,
+            args.rollback_percent,
+            committed.clone(),
+        ));
     }
     let mut published = Published::default();
     while let Some(result) = writers.join_next().await {
@@ -205,7 +224,12 @@ async fn publish(pool: &PgPool, args: &Args) -> anyhow::Result<Published> {
 
 /// Transactions of 1-5 messages for random customers; one in five holds its transaction id
 /// open for a few milliseconds before committing, so commits land out of id order.
-async fn writer(pool: PgPool, messages: usize, rollback_percent: u8) -> anyhow::Result<Published> {
+async fn writer(
+    pool: PgPool,
+    messages: usize,
+    rollback_percent: u8,
+    committed: CommittedIds,
+) -> anyhow::Result<Published> {
     let mut published = Published::default();
     let mut sent = 0;
     while sent < messages {
@@ -231,7 +255,7 @@ async fn writer(pool: PgPool, messages: usize, rollback_percent: u8) -> anyhow::
             )
             .key(format!("customer-{customer}"));
             let id = outbox_relay::publish_in_tx(&mut tx, message).await?;
-            ids.push((TOPICS[topic].1, id.to_string()));
+            ids.push((TOPICS[topic].1, id));
             if index == 0
                 && let Some(ms) = commit_late
             {
@@ -245,15 +269,23 @@ async fn writer(pool: PgPool, messages: usize, rollback_percent: u8) -> anyhow::
             published.rolled_back_transactions += 1;
             published
                 .rolled_back
-                .extend(ids.into_iter().map(|(_, id)| id));
+                .extend(ids.into_iter().map(|(_, id)| id.to_string()));
             continue;
         }
         tx.commit().await?;
         published.last_commit = Some(Instant::now());
+        committed
+            .lock()
+            .expect("not poisoned")
+            .extend(ids.iter().map(|(_, id)| *id));
         for (stream, id) in ids {
             match stream {
                 Some(stream) => {
-                    published.committed.entry(stream).or_default().insert(id);
+                    published
+                        .committed
+                        .entry(stream)
+                        .or_default()
+                        .insert(id.to_string());
                 }
                 None => published.committed_unrouted += 1,
             }
@@ -426,9 +458,21 @@ async fn check(
     Ok(())
 }
 
-async fn clean_up(pool: &PgPool, sink: &Sink, group: &str) -> anyhow::Result<()> {
+/// Removes what this run made: its Redis keys, its consumer group (with its delivery rows)
+/// and exactly the messages it committed — by id and topic, never anyone else's.
+async fn clean_up(pool: &PgPool, sink: &Sink, group: &str, ids: &[Uuid]) -> anyhow::Result<()> {
     let keys = sink.delete_keys_with_prefix(sink.key_prefix()).await?;
     store::consumer_groups_delete(pool, group).await?;
-    outln!("cleaned up: {keys} Redis keys and the consumer group {group} (--keep keeps them)");
+    let topics: Vec<&str> = TOPICS.iter().map(|(topic, _)| *topic).collect();
+    let deleted = store::messages_delete_published(pool, ids, &topics).await?;
+    outln!(
+        "cleaned up: {keys} Redis keys, the consumer group {group} and the {deleted} messages it published (--keep keeps them)"
+    );
+    let kept = ids.len() as u64 - deleted;
+    if kept > 0 {
+        outln!(
+            "{kept} of the demo's messages stay in the outbox: another consumer group has a retrying, blocked or dead delivery row for them (see `outbox-relay stuck`)"
+        );
+    }
     Ok(())
 }

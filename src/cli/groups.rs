@@ -35,7 +35,7 @@ pub enum Command {
         /// The consumer group.
         group: String,
         /// Deliver every message in the outbox again.
-        #[arg(long, required_unless_present = "to_end", conflicts_with = "to_end")]
+        #[arg(long, conflicts_with = "to_end")]
         to_start: bool,
         /// Skip every message of every transaction that has ended; deliver only new ones.
         #[arg(long)]
@@ -56,13 +56,22 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::Reset {
             group,
             to_start,
-            to_end: _,
+            to_end,
             confirm,
             json,
         } => {
+            // Checked here rather than by clap, whose message would name --to-start alone.
+            let target = match (to_start, to_end) {
+                (true, _) => Target::Start,
+                (false, true) => Target::End,
+                (false, false) => {
+                    return Err(super::usage(format!(
+                        "groups reset needs where the cursor goes: --to-start (deliver every message again) or --to-end (skip the backlog), and --yes to do it or --dry-run to see what it would do, e.g. `outbox-relay groups reset {group} --to-end --dry-run`"
+                    )));
+                }
+            };
             let dry_run =
                 confirm.dry_run("groups reset moves the cursor and deletes retry state")?;
-            let target = if to_start { Target::Start } else { Target::End };
             let report = cursor_move::move_cursor(config, &group, target, dry_run, true).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -128,22 +137,31 @@ pub fn state(group: &GroupStatus) -> &'static str {
     }
 }
 
-/// The lag in messages, `~` in front when it is an estimate.
+/// The LAG column: messages not delivered yet — past the cursor, plus those the group has
+/// passed that are retrying or blocked (a group whose cursor caught up while messages retry
+/// is not caught up); `~` in front when the count past the cursor is an estimate. The view's
+/// `lag_messages` (and `--json`) keep counting only those past the cursor.
 pub fn lag(group: &GroupStatus) -> String {
+    let undelivered = group.lag_messages + group.retrying + group.blocked;
     if group.lag_estimated {
-        format!("~{}", group.lag_messages)
+        format!("~{undelivered}")
     } else {
-        group.lag_messages.to_string()
+        undelivered.to_string()
     }
 }
 
 async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
-    let change = store::consumer_groups_pause(&pool, group, paused).await;
-    pool.close().await;
-    let Some(change) = change? else {
-        return Err(super::no_such_group(group));
+    let change = match store::consumer_groups_pause(&pool, group, paused).await {
+        Ok(Some(change)) => Ok(change),
+        Ok(None) => Err(super::require_group(&pool, Some(group))
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("consumer group `{group}` was just deleted"))),
+        Err(error) => Err(error.into()),
     };
+    pool.close().await;
+    let change = change?;
     match (paused, change.was_paused) {
         (true, true) => outln!("group `{group}` was already paused"),
         (true, false) => {

@@ -29,6 +29,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use outbox_relay::config::{Config, ConfigErrors, Overrides};
+use outbox_relay::store;
+
+/// The heading the flags every command takes are listed under in each command's `--help`,
+/// apart from the command's own options.
+const GLOBAL_OPTIONS: &str = "Global options";
 
 /// Transactional outbox relay: Postgres outbox → Redis Streams, exactly once per consumer group.
 ///
@@ -41,22 +46,23 @@ use outbox_relay::config::{Config, ConfigErrors, Overrides};
 #[command(name = "outbox-relay", version, max_term_width = 100)]
 pub struct Cli {
     /// Configuration file (TOML).
-    #[arg(long, global = true, env = "OUTBOX_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "OUTBOX_CONFIG", value_name = "FILE", help_heading = GLOBAL_OPTIONS)]
     config: Option<PathBuf>,
 
     /// Postgres URL of the primary, e.g. postgres://user@127.0.0.1/app. Also read from
     /// OUTBOX_DATABASE_URL, DATABASE_URL or `database_url` in the config file.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL_OPTIONS)]
     database_url: Option<String>,
 
     /// Redis URL, e.g. redis://127.0.0.1:6379 (rediss:// for TLS). Also read from
     /// OUTBOX_REDIS_URL, REDIS_URL or `redis_url` in the config file.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL_OPTIONS)]
     redis_url: Option<String>,
 
     /// Log lines on stderr: `text` (human-readable) or `json` (one object a line, the event's
-    /// fields at the top level). The level comes from RUST_LOG (default: INFO for the relay).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    /// fields at the top level). The level comes from RUST_LOG (default: INFO for `run`, WARN
+    /// for the other commands, which print their result on stdout).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT", help_heading = GLOBAL_OPTIONS)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -180,6 +186,9 @@ enum LogFormat {
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
+    /// The Postgres role the command connected as, when the URL names it: a missing-privilege
+    /// error then says which role to grant to.
+    pub role: Option<String>,
 }
 
 /// A command line that asks for something the command refuses as asked (a missing `--yes`,
@@ -188,11 +197,44 @@ pub struct Failure {
 #[error("{0}")]
 pub struct UsageError(String);
 
-/// A usage error saying `what`.
-/// The error for a group name that has no row in `outbox.consumer_groups`.
-pub fn no_such_group(group: &str) -> anyhow::Error {
+/// Every command given a group name (`status --group`, `stuck --group`, `dead … --group`,
+/// `retry --group`, `groups pause|resume|reset`, `replay`) refuses one that does not exist,
+/// rather than reporting a mistyped name as a healthy group with nothing to show.
+pub async fn require_group(
+    executor: impl sqlx::PgExecutor<'_>,
+    group: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(group) = group else {
+        return Ok(());
+    };
+    let known = store::consumer_groups_names(executor).await?;
+    if known.iter().any(|name| name == group) {
+        Ok(())
+    } else {
+        Err(unknown_group(group, &known))
+    }
+}
+
+/// The error for a group name that has no row in `outbox.consumer_groups`, naming the groups
+/// that do.
+pub fn unknown_group(group: &str, known: &[String]) -> anyhow::Error {
+    const LISTED: usize = 20;
+    if known.is_empty() {
+        return anyhow::anyhow!(
+            "consumer group `{group}` does not exist: there are no consumer groups yet (a group is created by its first `outbox-relay run`)"
+        );
+    }
+    let mut names: Vec<String> = known
+        .iter()
+        .take(LISTED)
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if known.len() > LISTED {
+        names.push(format!("and {} more", known.len() - LISTED));
+    }
     anyhow::anyhow!(
-        "consumer group `{group}` does not exist (it is created by its first `outbox-relay run`)"
+        "consumer group `{group}` does not exist; the groups are {} (see `outbox-relay groups list`; a group is created by its first `outbox-relay run`)",
+        names.join(", ")
     )
 }
 
@@ -200,6 +242,7 @@ pub fn no_such_group(group: &str) -> anyhow::Error {
 pub const NO_GROUPS_YET: &str =
     "no consumer groups yet (a group is created by its first `outbox-relay run`)";
 
+/// A usage error saying `what`.
 pub fn usage(what: impl Into<String>) -> anyhow::Error {
     UsageError(what.into()).into()
 }
@@ -210,17 +253,22 @@ impl From<anyhow::Error> for Failure {
             || error.downcast_ref::<UsageError>().is_some()
             || error.downcast_ref::<startup::NotStartable>().is_some();
         let code = if usage { 2 } else { 1 };
-        Failure { code, error }
+        Failure {
+            code,
+            error,
+            role: None,
+        }
     }
 }
 
 impl Cli {
-    /// The log filter when `RUST_LOG` is not set: the relay's progress at INFO, except for the
-    /// demo, whose own output tells the story.
+    /// The log filter when `RUST_LOG` is not set: the relay's progress at INFO for `run`; the
+    /// other commands say what they did on stdout, so stderr carries warnings and errors only
+    /// (no `INFO registered schema` beside `schema register`'s own line).
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Demo(_) => "warn",
-            _ => "outbox_relay=info,warn",
+            Command::Run(_) => "outbox_relay=info,warn",
+            _ => "warn",
         }
     }
 
@@ -267,6 +315,13 @@ impl Cli {
             Command::Config(command) => config::run(&overrides, command).await,
             Command::Grant(args) => grant::run(&overrides, args).await,
         };
-        result.map_err(Failure::from)
+        let role = url::Url::parse(config.database_url.expose())
+            .ok()
+            .map(|url| url.username().to_owned())
+            .filter(|role| !role.is_empty());
+        result.map_err(|error| Failure {
+            role,
+            ..Failure::from(error)
+        })
     }
 }

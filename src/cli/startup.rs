@@ -185,7 +185,7 @@ where
         if !failed.transient {
             return Err(failed.error);
         }
-        let error = format!("{:#}", failed.error);
+        let error = outbox_relay::telemetry::error_text(failed.error.as_ref());
         let delay = delays.next().unwrap_or(config.relay.max_backoff);
         let server_name = server.as_str();
         tracing::warn!(

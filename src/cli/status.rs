@@ -27,6 +27,7 @@ struct Status {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
+    super::require_group(&pool, args.group.as_deref()).await?;
     let groups = store::consumer_groups_status(&pool, args.group.as_deref()).await?;
     let xmin_holder = if groups.iter().any(|g| g.held_back > 0) {
         store::xmin_holder(&pool).await?
@@ -35,11 +36,6 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     };
     let notify_trigger = store::notify_trigger_installed(&pool).await?;
     pool.close().await;
-    if let Some(group) = &args.group
-        && groups.is_empty()
-    {
-        return Err(super::no_such_group(group));
-    }
     let status = Status {
         groups,
         xmin_holder,

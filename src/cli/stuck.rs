@@ -27,6 +27,10 @@ pub struct Args {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
+    if let Err(error) = super::require_group(&pool, args.group.as_deref()).await {
+        pool.close().await;
+        return Err(error);
+    }
     let filter = StuckFilter {
         group: args.group,
         topic: args.topic,

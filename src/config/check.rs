@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::suggest::unknown_value;
 use super::{
     ClusterSeeds, ConfigErrors, ConnectionUrl, NOTIFY_FALLBACK_POLL, PostgresSettings, RawPostgres,
     RawPublish, RawRedis, RawRegistry, RawRelay, RedisClientCert, RedisSettings, RegistrySettings,
     RelaySettings, Wakeup,
 };
 use crate::publish::PublishLimits;
+use crate::registry::Unregistered;
 
 pub(super) fn check_publish(raw: &RawPublish, errors: &mut ConfigErrors) -> PublishLimits {
     let mut publish = PublishLimits::default();
@@ -189,7 +191,7 @@ pub(super) fn check_relay(raw: &RawRelay, errors: &mut ConfigErrors) -> RelaySet
         Some("notify") => relay.wakeup = Wakeup::Notify,
         Some(other) => errors.push(
             "relay.wakeup",
-            format!("unknown value `{other}`; expected `poll` or `notify`"),
+            unknown_value("value", other, &["poll", "notify"]),
         ),
     }
     match raw.idle_poll_ms {
@@ -259,9 +261,16 @@ pub(super) fn check_postgres(
 pub(super) fn check_registry(raw: &RawRegistry, errors: &mut ConfigErrors) -> RegistrySettings {
     let mut registry = RegistrySettings::default();
     if let Some(text) = &raw.unregistered {
-        match text.parse() {
+        match text.parse::<Unregistered>() {
             Ok(policy) => registry.unregistered = policy,
-            Err(problem) => errors.push("registry.unregistered", problem),
+            Err(_) => errors.push(
+                "registry.unregistered",
+                unknown_value(
+                    "value",
+                    text,
+                    &[Unregistered::Allow.as_str(), Unregistered::Reject.as_str()],
+                ),
+            ),
         }
     }
     registry

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::check::positive_ms;
+use super::suggest::{closest, one_of, unknown_value};
 use super::{
     ConfigErrors, DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, RawGroup, RawRoute,
 };
@@ -46,7 +47,7 @@ pub(super) fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<G
             Some(text) => OrderingMode::parse(text).unwrap_or_else(|| {
                 errors.push(
                     &format!("{at}.ordering"),
-                    format!("unknown value `{text}`; expected `key`, `strict` or `none`"),
+                    unknown_value("value", text, &["key", "strict", "none"]),
                 );
                 OrderingMode::default()
             }),
@@ -107,13 +108,17 @@ fn check_entry_fields(
                 format!("`{name}` is listed twice"),
             ),
             Some(field) => fields.push(field),
-            None => errors.push(
-                &format!("{at}.entry_fields[{i}]"),
-                format!(
-                    "unknown field `{name}`; expected some of {}",
-                    EntryFields::default().names().join(", ")
-                ),
-            ),
+            None => {
+                let known = EntryFields::default().names();
+                let message = match closest(name, &known) {
+                    Some(near) => format!("unknown field `{name}`; did you mean `{near}`?"),
+                    None => format!(
+                        "unknown field `{name}`; expected some of {}",
+                        known.join(", ")
+                    ),
+                };
+                errors.push(&format!("{at}.entry_fields[{i}]"), message)
+            }
         }
     }
     if !fields.contains(&EntryField::Payload) {
@@ -125,7 +130,8 @@ fn check_entry_fields(
     EntryFields::from_fields(fields)
 }
 
-const HANDLERS: &str = "expected `forward`, `drop`, `http` or `exec`";
+/// The built-in handlers a route may name.
+const HANDLERS: [&str; 4] = ["forward", "drop", "http", "exec"];
 
 fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Route> {
     if raw.topics.is_empty() {
@@ -133,12 +139,25 @@ fn check_route(raw: &RawRoute, at: &str, errors: &mut ConfigErrors) -> Option<Ro
             &format!("{at}.topics"),
             "needs at least one topic pattern, e.g. [\"orders.*\"]",
         );
-        return None;
+    }
+    // Every pattern on its own, whatever else is wrong with the route: one run shows them all.
+    let mut globs_valid = !raw.topics.is_empty();
+    for (index, pattern) in raw.topics.iter().enumerate() {
+        if let Err((_, problem)) = Route::new(vec![pattern.clone()], Action::Drop) {
+            errors.push(
+                &format!("{at}.topics[{index}]"),
+                format!("not a valid glob: {problem}"),
+            );
+            globs_valid = false;
+        }
     }
     let timeout = positive_ms(raw.timeout_ms, &format!("{at}.timeout_ms"), errors)
         .unwrap_or(DEFAULT_HANDLER_TIMEOUT);
     let retry = check_retry(raw, at, errors);
     let action = check_action(raw, at, timeout, errors)?;
+    if !globs_valid {
+        return None;
+    }
     match Route::new(raw.topics.clone(), action) {
         Ok(route) => Some(route.with_retry(retry?).with_timeout(timeout)),
         Err((index, problem)) => {
@@ -177,7 +196,18 @@ fn check_action(
 ) -> Option<Action> {
     let handler = raw.handler.as_str();
     if handler.is_empty() {
-        errors.push(&format!("{at}.handler"), format!("missing; {HANDLERS}"));
+        errors.push(
+            &format!("{at}.handler"),
+            format!("missing; expected {}", one_of(&HANDLERS)),
+        );
+        return None;
+    }
+    // A misspelled handler is that, not a route whose other keys are misplaced.
+    if !HANDLERS.contains(&handler) {
+        errors.push(
+            &format!("{at}.handler"),
+            unknown_value("handler", handler, &HANDLERS),
+        );
         return None;
     }
     let misplaced = misplaced_keys(raw, handler);
@@ -247,13 +277,7 @@ fn check_action(
                 }
             }
         }
-        other => {
-            errors.push(
-                &format!("{at}.handler"),
-                format!("unknown handler `{other}`; {HANDLERS}"),
-            );
-            None
-        }
+        other => unreachable!("handler `{other}` was checked against HANDLERS above"),
     }
 }
 
@@ -412,6 +436,84 @@ mod tests {
         assert!(
             unknown[0].ends_with("expected `forward`, `drop`, `http` or `exec`"),
             "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn a_misspelled_handler_is_named_with_the_one_it_probably_meant() {
+        let at = "groups[0].routes[0]";
+        assert_eq!(
+            problems("handler = \"fowrard\"\nstream = \"events.{topic}\""),
+            [format!(
+                "{at}.handler: unknown handler `fowrard`; did you mean `forward`?"
+            )]
+        );
+        assert_eq!(
+            problems("handler = \"\""),
+            [format!(
+                "{at}.handler: missing; expected `forward`, `drop`, `http` or `exec`"
+            )]
+        );
+    }
+
+    #[test]
+    fn every_bad_glob_is_reported_beside_the_routes_other_problems() {
+        let at = "groups[0].routes[0]";
+        let found: Vec<String> = Config::from_toml(
+            "database_url = \"postgres://h/db\"\n[[groups]]\nname = \"g\"\n[[groups.routes]]\n\
+             topics = [\"ok.*\", \"bad[\", \"also{bad\"]\nhandler = \"fowrard\"\nmax_attempts = 0\n",
+        )
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+        let keys: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                format!("{at}.topics[1]"),
+                format!("{at}.topics[2]"),
+                format!("{at}.max_attempts"),
+                format!("{at}.handler"),
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].contains("not a valid glob"), "{found:?}");
+        // A route whose only problem is its glob.
+        let only_the_glob = Config::from_toml(
+            "database_url = \"postgres://h/db\"\n[[groups]]\nname = \"g\"\n[[groups.routes]]\n\
+             topics = [\"bad[\"]\nhandler = \"drop\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(only_the_glob.problems.len(), 1, "{only_the_glob}");
+    }
+
+    #[test]
+    fn misspelled_values_get_a_suggestion() {
+        let config = |toml: &str| {
+            Config::from_toml(&format!("database_url = \"postgres://h/db\"\n{toml}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let text = config(
+            "[relay]\nwakeup = \"notfy\"\n[registry]\nunregistered = \"rejct\"\n[[groups]]\nname = \"g\"\nordering = \"stict\"\nentry_fields = [\"payload\", \"topc\"]\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"drop\"\n",
+        );
+        for expected in [
+            "relay.wakeup: unknown value `notfy`; did you mean `notify`?",
+            "registry.unregistered: unknown value `rejct`; did you mean `reject`?",
+            "groups[0].ordering: unknown value `stict`; did you mean `strict`?",
+            "groups[0].entry_fields[1]: unknown field `topc`; did you mean `topic`?",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+        let text = config("[relay]\nwakeup = \"push\"\n");
+        assert!(
+            text.contains("unknown value `push`; expected `poll` or `notify`"),
+            "{text}"
         );
     }
 }

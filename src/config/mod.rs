@@ -2,9 +2,10 @@
 //! `REDIS_URL` < `OUTBOX_*` variables (`OUTBOX_RELAY__BATCH_SIZE` for `[relay] batch_size`)
 //! < command-line flags.
 //!
-//! [`RawConfig`] is what the layers deserialize into (unknown keys are errors that name the
-//! key); [`Config::from_raw`] checks it and reports every problem at once, each with its key
-//! path (`groups[0].routes[1].topics[0]`). Connection URLs are [`ConnectionUrl`]s: their
+//! [`RawConfig`] is what the layers deserialize into (every unknown key is an error that names
+//! the key and the nearest known one); [`Config::from_raw`] checks it and reports every problem
+//! at once, each with its key path (`groups[0].routes[1].topics[0]`) and, for a misspelled
+//! value, the value it probably meant. Connection URLs are [`ConnectionUrl`]s: their
 //! `Display` and `Debug` never show a password.
 //!
 //! This module only builds: the settings types it fills live with the modules that use them
@@ -16,6 +17,8 @@ mod check;
 mod errors;
 mod groups;
 mod raw;
+mod suggest;
+mod unknown;
 
 pub use crate::redact::{
     ConnectionUrl, REDACTED, WebhookUrl, redact_headers, redact_url, redact_webhook_url,
@@ -88,15 +91,34 @@ pub struct RegistrySettings {
 }
 
 impl Config {
-    /// Reads every layer and checks the result.
+    /// Reads every layer and checks the result: unknown keys and every other problem are
+    /// reported together.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigErrors> {
-        Config::from_raw(RawConfig::load(overrides)?)
+        let (raw, unknown) = RawConfig::load_with_unknown_keys(overrides)?;
+        Config::from_raw_and_unknown_keys(raw, unknown)
     }
 
     /// Parses and checks a configuration written as TOML (as in `outbox-relay.toml`), without
     /// the environment and flag layers: for embedding the relay and for tests.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        Config::from_raw(RawConfig::from_toml(text)?)
+        let (raw, unknown) = RawConfig::from_toml_with_unknown_keys(text)?;
+        Config::from_raw_and_unknown_keys(raw, unknown)
+    }
+
+    /// Checks `raw` as [`Config::from_raw`] does; the problems of its unknown keys
+    /// ([`RawConfig::load_with_unknown_keys`]) come first in the report.
+    pub fn from_raw_and_unknown_keys(
+        raw: RawConfig,
+        mut unknown: ConfigErrors,
+    ) -> Result<Config, ConfigErrors> {
+        match Config::from_raw(raw) {
+            Ok(config) if unknown.is_empty() => Ok(config),
+            Ok(_) => Err(unknown),
+            Err(problems) => {
+                unknown.extend(problems);
+                Err(unknown)
+            }
+        }
     }
 
     /// Checks a raw configuration, reporting every problem at once.
@@ -252,20 +274,35 @@ mod tests {
             jail.clear_env();
             jail.create_file(
                 "c.toml",
-                "database_url = \"postgres://h/db\"\n[publish]\nmax_payload = 1\n",
+                "database_url = \"postgres://h/db\"\n[publish]\nmax_payload = 1\n\
+                 [redis]\nmax_len = 0\n[relay]\nbatch_siz = 1\n",
             )?;
             let errors = load(&Overrides {
                 config_file: Some("c.toml".into()),
                 ..Overrides::default()
             })
             .unwrap_err();
+            let keys: Vec<&str> = errors.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["publish.max_payload", "relay.batch_siz", "redis.max_len"],
+                "every unknown key, then the other problems, in one report: {errors}"
+            );
             let text = errors.to_string();
-            assert!(text.contains("publish.max_payload"), "{text}");
-            assert!(text.contains("c.toml"), "{text}");
+            assert!(
+                text.contains("publish.max_payload: unknown key (from ")
+                    && text.contains("c.toml); did you mean `max_payload_bytes`?"),
+                "{text}"
+            );
+            assert!(text.contains("did you mean `batch_size`?"), "{text}");
 
             jail.set_env("OUTBOX_BATCH_SIZ", "5");
             let text = load(&Overrides::default()).unwrap_err().to_string();
-            assert!(text.contains("batch_siz"), "{text}");
+            assert!(
+                text.contains("batch_siz: unknown key (from `OUTBOX_` environment"),
+                "{text}"
+            );
+            assert!(text.contains("OUTBOX_RELAY__BATCH_SIZE"), "{text}");
             Ok(())
         });
     }

@@ -1,5 +1,7 @@
 //! [`RawConfig`]: the configuration as written, merged from its layers, before any check.
-//! Every field is optional here; unknown keys are refused by serde and named by figment.
+//! Every field is optional here. Unknown keys are not refused by serde (that stops at the
+//! first): [`RawConfig::load`] and [`RawConfig::from_toml`] collect every one of them
+//! (`unknown.rs`) and report them together, each with the nearest known key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,11 +10,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use super::ConfigErrors;
+use super::{ConfigErrors, unknown};
 
-/// The configuration file as written, before checks.
+/// The configuration file as written, before checks. Deserializing it directly skips
+/// unknown keys silently: read it with [`RawConfig::load`] or [`RawConfig::from_toml`], which
+/// report them.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Postgres URL, e.g. `postgres://postgres@127.0.0.1/app` (the primary, not a standby).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +52,6 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 
 /// `[postgres]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPostgres {
     /// Most connections `outbox-relay run` opens to Postgres, shared by every group, the
     /// `wakeup = "notify"` listener and the HTTP endpoints (default 10; at least 1, 2 with
@@ -60,7 +62,6 @@ pub struct RawPostgres {
 
 /// `[publish]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPublish {
     /// Largest payload accepted, in bytes of JSON text (default 1048576 = 1 MiB).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +70,6 @@ pub struct RawPublish {
 
 /// `[redis]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// Prepended to every key the relay writes (streams and their bookkeeping), e.g. `app:`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,6 @@ pub struct RawRedis {
 
 /// `[relay]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRelay {
     /// Messages read per batch (default 500).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,7 +141,6 @@ pub struct RawRelay {
 
 /// `[registry]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRegistry {
     /// Topics without a registered schema: `allow` (default; published unvalidated, relayed as
     /// they are) or `reject` (publishing refuses them, the relay dead-letters their rows).
@@ -152,7 +150,6 @@ pub struct RawRegistry {
 
 /// `[http]` section.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawHttp {
     /// Address to serve `/metrics`, `/healthz` and `/readyz` on while `run` runs, e.g.
     /// `127.0.0.1:9187` (`run --http` overrides it); unset = no HTTP server.
@@ -162,7 +159,6 @@ pub struct RawHttp {
 
 /// `[[groups]]` entry.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawGroup {
     /// Group name: letters, digits, `_`, `.`, `-`; at most 100 characters.
     pub name: String,
@@ -190,7 +186,6 @@ pub struct RawGroup {
 
 /// `[[groups.routes]]` entry.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Glob patterns matched against the whole topic, e.g. `["orders.*", "users.signed_up"]`.
     #[serde(default)]
@@ -240,15 +235,31 @@ pub struct Overrides {
 }
 
 impl RawConfig {
-    /// Parses TOML text, with the same unknown-key errors as the file layer.
+    /// Parses TOML text; every unknown key is an error.
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigErrors> {
-        Figment::from(Toml::string(text))
-            .extract()
-            .map_err(ConfigErrors::from_figment)
+        refuse_unknown(RawConfig::from_toml_with_unknown_keys(text)?)
     }
 
-    /// Merges the layers, lowest first: file, `DATABASE_URL`/`REDIS_URL`, `OUTBOX_*`, flags.
+    /// Parses TOML text; returns the problems of its unknown keys beside it (for a caller
+    /// that reports them together with the checks of [`super::Config::from_raw`]).
+    pub fn from_toml_with_unknown_keys(
+        text: &str,
+    ) -> Result<(RawConfig, ConfigErrors), ConfigErrors> {
+        unknown::extract(&Figment::from(Toml::string(text)))
+    }
+
+    /// Merges the layers, lowest first: file, `DATABASE_URL`/`REDIS_URL`, `OUTBOX_*`, flags;
+    /// every unknown key is an error.
     pub fn load(overrides: &Overrides) -> Result<RawConfig, ConfigErrors> {
+        refuse_unknown(RawConfig::load_with_unknown_keys(overrides)?)
+    }
+
+    /// As [`RawConfig::load`], returning the problems of unknown keys beside the
+    /// configuration (for a caller that reports them together with the checks of
+    /// [`super::Config::from_raw`]).
+    pub fn load_with_unknown_keys(
+        overrides: &Overrides,
+    ) -> Result<(RawConfig, ConfigErrors), ConfigErrors> {
         let mut figment = Figment::new();
         if let Some(path) = &overrides.config_file {
             check_readable(path)?;
@@ -259,12 +270,19 @@ impl RawConfig {
             redis_url: overrides.redis_url.clone(),
             ..RawConfig::default()
         };
-        figment
+        let figment = figment
             .merge(Env::raw().only(&["database_url", "redis_url"]))
             .merge(Env::prefixed("OUTBOX_").ignore(&["config"]).split("__"))
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(ConfigErrors::from_figment)
+            .merge(Serialized::defaults(flags));
+        unknown::extract(&figment)
+    }
+}
+
+fn refuse_unknown((raw, unknown): (RawConfig, ConfigErrors)) -> Result<RawConfig, ConfigErrors> {
+    if unknown.is_empty() {
+        Ok(raw)
+    } else {
+        Err(unknown)
     }
 }
 

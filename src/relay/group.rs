@@ -27,7 +27,7 @@ use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::relay::RelaySettings;
 use crate::sink::{Sink, SinkError, WrongType};
-use crate::store::{self, LeaseHolder};
+use crate::store::{self, GroupCursor, LeaseHolder};
 use crate::telemetry::{self, Health, WorkerHealth};
 
 pub use super::active::RETRY_SCAN_INTERVAL;
@@ -64,6 +64,9 @@ pub(super) struct GroupWorker {
     pub idle_streak: u32,
     /// The state last reported (written again only when it changes).
     pub reported: WorkerHealth,
+    /// Whether this worker said (once, at INFO) that it stands by for a lease held elsewhere;
+    /// cleared when it takes the lease, so the next wait is said again.
+    pub said_standing_by: bool,
 }
 
 /// Standby, or holding the lease with everything in flight under it (see `active`).
@@ -123,6 +126,7 @@ impl GroupWorker {
             health,
             idle_streak: 0,
             reported: WorkerHealth::Starting,
+            said_standing_by: false,
         }
     }
 
@@ -298,8 +302,13 @@ impl GroupWorker {
         .await
         .map_err(group.store_error("acquire the lease"))?;
         let Some(acquired) = acquired else {
+            if !self.said_standing_by {
+                self.said_standing_by = true;
+                say_standing_by(group).await;
+            }
             return Ok(Step::Standby);
         };
+        self.said_standing_by = false;
         tracing::info!(group = %group.name, epoch = acquired.epoch, position = %acquired.cursor, owner = %group.owner,
             "lease acquired; forwarding");
         let lease = Lease {
@@ -323,6 +332,26 @@ impl GroupWorker {
             active.release(&self.group).await;
         }
         self.state = State::Standby;
+    }
+}
+
+/// One INFO line when a worker starts waiting for a lease it could not take: who holds it,
+/// or that the group is paused. Not repeated at every attempt.
+async fn say_standing_by(group: &Group) {
+    let row = store::consumer_groups_cursor(&group.pool, &group.name).await;
+    match row {
+        Ok(Some(GroupCursor {
+            lease_owner: Some(holder),
+            ..
+        })) => tracing::info!(group = %group.name,
+            holder = %holder, owner = %group.owner,
+            "standing by: another relay holds the lease; taking over when it releases it or it expires"),
+        Ok(Some(GroupCursor {
+            lease_owner: None, ..
+        })) => tracing::info!(group = %group.name,
+            owner = %group.owner, "standing by: the group is paused (outbox-relay groups resume)"),
+        _ => tracing::info!(group = %group.name, owner = %group.owner,
+            "standing by: the lease is not free"),
     }
 }
 
@@ -398,18 +427,8 @@ pub(super) fn latencies(
 }
 
 /// An error and its causes on one line, for logs.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    telemetry::error_text(error)
 }
 
 #[cfg(test)]

@@ -157,14 +157,14 @@ async fn report_held_back(pool: &PgPool, group: &str, cursor: Position) -> Resul
     let holder = store::xmin_holder(pool).await?;
     match holder {
         Some(holder) if holder.age_seconds >= HOLDER_IS_AN_ERROR_AFTER => tracing::error!(
-            group, position = %cursor, pid = ?holder.pid, state = %holder.state, age_s = holder.age_seconds,
-            application_name = %holder.application_name, prepared_gid = ?holder.prepared_gid,
+            group, position = %cursor, pid = holder.pid, state = %holder.state, age_s = holder.age_seconds,
+            application_name = %holder.application_name, prepared_gid = holder.prepared_gid.as_deref(),
             "committed messages are held back by an open transaction; delivery resumes when it ends \
              (end it, or pg_terminate_backend(pid) / ROLLBACK PREPARED)"
         ),
         Some(holder) => tracing::warn!(
-            group, position = %cursor, pid = ?holder.pid, state = %holder.state, age_s = holder.age_seconds,
-            application_name = %holder.application_name, prepared_gid = ?holder.prepared_gid,
+            group, position = %cursor, pid = holder.pid, state = %holder.state, age_s = holder.age_seconds,
+            application_name = %holder.application_name, prepared_gid = holder.prepared_gid.as_deref(),
             "committed messages are held back by an open transaction; delivery resumes when it ends"
         ),
         None => tracing::warn!(group, position = %cursor,

@@ -68,6 +68,15 @@ pub async fn consumer_groups_cursor(
     .transpose()
 }
 
+/// The names of every group, in order.
+pub async fn consumer_groups_names(
+    executor: impl sqlx::PgExecutor<'_>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(include_str!("sql/consumer_groups_names.sql"))
+        .fetch_all(executor)
+        .await
+}
+
 /// Deletes the group's row; true when it existed.
 pub async fn consumer_groups_delete(pool: &PgPool, group: &str) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query(include_str!("sql/consumer_groups_delete.sql"))

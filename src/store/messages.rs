@@ -299,3 +299,23 @@ const OUTBOX_ROW_COLUMNS: [&str; 9] = [
     "headers_text",
     "created_at",
 ];
+
+/// Deletes the messages with these `ids` whose topic is one of `topics` and that no delivery
+/// row references (`demo` removing what it published); returns how many went.
+pub async fn messages_delete_published(
+    pool: &sqlx::PgPool,
+    ids: &[Uuid],
+    topics: &[&str],
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    // One statement per 10,000 ids: each a short transaction, whatever the demo's size.
+    for chunk in ids.chunks(10_000) {
+        deleted += sqlx::query(include_str!("sql/messages_delete_published.sql"))
+            .bind(chunk)
+            .bind(topics)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    Ok(deleted)
+}

@@ -38,16 +38,16 @@ pub use groups::{
     AcquiredLease, GroupCursor, LeaseHolder, PauseChange, consumer_groups_cursor,
     consumer_groups_cursor_advance, consumer_groups_delete, consumer_groups_ensure,
     consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
-    consumer_groups_pause,
+    consumer_groups_names, consumer_groups_pause,
 };
 pub use inspect::{
     Blockage, GroupStatus, StuckDelivery, StuckFilter, XminHolder, consumer_groups_status,
     deliveries_stuck, messages_held_back, xmin_holder,
 };
 pub use messages::{
-    OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_between, messages_fetch_visible,
-    messages_last_position, messages_of_current_transaction, messages_oldest_after,
-    messages_position,
+    OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_between, messages_delete_published,
+    messages_fetch_visible, messages_last_position, messages_of_current_transaction,
+    messages_oldest_after, messages_position,
 };
 pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
 pub use migrate::{

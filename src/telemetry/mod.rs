@@ -1,6 +1,7 @@
 //! Telemetry: the metric names, one function per noteworthy event (each with fixed label
 //! names `group` and `topic`, never a message id), the relay's health state
-//! ([`Health`]), W3C trace context ([`trace`]) and the logging setup ([`logging`]).
+//! ([`Health`]), W3C trace context ([`trace`]), the logging setup ([`logging`]) and how an
+//! error reads in a log line or on stderr ([`error_text`]).
 //!
 //! The library only talks to the `metrics` facade: without an installed recorder every call
 //! here is a no-op. The binary installs a Prometheus recorder when `--http` is given.
@@ -9,12 +10,14 @@
 //! were settled), aggregated per topic ([`TopicTally`]), so a pass that is read again after a
 //! crash is not counted twice by the relay that committed it.
 
+mod error_text;
 mod health;
 pub mod logging;
 pub mod trace;
 
 use std::time::Duration;
 
+pub use error_text::{MAX_ERROR_TEXT, error_text, error_text_of_role};
 pub use health::{Health, WorkerHealth};
 
 use crate::store::{GroupStatus, XminHolder};

@@ -333,3 +333,29 @@ async fn bench_publish_runs_in_a_scratch_database_and_drops_it() {
         "the bench never writes into the configured database"
     );
 }
+
+#[test]
+fn each_commands_help_lists_the_global_flags_apart_from_its_own() {
+    for command in [
+        &["stuck"][..],
+        &["dead", "list"],
+        &["groups", "reset"],
+        &["run"],
+    ] {
+        let out = run(outbox_relay().args(command).arg("--help"));
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let (before, global) = out
+            .stdout
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{command:?}: no Global options heading:\n{}", out.stdout));
+        // The command's own options (its description above may show a flag in an example).
+        let own = before.split_once("Options:").map_or(before, |(_, own)| own);
+        for flag in ["--config", "--database-url", "--redis-url", "--log-format"] {
+            assert!(
+                !own.contains(flag),
+                "{command:?}: {flag} among its own options"
+            );
+            assert!(global.contains(flag), "{command:?}: {flag} missing");
+        }
+    }
+}

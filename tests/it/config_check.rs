@@ -205,3 +205,61 @@ async fn connect_says_whether_postgres_and_redis_answer() {
     );
     assert!(!out.stdout.contains("Db-s3cret") && !out.stderr.contains("Db-s3cret"));
 }
+
+#[test]
+fn unknown_keys_bad_values_and_globs_come_in_one_report_and_a_syntax_error_keeps_its_diagram() {
+    let dir = TempDir::new("config-check-all-at-once");
+    let file = dir.write(
+        "outbox-relay.toml",
+        "database_url = \"postgres://h/app\"\n[relay]\nbatch_siz = 5\n[[groups]]\nname = \"g\"\n\
+         [[groups.routes]]\ntopics = [\"orders.*\", \"payments.[x\"]\nhandler = \"fowrard\"\n\
+         straem = \"events.{topic}\"\n",
+    );
+    let out = run(outbox_relay().args(["--config", file.to_str().unwrap(), "config", "check"]));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines[0], "error: invalid configuration (4 problems):",
+        "{}",
+        out.stderr
+    );
+    for expected in [
+        "  groups[0].routes[0].straem: unknown key (from ",
+        "  relay.batch_siz: unknown key (from ",
+        "  groups[0].routes[0].topics[1]: not a valid glob: ",
+        "  groups[0].routes[0].handler: unknown handler `fowrard`; did you mean `forward`?",
+    ] {
+        assert!(
+            lines.iter().any(|line| line.starts_with(expected)),
+            "{expected}\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains("did you mean `stream`?"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `batch_size`?"),
+        "{}",
+        out.stderr
+    );
+
+    let broken = dir.write(
+        "broken.toml",
+        "database_url = \"postgres://h/app\"\n[relay]\nbatch_size = \n",
+    );
+    let out = run(outbox_relay().args(["--config", broken.to_str().unwrap(), "status"]));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let code = lines
+        .iter()
+        .position(|line| line.contains("3 | batch_size ="));
+    let caret = lines.iter().position(|line| line.trim_end().ends_with('^'));
+    assert!(
+        matches!((code, caret), (Some(c), Some(k)) if k == c + 1),
+        "the caret on the line under the code:\n{}",
+        out.stderr
+    );
+}

@@ -84,8 +84,28 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
         .unwrap();
     assert_eq!(groups, 1, "--keep keeps the group");
 
-    // A second run sees only its own messages, and cleans up after itself.
+    // A second run sees only its own messages, and cleans up after itself: its keys, its
+    // group and exactly the rows it published — not the first run's, not the application's
+    // (even on a demo topic).
     let keys_before = redis.keys().await;
+    let demo_rows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM outbox.messages m WHERE m.topic LIKE 'demo.%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let rows_before = demo_rows().await;
+    assert!(rows_before > 0, "--keep keeps the first run's messages");
+    let mut tx = db.pool.begin().await.unwrap();
+    let theirs = outbox_relay::publish_in_tx(
+        &mut tx,
+        outbox_relay::Message::new("demo.orders.placed", serde_json::json!({"app": true})),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let out = demo(&db, &redis, &[]);
     assert!(out.stdout.contains("checked: all "), "{}", out.stdout);
     assert!(out.stdout.contains("migrate: 0 of 10"), "{}", out.stdout);
@@ -100,4 +120,31 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
         .await
         .unwrap();
     assert_eq!(groups, 1, "the second run's group is gone");
+    assert_eq!(
+        demo_rows().await,
+        rows_before + 1,
+        "the second run's messages are gone, the others stay"
+    );
+    let still_there: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox.messages m WHERE m.id = $1)")
+            .bind(theirs)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        still_there,
+        "a message the demo did not publish is never deleted"
+    );
+    let published: u64 = out
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("published: "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        out.stdout
+            .contains(&format!("and the {published} messages it published")),
+        "{}",
+        out.stdout
+    );
 }

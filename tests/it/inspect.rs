@@ -268,7 +268,7 @@ async fn stuck_and_groups_list_show_the_rows_in_text_and_json() {
     assert_eq!(rows[0]["message_id"], ids[0].to_string());
     assert_eq!(rows[0]["payload"]["n"], 0);
     assert_eq!(rows[0]["attempts"], 3);
-    let none = cli(&db, &["stuck", "--group", "other"]);
+    let none = cli(&db, &["stuck", "--topic", "other"]);
     assert_eq!(none.code, Some(0));
     assert!(none.stdout.contains("nothing stuck"), "{}", none.stdout);
 
@@ -287,6 +287,22 @@ async fn stuck_and_groups_list_show_the_rows_in_text_and_json() {
         table.stdout
     );
     assert!(table.stdout.contains("no relay"), "{}", table.stdout);
+    // The cursor passed both messages, but they are not delivered: LAG counts them.
+    let status = cli(&db, &["status"]);
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    let row: Vec<&str> = status
+        .stdout
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("g"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row.get(2),
+        Some(&"2"),
+        "LAG of 1 retrying + 1 blocked:\n{}",
+        status.stdout
+    );
     // The view sees the retrying message as undelivered: lag in seconds grows from there.
     eventually(Duration::from_secs(5), "lag seconds above 0", || async {
         let lag: f64 = sqlx::query_scalar(

@@ -169,7 +169,7 @@ async fn replay_from_time_leaves_a_dead_letter_to_its_row() {
     );
     assert!(
         done.stdout
-            .contains("1 keep their retrying/blocked/dead delivery row"),
+            .contains("1 keeps its retrying/blocked/dead delivery row"),
         "{}",
         done.stdout
     );
@@ -342,14 +342,45 @@ async fn reset_skips_the_backlog_or_delivers_everything_again() {
         dry.stdout
     );
     assert!(
-        dry.stdout.contains("1 dead delivery rows would be deleted"),
+        dry.stdout.contains("1 dead delivery row would be deleted"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains(":end"),
+        "the cursor as a position: {}",
+        dry.stdout
+    );
+    assert!(
+        !dry.stdout.contains(&i64::MAX.to_string()),
         "{}",
         dry.stdout
     );
     let usage = cli(&db, &["groups", "reset", "g"]);
     assert_eq!(usage.code, Some(2), "{}", usage.stderr);
+    for flag in ["--to-start", "--to-end", "--yes", "--dry-run"] {
+        assert!(usage.stderr.contains(flag), "{flag}: {}", usage.stderr);
+    }
     let done = cli(&db, &["groups", "reset", "g", "--to-end", "--yes"]);
     assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let status = cli(&db, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let cursor = status["groups"][0]["cursor"].as_str().unwrap().to_owned();
+    assert!(cursor.ends_with(":end"), "{cursor}");
+    // What status prints, replay takes back.
+    let again = cli(
+        &db,
+        &[
+            "replay",
+            "--group",
+            "g",
+            "--from-position",
+            &cursor,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
     let relay = InProcessRelay::start(&toml).await;
     publish(&db, 5, 1).await;
     wait_for_numbers(&redis, &[0, 1, 5]).await;
@@ -468,4 +499,52 @@ async fn groups_sharing_reads_each_get_everything_once_and_a_paused_one_gets_not
     )
     .await;
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn every_command_taking_a_group_refuses_one_that_does_not_exist() {
+    let db = TestDb::new().await;
+    for name in ["notifications", "audit"] {
+        outbox_relay::store::consumer_groups_ensure(&db.pool, name, false)
+            .await
+            .unwrap();
+    }
+    let id = Uuid::now_v7().to_string();
+    for args in [
+        &["status", "--group", "nosuch"][..],
+        &["stuck", "--group", "nosuch"],
+        &["stuck", "--group", "nosuch", "--json"],
+        &["dead", "list", "--group", "nosuch"],
+        &["dead", "retry", "--group", "nosuch"],
+        &["dead", "discard", "--group", "nosuch"],
+        &["retry", &id, "--group", "nosuch"],
+        &["groups", "pause", "nosuch"],
+        &["groups", "resume", "nosuch"],
+        &["groups", "reset", "nosuch", "--to-end", "--dry-run"],
+        &[
+            "replay",
+            "--group",
+            "nosuch",
+            "--from-position",
+            "0:0",
+            "--dry-run",
+        ],
+    ] {
+        let out = cli(&db, args);
+        assert_eq!(out.code, Some(1), "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(
+                "consumer group `nosuch` does not exist; the groups are `audit`, `notifications`"
+            ),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // An existing group with nothing to show is still fine.
+    let out = cli(&db, &["stuck", "--group", "audit"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("nothing stuck"), "{}", out.stdout);
+    let out = cli(&db, &["dead", "list", "--group", "audit"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
 }

@@ -240,6 +240,17 @@ async fn relay_role_runs_the_relay_forwards_and_records_retries() {
     let out = run(outbox_relay().args(["prune", "--older-than", "1s", "--database-url", &url]));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    // The server's source line is not shown; the role and the grants are.
+    assert!(!out.stderr.contains(" at line "), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("the role `{}` lacks that privilege", role.name))
+            && out
+                .stderr
+                .contains(&format!("`outbox-relay grant relay {}`", role.name)),
+        "{}",
+        out.stderr
+    );
 
     let pool = role.pool().await;
     for (what, statement) in [

@@ -693,9 +693,14 @@ async fn cli_registers_lists_shows_and_checks() {
         run(&mut command)
     };
 
-    let out = schema(&["register", "--topic", topic, "--file", &v1]);
+    // With the default log filter (no RUST_LOG): success on stdout, nothing on stderr.
+    let out = run(outbox_relay()
+        .env_remove("RUST_LOG")
+        .args(["--database-url", &db.url, "schema"])
+        .args(["register", "--topic", topic, "--file", &v1]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "registered reg.cli version 1 (backward)");
+    assert_eq!(out.stderr, "", "no INFO line beside the result");
     let out = schema(&["register", "--topic", topic, "--file", &v1]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(

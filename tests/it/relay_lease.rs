@@ -28,6 +28,13 @@ async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies()
     let owner = wait_for_lease_owner(&db).await;
     assert_eq!(owner_pid(&owner), first.pid());
     let second = RelayProcess::start(&config, "second");
+    let standing_by = format!("holder={owner}");
+    eventually(
+        Duration::from_secs(10),
+        "the standby saying it stands by",
+        || async { second.log().contains(&standing_by).then_some(()) },
+    )
+    .await;
 
     let mut published = 0;
     for _ in 0..10 {
@@ -48,6 +55,12 @@ async fn a_standby_takes_over_within_the_lease_time_when_the_active_relay_dies()
     )
     .await;
 
+    let log = second.log();
+    let said = log.matches("standing by").count();
+    assert_eq!(
+        said, 1,
+        "one INFO line while it waits, not one a poll:\n{log}"
+    );
     first.kill9();
     let killed = Instant::now();
     publish_numbered(&db.pool, published, 50).await;

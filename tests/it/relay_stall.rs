@@ -67,17 +67,26 @@ async fn a_long_open_transaction_holds_delivery_back_is_reported_and_released() 
         status["xmin_holder"]["application_name"],
         json!("long-running-report")
     );
-    eventually(
+    let log = eventually(
         Duration::from_secs(10),
         "the relay log naming the open transaction",
         || async {
             let log = relay.log();
             (log.contains("held back by an open transaction")
-                && log.contains(&format!("pid=Some({long_pid})")))
-            .then_some(())
+                && log.contains(&format!("pid={long_pid}")))
+            .then_some(log)
         },
     )
     .await;
+    // No Rust debug text in the log line: the pid as a number, no `prepared_gid=None`.
+    let line = log
+        .lines()
+        .find(|line| line.contains("held back by an open transaction"))
+        .unwrap_or_default();
+    assert!(
+        !line.contains("Some(") && !line.contains("None") && !line.contains("prepared_gid"),
+        "{line}"
+    );
     assert_eq!(
         redis.stream_len("all").await,
         0,
