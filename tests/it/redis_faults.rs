@@ -315,9 +315,18 @@ async fn wait_replicas_holds_the_cursor_until_a_replica_acknowledges() {
         "no replica acknowledged: the cursor waits"
     );
 
-    // A replica comes: the same batch is acknowledged, nothing is appended twice.
+    // A replica comes: the same batch is acknowledged, nothing is appended twice. The master
+    // starts its transfer at once (Redis waits 5 s for more replicas by default), and the
+    // deadline allows for a machine loaded by the other tests.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg(0)
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
     let replica = PrivateRedis::start_replica_of(server.port);
-    eventually(Duration::from_secs(20), "the cursor moves", || async {
+    eventually(Duration::from_secs(60), "the cursor moves", || async {
         (cursor().await > 0).then_some(())
     })
     .await;

@@ -24,17 +24,6 @@ fn temp_dir(kind: &str) -> PathBuf {
     dir
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Root runs the PostgreSQL tools as user `postgres` (they refuse root); files a private server
 /// must own (a TLS key) are given to that user then.
 pub fn is_root() -> bool {
@@ -213,10 +202,20 @@ impl PrivateRedis {
         PrivateRedis::start_with(true, extra)
     }
 
+    /// Started on a free port; should another process take the port between the pick and
+    /// the server's bind (free ports are only free for a moment), again on another one.
     fn start_with(tls: bool, extra: &[&str]) -> PrivateRedis {
-        let mut redis = PrivateRedis::not_started(tls, extra);
-        redis.spawn();
-        redis
+        for _ in 0..5 {
+            let mut redis = PrivateRedis::not_started(tls, extra);
+            if redis.try_spawn() {
+                return redis;
+            }
+            eprintln!(
+                "redis-server could not start on {}; another port",
+                redis.port
+            );
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     /// A port of its own and no server on it yet: [`PrivateRedis::start_again`] starts it.
@@ -244,12 +243,17 @@ impl PrivateRedis {
 
     /// A node for a Redis Cluster (not yet part of one): `--cluster-enabled yes`, its node
     /// table in its own directory, a 1 s node timeout so a failover takes seconds.
+    /// The cluster bus gets a free port of its own (by default it is the port + 10000, which
+    /// may be taken, or past 65535).
     pub fn start_cluster_node() -> PrivateRedis {
+        let bus = free_port().to_string();
         PrivateRedis::start_with(
             false,
             &[
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                &bus,
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
@@ -283,7 +287,9 @@ impl PrivateRedis {
         }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server on its port and waits until it listens; false when it exited first
+    /// (the port was taken).
+    fn try_spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let ports: &[&str] = if self.tls {
             &["--port", "0", "--tls-port", &port]
@@ -302,7 +308,30 @@ impl PrivateRedis {
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
-        wait_for_port(self.port, "redis-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let child = self.child.as_mut().expect("just spawned");
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {} within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Starts the server on its (fixed) port and waits until it listens.
+    fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server exited at start on {}",
+            self.port
+        );
     }
 
     /// SIGTERM (Redis flushes its append-only file), wait `down`, start again on the same port.
