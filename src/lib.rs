@@ -63,3 +63,8 @@ pub use store::{MigrateError, MigrationReport, migrate};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/library.md's Rust examples, compiled as doc tests for the same reason.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+pub struct LibraryDocDoctests;
