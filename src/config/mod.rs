@@ -14,6 +14,7 @@
 //! imports point from configuration down to them and never back.
 
 mod check;
+mod embed;
 mod errors;
 mod groups;
 mod raw;
@@ -28,6 +29,7 @@ pub use crate::relay::{
     Wakeup,
 };
 pub use crate::sink::{ClusterSeeds, RedisClientCert, RedisSettings, RedisTls};
+pub use embed::RelayFromConfigError;
 pub use errors::{ConfigErrors, ConfigProblem};
 pub use raw::{
     Overrides, RawConfig, RawGroup, RawHttp, RawPostgres, RawPublish, RawRedis, RawRegistry,

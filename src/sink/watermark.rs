@@ -204,9 +204,13 @@ impl WatchConnections {
         wait: Option<ReplicaWait>,
     ) -> Result<u64, SinkError> {
         let connection = &mut watch_connection.connection;
-        let mut marks = match watch_connection.watching.take() {
-            Some(watching) if watching.covers(keys) => watching.marks,
-            _ => watch(connection, keys).await?,
+        // Marks kept from the WATCH behind the last EXEC save a round trip when there is
+        // something to write: the EXEC fails if they changed. Nothing to write proves nothing
+        // about them (the server may have restarted, failed over or lost the keys since), so
+        // that answer is only given on marks read now.
+        let (mut marks, mut from_cache) = match watch_connection.watching.take() {
+            Some(watching) if watching.covers(keys) => (watching.marks, true),
+            _ => (watch(connection, keys).await?, false),
         };
         for _ in 0..WATCH_ATTEMPTS {
             if let Some((append, mark)) = appends
@@ -226,6 +230,7 @@ impl WatchConnections {
             if marks.iter().any(|mark| mark.epoch < writer.epoch) {
                 self.claim(connection, writer, keys, &marks).await?;
                 marks = watch(connection, keys).await?;
+                from_cache = false;
                 continue;
             }
             if let Some(refusal) = refusal(keys, appends, &marks) {
@@ -233,6 +238,11 @@ impl WatchConnections {
                 return Err(refusal);
             }
             let Some(planned) = transaction(writer, keys, appends, &marks, max_len, wait) else {
+                if from_cache {
+                    marks = watch(connection, keys).await?;
+                    from_cache = false;
+                    continue;
+                }
                 // Nothing new: the WATCH (and what it read) stays good for the next append.
                 watch_connection.watching = Some(watching(keys, marks));
                 return Ok(0);
@@ -249,6 +259,7 @@ impl WatchConnections {
             let exec = replies.next().expect("counted");
             let waited = wait.map(|w| (w, replies.next().expect("counted")));
             marks = read_marks(replies, keys)?;
+            from_cache = false;
             let results = match exec {
                 // A watched watermark changed since the WATCH: plan again on what was read.
                 Value::Nil => {
@@ -710,6 +721,66 @@ mod tests {
         assert_eq!(stream.ids.len(), 4);
         let fenced = pool.append(writer(1), &keys, &batch(4..5), 0, None).await;
         assert!(fenced.is_err_and(|e| e.is_fenced()));
+        redis::cmd("DEL")
+            .arg(&keys[0].stream)
+            .arg(&keys[0].watermark)
+            .exec_async(&mut connection)
+            .await
+            .unwrap();
+    }
+
+    /// A connection keeps the marks its last WATCH read; when a batch has nothing new on
+    /// them, they are read again before saying so: the keys may be gone since (a failover, a
+    /// restart, a flush), and an append that trusted them would add nothing forever.
+    #[tokio::test]
+    async fn nothing_new_is_only_answered_on_marks_read_now() {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let client = redis::Client::open(url).unwrap();
+        let pool = WatchConnections::new(client.clone(), AsyncConnectionConfig::new());
+        let prefix = format!("unit-watermark-{}:", uuid::Uuid::now_v7());
+        let keys = [StreamKeys {
+            stream: format!("{prefix}out"),
+            watermark: format!("{prefix}{{{prefix}out}}:outbox-watermark:g"),
+        }];
+        let batch = vec![StreamAppend {
+            stream: "out".into(),
+            entries: (0..3)
+                .map(|seq| Entry {
+                    position: Position::new(7, seq),
+                    ordinal: 0,
+                    fields: vec![("n", seq.to_string())],
+                })
+                .collect(),
+            appended_through: None,
+        }];
+        let writer = Writer {
+            group: "g",
+            epoch: 1,
+            replay_generation: 0,
+        };
+        assert_eq!(
+            pool.append(writer, &keys, &batch, 0, None).await.unwrap(),
+            3
+        );
+        assert_eq!(
+            pool.append(writer, &keys, &batch, 0, None).await.unwrap(),
+            0,
+            "a replay"
+        );
+        // Redis loses the stream and its watermark (as a failover to a lagging replica would).
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg(&keys[0].stream)
+            .arg(&keys[0].watermark)
+            .exec_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(
+            pool.append(writer, &keys, &batch, 0, None).await.unwrap(),
+            3,
+            "appended again, not skipped on the marks of before the loss"
+        );
         redis::cmd("DEL")
             .arg(&keys[0].stream)
             .arg(&keys[0].watermark)

@@ -237,14 +237,19 @@ async fn a_master_killed_mid_drain_fails_over_to_its_replica_and_the_repair_heal
     eprintln!("killed master {master}; waiting for replica {replica} to take over");
     tokio::task::block_in_place(|| cluster.wait_for_promotion(replica, Duration::from_secs(20)));
 
-    wait_for_all(
-        &cluster,
-        &prefix,
-        streams,
-        published,
-        Duration::from_secs(120),
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while delivered(&cluster, &prefix, streams).await < published {
+        if Instant::now() > deadline {
+            let log = relay.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{} of {published} delivered after 120 s; relay log, last lines first:\n{}",
+                delivered(&cluster, &prefix, streams).await,
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = relay.log();
     relay.terminate(Duration::from_secs(10)).await;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use outbox_relay::Message;
 use outbox_relay::config::Config;
 use outbox_relay::relay::Relay;
-use outbox_relay::sink::Sink;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -46,20 +45,14 @@ impl InProcessRelay {
 
     /// Starts the relay after `customize` added to it (custom handlers, say).
     pub async fn start_with(toml: &str, customize: impl FnOnce(Relay) -> Relay) -> InProcessRelay {
+        // The library's way to run the relay of a configuration inside a service.
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
-        let pool = outbox_relay::store::connect(&config.database_url, 8)
+        let relay = config
+            .relay()
             .await
-            .expect("connect Postgres");
-        let sink = Sink::connect(config.redis_url.as_ref().expect("redis_url"), &config.redis)
-            .await
-            .expect("connect Redis");
+            .unwrap_or_else(|e| panic!("the relay of the configuration: {e}"));
         let shutdown = CancellationToken::new();
-        let relay = customize(Relay::new(
-            pool,
-            sink,
-            config.relay.clone(),
-            config.groups.clone(),
-        ));
+        let relay = customize(relay);
         let task = tokio::spawn(relay.run(shutdown.clone()));
         InProcessRelay { shutdown, task }
     }
