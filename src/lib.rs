@@ -36,6 +36,8 @@
 // Nothing in the library writes to stdout: it belongs to the application (a `println!` would
 // also panic in `outbox-relay ... | head`).
 #![deny(clippy::print_stdout)]
+// Every public item says what it is and means for a caller (CI runs clippy with -D warnings).
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod handler;

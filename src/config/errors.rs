@@ -5,13 +5,16 @@ use std::fmt;
 /// Every problem found in a configuration, each with the key it concerns.
 #[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors {
+    /// The problems, in the order they were found (unknown keys first).
     pub problems: Vec<ConfigProblem>,
 }
 
 /// One configuration problem: the key (`publish.max_payload_bytes`, `--config`) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
+    /// Where: a key path (`groups[0].routes[1].topics[0]`), a flag or a file.
     pub key: String,
+    /// What is wrong; it may run over several lines (a TOML syntax error's diagram).
     pub message: String,
 }
 

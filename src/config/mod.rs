@@ -47,14 +47,23 @@ use groups::check_groups;
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The Postgres URL (of the primary).
     pub database_url: ConnectionUrl,
+    /// The Redis URL; `None` when not set ([`Config::require_redis_url`] says how to set it).
     pub redis_url: Option<ConnectionUrl>,
+    /// `[postgres]`: the relay's connection pool.
     pub postgres: PostgresSettings,
+    /// `[publish]`: the limits a published message must keep.
     pub publish: PublishLimits,
+    /// `[redis]`: how the relay writes to Redis.
     pub redis: RedisSettings,
+    /// `[relay]`: how the relay reads the outbox.
     pub relay: RelaySettings,
+    /// `[registry]`: the schema registry's policy.
     pub registry: RegistrySettings,
+    /// `[http]`: the metrics and health endpoints of `run`.
     pub http: HttpSettings,
+    /// `[[groups]]`, in file order; may be empty ([`Config::require_groups`] refuses that).
     pub groups: Vec<GroupConfig>,
 }
 

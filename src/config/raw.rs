@@ -230,7 +230,9 @@ pub struct RawRoute {
 pub struct Overrides {
     /// The TOML file to read, if any.
     pub config_file: Option<PathBuf>,
+    /// `--database-url`: beats `OUTBOX_DATABASE_URL`, `DATABASE_URL` and the file.
     pub database_url: Option<String>,
+    /// `--redis-url`: beats `OUTBOX_REDIS_URL`, `REDIS_URL` and the file.
     pub redis_url: Option<String>,
 }
 

@@ -87,22 +87,34 @@ impl fmt::Debug for ExecHandler {
 /// `exec` handler settings that are not valid. None shows an argument.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExecHandlerError {
+    /// The command is an empty list.
     #[error(
         "needs the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"--channel\", \"orders\"]"
     )]
     Empty,
+    /// The program (the command's first element) is an empty string.
     #[error("the program is empty")]
     EmptyProgram,
+    /// The program is a relative path (it has a `/` but does not start with one), e.g.
+    /// `./hook.sh`.
     #[error(
         "`{0}` is a relative path: give an absolute one (a relative path would depend on the relay's working directory), or a bare name to look up on PATH"
     )]
     Relative(String),
+    /// The program is a bare name no absolute directory of `PATH` has as an executable file.
     #[error(
         "`{0}` is not an executable file in any absolute directory of PATH; give its absolute path"
     )]
     NotOnPath(String),
+    /// The program's absolute path is not an executable file.
     #[error("cannot run `{path}`: {problem}")]
-    NotExecutable { path: String, problem: String },
+    NotExecutable {
+        /// The program as given.
+        path: String,
+        /// Why it cannot run: the file system's error, `not a file`, or missing exec bits.
+        problem: String,
+    },
+    /// The command element at this index (0: the program) holds a NUL byte.
     #[error("argument {0} holds a NUL byte")]
     Nul(usize),
 }

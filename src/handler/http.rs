@@ -41,12 +41,17 @@ impl fmt::Debug for HttpHandler {
 /// `http` handler settings that are not valid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HttpHandlerError {
+    /// The URL (shown redacted) does not parse, or is not http:// or https://.
     #[error("`{0}` is not an http:// or https:// URL")]
     Url(String),
+    /// This header name is not a valid HTTP header name.
     #[error("header `{0}`: not a valid header name")]
     HeaderName(String),
+    /// The header with this name has a value HTTP does not allow (the value, maybe a
+    /// credential, is not shown).
     #[error("header `{0}`: not a valid header value")]
     HeaderValue(String),
+    /// reqwest could not build the HTTP client; the text is its error.
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }

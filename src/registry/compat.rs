@@ -73,22 +73,35 @@ impl std::str::FromStr for Compatibility {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mismatch {
     /// The reader requires a property that the writer does not require.
-    RequiredNotGuaranteed { path: String, writer_declares: bool },
+    RequiredNotGuaranteed {
+        /// The property, e.g. `/properties/total`.
+        path: String,
+        /// The writer declares the property (as optional); false: it does not mention it.
+        writer_declares: bool,
+    },
     /// The writer allows a type the reader does not accept.
     TypeNotAccepted {
+        /// The (sub)schema whose `type` differs; empty for the root.
         path: String,
+        /// The types the reader accepts.
         reader: TypeSet,
+        /// The types the writer allows.
         writer: TypeSet,
     },
     /// The reader has an `enum` and the writer may write values outside it: `missing` are the
     /// writer's values the reader lacks; `None` when the writer has no `enum` at all.
     EnumNotCovered {
+        /// The (sub)schema with the reader's `enum`; empty for the root.
         path: String,
+        /// The writer's values the reader's `enum` lacks; `None`: the writer has no `enum`.
         missing: Option<Vec<Value>>,
     },
     /// The reader has `additionalProperties: false` and does not declare a property the writer
     /// declares.
-    UndeclaredProperty { path: String },
+    UndeclaredProperty {
+        /// The writer's property the reader does not declare, e.g. `/properties/note`.
+        path: String,
+    },
 }
 
 /// Which rule a [`Violation`] broke.
@@ -111,6 +124,7 @@ pub enum Rule {
 pub struct Violation {
     /// `backward` or `forward`: the direction that broke (full checks both).
     pub direction: Compatibility,
+    /// The rule the change breaks.
     pub rule: Rule,
     /// JSON pointer into the schema.
     pub path: String,

@@ -8,15 +8,25 @@ use crate::store::OutboxRow;
 /// One field of a stream entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryField {
+    /// `id`: the message's id.
     Id,
+    /// `topic`: the message's topic.
     Topic,
+    /// `key`: the ordering key; left out when the message has none.
     Key,
+    /// `payload`: the message's payload, or a handler output's, as JSON text; always there.
     Payload,
+    /// `headers`: the message's headers as JSON text.
     Headers,
+    /// `position`: `"<tx_id>:<seq>"`.
     Position,
+    /// `schema_version`: left out when the message has none.
     SchemaVersion,
+    /// `created_at`: when the message was inserted, RFC 3339 in UTC with microseconds.
     CreatedAt,
+    /// `group`: the consumer group that appended the entry.
     Group,
+    /// `traceparent`: the W3C trace context from the headers; left out when they have none.
     Traceparent,
 }
 
@@ -35,6 +45,7 @@ impl EntryField {
         EntryField::Traceparent,
     ];
 
+    /// The field's name, in the entry and in `entry_fields`.
     pub fn name(self) -> &'static str {
         match self {
             EntryField::Id => "id",
@@ -50,6 +61,7 @@ impl EntryField {
         }
     }
 
+    /// The field called `name`; `None` for an unknown name.
     pub fn parse(name: &str) -> Option<EntryField> {
         EntryField::ALL.into_iter().find(|f| f.name() == name)
     }
@@ -76,6 +88,7 @@ impl EntryFields {
         EntryFields(bits | EntryField::Payload.bit())
     }
 
+    /// Whether `field` is in the set.
     pub fn contains(self, field: EntryField) -> bool {
         self.0 & field.bit() != 0
     }

@@ -19,13 +19,17 @@ use crate::store::{OutboxRow, ParkedKey};
 /// A group's `ordering`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OrderingMode {
+    /// `key` (default): a retrying message holds back the later messages of its key only.
     #[default]
     Key,
+    /// `strict`: a retrying message holds back the whole group.
     Strict,
+    /// `none`: nothing waits for a retrying message.
     None,
 }
 
 impl OrderingMode {
+    /// The mode called `text` in `[[groups]] ordering`; `None` for an unknown name.
     pub fn parse(text: &str) -> Option<OrderingMode> {
         match text {
             "key" => Some(OrderingMode::Key),
@@ -35,6 +39,7 @@ impl OrderingMode {
         }
     }
 
+    /// The mode's name in `[[groups]] ordering`.
     pub fn as_str(self) -> &'static str {
         match self {
             OrderingMode::Key => "key",

@@ -9,12 +9,16 @@ use super::Entry;
 /// like the tuple; stored as a fixed-width string that sorts the same way (see its `Display`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DedupeMark {
+    /// The group's replay generation when the entry was appended (0 before any replay).
     pub replay_generation: i64,
+    /// The message's position.
     pub position: Position,
+    /// The entry's ordinal among that message's entries in the stream, from 0.
     pub ordinal: u32,
 }
 
 impl DedupeMark {
+    /// The mark of `entry`, appended under `replay_generation`.
     pub fn of(replay_generation: i64, entry: &Entry) -> DedupeMark {
         DedupeMark {
             replay_generation,

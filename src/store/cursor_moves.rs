@@ -19,7 +19,9 @@ use crate::position::Position;
 /// A group's row, locked for the rest of the transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedGroup {
+    /// The group's cursor, before any move: the last position it has passed.
     pub cursor: Position,
+    /// The relay holding the lease (expired or not); `None` when nobody does.
     pub lease_owner: Option<String>,
 }
 
@@ -27,8 +29,11 @@ pub struct LockedGroup {
 /// the group (those keep their state: a replay does not send them again).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TopicCount {
+    /// The topic these counts are for.
     pub topic: String,
+    /// Messages of the topic in the range.
     pub messages: i64,
+    /// Of those, the ones with a delivery row in the group (retrying, blocked or dead).
     pub with_delivery_row: i64,
 }
 

@@ -27,12 +27,18 @@ pub const MAX_ERROR_BYTES: usize = 2048;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
+    /// Tried again once `next_attempt_at` (database clock) has come: it failed, or it was
+    /// blocked and the message it waited for is done or dead.
     Retrying,
+    /// Not tried yet (`attempts` 0): waits behind an earlier retrying message of its key
+    /// (`ordering = "key"`) and becomes retrying, due at once, when that one is done or dead.
     Blocked,
+    /// Failed for good (a permanent error, or `max_attempts` reached): a dead letter.
     Dead,
 }
 
 impl DeliveryStatus {
+    /// The value stored in `outbox.deliveries.status`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Retrying => "retrying",
@@ -62,11 +68,17 @@ impl std::fmt::Display for DeliveryStatus {
 /// A first-pass failure to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
+    /// The message (`outbox.messages.id`).
     pub message_id: Uuid,
+    /// The message's position, stored as `message_tx_id`/`message_seq`.
     pub position: Position,
+    /// The message's ordering key, stored as `message_key`; `None` when it has none.
     pub key: Option<String>,
+    /// Where the first pass left the message: retrying, blocked or dead.
     pub status: DeliveryStatus,
+    /// Failed attempts so far (0 for a blocked message).
     pub attempts: i32,
+    /// The handler's error, stored cut to [`MAX_ERROR_BYTES`]; `None` for a blocked message.
     pub last_error: Option<String>,
     /// When `status` is retrying: how long from now (database clock) the next attempt is due.
     pub delay: Option<Duration>,
@@ -79,18 +91,28 @@ pub enum Settlement {
     Done,
     /// It failed again and will be retried after `delay`.
     Retry {
+        /// Failed attempts so far, this one included.
         attempts: i32,
+        /// This attempt's error, stored as `last_error` (cut to [`MAX_ERROR_BYTES`]).
         error: String,
+        /// How long from now (database clock) the next attempt is due.
         delay: Duration,
     },
     /// It failed for good.
-    Dead { attempts: i32, error: String },
+    Dead {
+        /// Failed attempts in all, this one included.
+        attempts: i32,
+        /// This attempt's error, stored as `last_error` (cut to [`MAX_ERROR_BYTES`]).
+        error: String,
+    },
 }
 
 /// A retry whose time has come: the failed attempts so far and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDelivery {
+    /// Failed attempts so far: the retry about to run is attempt `attempts + 1`.
     pub attempts: i32,
+    /// The message, as the relay reads it.
     pub row: OutboxRow,
 }
 
@@ -98,38 +120,58 @@ pub struct DueDelivery {
 /// is due (zero when overdue; `None` when it only has blocked messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedKey {
+    /// The ordering key (`message_key`); `None` stands for the group's unkeyed messages.
     pub key: Option<String>,
+    /// Until the key's soonest retry is due: zero when overdue, `None` when the key has only
+    /// blocked messages.
     pub due_in: Option<Duration>,
 }
 
 /// A dead letter, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
+    /// The consumer group whose delivery died (`group_name`).
     pub group: String,
+    /// The message (`outbox.messages.id`).
     pub message_id: Uuid,
+    /// The message's topic.
     pub topic: String,
+    /// The message's ordering key; `None` when it has none.
     pub key: Option<String>,
+    /// The message's position as `"<tx_id>:<seq>"`.
     pub position: String,
+    /// Failed attempts in all.
     pub attempts: i32,
+    /// The last attempt's error (`last_error`, at most [`MAX_ERROR_BYTES`] as the relay writes it).
     pub last_error: Option<String>,
+    /// When the first attempt in this group failed (the row was written).
     pub first_failed_at: DateTime<Utc>,
+    /// The row's last change: when it went dead (or, from `dead retry`, when it was made due).
     pub updated_at: DateTime<Utc>,
 }
 
 /// Which dead letters an operator command applies to; `None` = any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
+    /// Only this consumer group's dead letters.
     pub group: Option<String>,
+    /// Only those of messages of this topic.
     pub topic: Option<String>,
+    /// Only those whose first failure (`first_failed_at`) is at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only those of this message.
     pub message_id: Option<Uuid>,
 }
 
 /// One group's delivery of a message that `retry` looked at.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RetryNow {
+    /// The consumer group of the delivery.
     pub group: String,
+    /// The delivery's status before the command.
     pub previous_status: DeliveryStatus,
+    /// Whether it became due now: false for a blocked delivery, which waits for the earlier
+    /// message of its key.
     pub changed: bool,
 }
 

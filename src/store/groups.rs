@@ -9,7 +9,9 @@ use crate::position::Position;
 /// A held lease: its epoch and the cursor to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcquiredLease {
+    /// This lease's epoch, one above the previous holder's; every fenced write names it.
     pub epoch: i64,
+    /// The group's cursor: the last position it has passed, where reading resumes.
     pub cursor: Position,
     /// Bumped by every replay or reset; the sink's duplicate filter is per generation.
     pub replay_generation: i64,
@@ -18,8 +20,11 @@ pub struct AcquiredLease {
 /// Who asks: the group, the relay instance, and the epoch of its lease.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseHolder<'a> {
+    /// The consumer group.
     pub group: &'a str,
+    /// The relay's identity as written to `lease_owner` (see `Relay::owner`).
     pub owner: &'a str,
+    /// The epoch the lease was acquired with ([`AcquiredLease::epoch`]).
     pub epoch: i64,
 }
 
@@ -45,7 +50,9 @@ pub async fn consumer_groups_ensure(
 /// Where a group's cursor is and who holds its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupCursor {
+    /// The last position the group has passed.
     pub cursor: Position,
+    /// The relay holding the lease (`lease_owner`, expired or not); `None` when nobody does.
     pub lease_owner: Option<String>,
 }
 
@@ -171,6 +178,7 @@ pub async fn consumer_groups_cursor_advance(
 /// What `groups pause|resume` found before it changed anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PauseChange {
+    /// Whether the group was paused already.
     pub was_paused: bool,
     /// The relay that held the lease (pausing takes it away).
     pub previous_owner: Option<String>,

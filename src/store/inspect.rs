@@ -9,11 +9,17 @@ use crate::position::Position;
 /// One group as `outbox-relay status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GroupStatus {
+    /// The consumer group's name.
     pub name: String,
+    /// The last position the group has passed.
     pub cursor: Position,
+    /// Set by `groups pause`: no relay takes the lease until `groups resume`.
     pub paused: bool,
+    /// The relay holding the lease (expired or not); `None` when nobody does.
     pub lease_owner: Option<String>,
+    /// Grows by one at every acquisition of the lease; 0 before the first.
     pub lease_epoch: i64,
+    /// When the lease runs out unless renewed (database clock); `None` when nobody holds it.
     pub lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Bumped by every replay or reset (see `outbox.consumer_groups.replay_generation`).
     pub replay_generation: i64,
@@ -26,10 +32,13 @@ pub struct GroupStatus {
     /// Of the messages past the cursor, those committed but waiting for an older open
     /// transaction (counted up to 10,000).
     pub held_back: i64,
+    /// `created_at` of the message `lag_seconds` measures; `None` when none is undelivered.
     pub oldest_undelivered_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Deliveries of this group by status.
+    /// Deliveries waiting for their next attempt (`retrying`).
     pub retrying: i64,
+    /// Deliveries waiting behind an earlier message of their key (`blocked`).
     pub blocked: i64,
+    /// Dead letters (`dead`).
     pub dead: i64,
     /// The cursor names a transaction id the server has not reached (dump/restore).
     pub cursor_ahead: bool,
@@ -38,9 +47,13 @@ pub struct GroupStatus {
 /// The open transaction every relay waits for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct XminHolder {
+    /// The session's backend process id; `None` for a prepared transaction.
     pub pid: Option<i32>,
+    /// `pg_stat_activity.state` (`idle in transaction`, `active`, …), `prepared`, or `unknown`.
     pub state: String,
+    /// How long its transaction has been open (a prepared one: since it was prepared), in seconds.
     pub age_seconds: f64,
+    /// The session's `application_name`; empty when unset and for a prepared transaction.
     pub application_name: String,
     /// Set when the holder is a prepared (two-phase) transaction.
     pub prepared_gid: Option<String>,
@@ -128,19 +141,28 @@ pub async fn messages_held_back(pool: &PgPool, cursor: Position) -> Result<Block
 /// One delivery that did not go through first time, as `outbox-relay stuck` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StuckDelivery {
+    /// The consumer group (`group_name`).
     pub group: String,
+    /// The message (`outbox.messages.id`).
     pub message_id: uuid::Uuid,
     /// `retrying`, `blocked` or `dead`.
     pub status: String,
+    /// The message's position as `"<tx_id>:<seq>"`.
     pub position: String,
+    /// The message's topic.
     pub topic: String,
+    /// The message's ordering key; `None` when it has none.
     pub key: Option<String>,
     /// The payload's JSON text as Postgres prints it, kept as text (never decoded), so that a
     /// payload nested deeper than any parser's limit is shown like any other.
     pub payload: Box<RawValue>,
+    /// Failed attempts so far (0 for a blocked delivery).
     pub attempts: i32,
+    /// The last attempt's error; `None` while no attempt has failed (a blocked delivery).
     pub last_error: Option<String>,
+    /// When a retrying delivery is due (database clock); `None` when blocked or dead.
     pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the delivery row was written: the first failure, or the message being blocked.
     pub first_failed_at: chrono::DateTime<chrono::Utc>,
     /// For a blocked delivery: the earlier message of its key it waits for.
     pub blocked_by: Option<uuid::Uuid>,
@@ -149,8 +171,11 @@ pub struct StuckDelivery {
 /// Which stuck deliveries: each `None` = any.
 #[derive(Debug, Clone, Default)]
 pub struct StuckFilter {
+    /// Only this consumer group's deliveries.
     pub group: Option<String>,
+    /// Only those of messages of this topic.
     pub topic: Option<String>,
+    /// At most this many (SQL `LIMIT`; the default 0 returns none).
     pub limit: i64,
 }
 

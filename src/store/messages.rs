@@ -157,15 +157,22 @@ pub async fn messages_oldest_after(
 /// A row of `outbox.messages` as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
+    /// The message's place in the outbox, `(tx_id, seq)`.
     pub position: Position,
+    /// The message's id (a UUIDv7, made by the publisher).
     pub id: Uuid,
+    /// The message's topic.
     pub topic: String,
+    /// The ordering key; `None` when the message has none.
     pub key: Option<String>,
+    /// The schema version it was validated against; `None` when the topic had no schema.
     pub schema_version: Option<i32>,
     /// Decoded at any nesting depth; one nested thousands deep is best dropped with
     /// [`crate::json::drop_value`].
     pub payload: serde_json::Value,
+    /// The message's headers, string to string (empty when it has none).
     pub headers: BTreeMap<String, String>,
+    /// When the row was inserted (database clock), not when its transaction committed.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -200,13 +207,21 @@ pub async fn messages_of_current_transaction(
 /// what goes to Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
+    /// The message's place in the outbox, `(tx_id, seq)`: the order the relay reads in.
     pub position: Position,
+    /// The message's id (a UUIDv7, made by the publisher).
     pub id: Uuid,
+    /// The message's topic.
     pub topic: String,
+    /// The ordering key; `None` when the message has none.
     pub key: Option<String>,
+    /// The schema version it was validated against; `None` when the topic had no schema.
     pub schema_version: Option<i32>,
+    /// The payload's JSON text as Postgres prints it (`payload::text`).
     pub payload: String,
+    /// The headers' JSON text: an object of strings, `{}` when there are none.
     pub headers: String,
+    /// When the row was inserted (database clock), not when its transaction committed.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -215,14 +230,19 @@ pub struct OutboxRow {
 pub struct VisibleRows {
     /// Of the groups asked for, those whose lease the owner still holds.
     pub leased: Vec<String>,
+    /// The messages past the cursor, in position order, all from ended transactions (below the
+    /// snapshot xmin).
     pub rows: Vec<OutboxRow>,
 }
 
 /// Whose leases a read is fenced by: one owner, and each group with the epoch it holds.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadFence<'a> {
+    /// The relay's identity (`lease_owner`) that must hold each group's lease.
     pub owner: &'a str,
+    /// The groups read for, all standing at the cursor read from.
     pub groups: &'a [String],
+    /// `epochs[i]` is the lease epoch held for `groups[i]`.
     pub epochs: &'a [i64],
 }
 

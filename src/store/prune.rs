@@ -29,7 +29,9 @@ pub struct PruneBatch {
 /// The slowest group and its cursor: nothing past it may be pruned.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Horizon {
+    /// The group whose cursor is furthest behind.
     pub group: String,
+    /// Its cursor: prune deletes nothing past it.
     pub cursor: Position,
 }
 

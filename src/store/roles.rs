@@ -23,6 +23,7 @@ impl RoleKind {
         }
     }
 
+    /// `publisher` or `relay`, as `grant` and its errors name the kind.
     pub fn as_str(self) -> &'static str {
         match self {
             RoleKind::Publisher => "publisher",
@@ -31,18 +32,25 @@ impl RoleKind {
     }
 }
 
+/// Granting a role its privileges failed; nothing was granted.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
+    /// No role has this name: a DBA creates roles, outbox-relay only grants to them.
     #[error(
         "role `{0}` does not exist: a DBA creates it first, e.g. CREATE ROLE \"{0}\" LOGIN PASSWORD '…'"
     )]
     UnknownRole(String),
+    /// The role exists but the grant script failed: most often it was not run as the owner
+    /// of the outbox schema, or before `migrate`.
     #[error(
         "could not grant {kind} privileges to role `{role}`: {cause} (run `outbox-relay migrate` first, as the owner of the outbox schema)"
     )]
     Grant {
+        /// `publisher` or `relay` ([`RoleKind::as_str`]).
         kind: &'static str,
+        /// The role's name.
         role: String,
+        /// The database's error in one line ([`crate::store::describe`]).
         cause: String,
     },
 }

@@ -6,27 +6,37 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 /// One registered version of a topic's schema, as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct StoredSchema {
+    /// The topic the schema is for.
     pub topic: String,
+    /// 1 for the topic's first version, one more for each next.
     pub version: i32,
     /// `json-schema` (the only format outbox-relay validates today).
     pub format: String,
     /// The compatibility mode this version was registered under.
     pub compatibility: String,
+    /// The JSON Schema document.
     #[sqlx(json)]
     pub definition: serde_json::Value,
     /// SHA-256 of the definition's canonical JSON text, in hex.
     pub fingerprint: String,
+    /// When the version was registered (database clock).
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A new version to store; see [`schemas_insert`].
 #[derive(Debug, Clone, Copy)]
 pub struct NewSchema<'a> {
+    /// The topic the schema is for.
     pub topic: &'a str,
+    /// The new version's number: the latest version's plus one (1 for the first).
     pub version: i32,
+    /// `json-schema` (the only format outbox-relay validates today).
     pub format: &'a str,
+    /// The compatibility mode it is registered under: `none`, `backward`, `forward` or `full`.
     pub compatibility: &'a str,
+    /// The JSON Schema document.
     pub definition: &'a serde_json::Value,
+    /// SHA-256 of the definition's canonical JSON text, in hex.
     pub fingerprint: &'a str,
 }
 

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 /// One stream's marks, as the Redis watermark writes them (`sink::DedupeMark` text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamMark {
+    /// The stream, named without the configured `key_prefix`.
     pub stream: String,
     /// The last entry appended.
     pub mark: String,

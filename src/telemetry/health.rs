@@ -50,6 +50,7 @@ pub struct Health {
 }
 
 impl Health {
+    /// A handle no group has reported to yet.
     pub fn new() -> Health {
         Health::default()
     }

@@ -19,8 +19,10 @@ pub enum Format {
     Json,
 }
 
+/// The log subscriber could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
+    /// A global subscriber (or `log` logger) was installed already.
     #[error("could not install the log subscriber")]
     Install(#[source] tracing_subscriber::util::TryInitError),
     /// The OTLP exporter could not be built (`otlp` feature).

@@ -32,6 +32,8 @@ pub const RETRIES: &str = "outbox_retries_total";
 pub const DEAD_LETTERS: &str = "outbox_dead_letters_total";
 /// Relay steps that failed (Postgres or Redis unreachable, …) and are retried, by group.
 pub const RELAY_ERRORS: &str = "outbox_relay_errors_total";
+/// Stream entries Redis had lost (a restart without persistence, a failover to a lagging
+/// replica) that the relay appended again from the outbox, by group and stream.
 pub const APPENDS_REPAIRED: &str = "outbox_redis_appends_repaired_total";
 /// Time of one committed pass (read → handle → append → advance), by group and `pass`
 /// (`new` or `retry`).
@@ -107,9 +109,13 @@ pub fn describe() {
 /// What one pass did, per topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TopicCounts {
+    /// Messages handled: appended to Redis, or done with no output.
     pub forwarded: u64,
+    /// Failed handlings, retryable or permanent (schema rejections included).
     pub failed: u64,
+    /// Of the failed, those scheduled for another attempt.
     pub retrying: u64,
+    /// Of the failed, those that went dead.
     pub dead: u64,
 }
 
@@ -147,6 +153,7 @@ impl TopicTally {
         &mut self.topics[index].1
     }
 
+    /// The counts of `topic`; `None` when the pass had no message of it.
     pub fn get(&self, topic: &str) -> Option<TopicCounts> {
         self.topics
             .iter()
