@@ -361,10 +361,17 @@ mod tests {
             "call exec /bin/sh",
             "named by the program alone"
         );
-        let config = checked("handler = \"exec\"\ncommand = [\"sh\", \"--token=s3cret\"]").unwrap();
-        let name = format!("{:?}", config.groups[0].routes[0].action);
-        assert!(name.starts_with("call exec /"), "resolved on PATH: {name}");
-        assert!(name.ends_with("/sh") && !name.contains("s3cret"), "{name}");
+        // Under figment's Jail lock: the tests that clear the environment (PATH with it) run
+        // in parallel with this one otherwise.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PATH", "/usr/bin:/bin");
+            let config =
+                checked("handler = \"exec\"\ncommand = [\"sh\", \"--token=s3cret\"]").unwrap();
+            let name = format!("{:?}", config.groups[0].routes[0].action);
+            assert!(name.starts_with("call exec /"), "resolved on PATH: {name}");
+            assert!(name.ends_with("/sh") && !name.contains("s3cret"), "{name}");
+            Ok(())
+        });
     }
 
     #[test]
