@@ -328,6 +328,8 @@ fn valid_group_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
+// figment's Jail closures return its large error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use crate::config::{Config, ConfigErrors};
 
