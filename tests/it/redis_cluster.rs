@@ -483,3 +483,65 @@ async fn bench_drain_spreads_its_streams_over_the_cluster_and_cleans_up_every_ma
         assert!(left.trim().is_empty(), "keys left on {master}: {left}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_red_while_a_slot_has_no_master() {
+    let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let dir = TempDir::new(&db.name);
+    let http = crate::harness::servers::free_port();
+    let config = dir.write(
+        "relay.toml",
+        &format!(
+            "{}[http]\nlisten = \"127.0.0.1:{http}\"\n",
+            cluster_toml(&db, &cluster.seed_url(), "t:", "idle_poll_ms = 5")
+        ),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let relay = RelayProcess::start(&config, "relay");
+    eventually(Duration::from_secs(20), "/readyz 200", || async {
+        let ready = crate::harness::http_get(addr, "/readyz").await;
+        ready.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    // A master and its replica die: their slots have no master, the cluster says fail.
+    let master = cluster.masters()[0];
+    let replica = cluster.replica_of(master);
+    cluster.node(replica).kill9();
+    cluster.node(master).kill9();
+    let (status, body) = eventually(Duration::from_secs(30), "/readyz not 200", || async {
+        let ready = crate::harness::http_get(addr, "/readyz").await;
+        ready.filter(|(status, _)| *status != 200)
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    relay.terminate(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_waits_on_each_streams_master() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let prefix = "t:".to_owned();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &cluster_toml(&db, &cluster.seed_url(), &prefix, "idle_poll_ms = 5").replace(
+            "[redis]\n",
+            "[redis]\nwait_replicas = 1\nwait_timeout_ms = 2000\n",
+        ),
+    );
+    let streams = 6;
+    publish(&db, 0, 6000, streams, 20).await;
+    let relay = RelayProcess::start(&config, "relay");
+    wait_for_all(&cluster, &prefix, streams, 6000, Duration::from_secs(60)).await;
+    let log = relay.log();
+    relay.terminate(Duration::from_secs(10)).await;
+    // Each stream's WAIT went to its own master, whose replica answered: no shortfall.
+    assert!(!log.contains("replica(s) within"), "{log}");
+    assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, streams).await, 6000);
+}

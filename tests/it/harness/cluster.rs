@@ -62,7 +62,8 @@ impl PrivateCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Waits until every running node says `cluster_state:ok` and every master has its replica.
+    /// Waits until every running node says `cluster_state:ok` and every master has its replica,
+    /// synced.
     pub fn wait_until_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -70,7 +71,11 @@ impl PrivateCluster {
                 let info = cli_output(node.port, &["cluster", "info"]);
                 info.contains("cluster_state:ok")
             }) && self.masters().iter().all(|port| {
-                cli_output(*port, &["info", "replication"]).contains("connected_slaves:1")
+                {
+                    // Connected and through its first sync.
+                    let info = cli_output(*port, &["info", "replication"]);
+                    info.contains("connected_slaves:1") && info.contains("state=online")
+                }
             });
             if healthy {
                 return;

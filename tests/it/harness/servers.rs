@@ -258,6 +258,9 @@ impl PrivateRedis {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
+                // A replica's first sync starts at once (by default the master waits 5 s).
+                "--repl-diskless-sync-delay",
+                "0",
             ],
         )
     }
