@@ -142,7 +142,7 @@ pub struct DeadLetter {
     pub position: String,
     /// Failed attempts in all.
     pub attempts: i32,
-    /// The last attempt's error (`last_error`, at most [`MAX_ERROR_BYTES`] as the relay writes it).
+    /// The last attempt's error (`last_error`, at most 2,048 bytes as the relay writes it).
     pub last_error: Option<String>,
     /// When the first attempt in this group failed (the row was written).
     pub first_failed_at: DateTime<Utc>,

@@ -28,28 +28,36 @@ pub use cursor_moves::{
 };
 pub use databases::{database_create, database_drop};
 pub use deliveries::{
-    DeadLetter, DeadLetterFilter, DeliveryStatus, DueDelivery, MAX_ERROR_BYTES, NewDelivery,
-    ParkedKey, RetryNow, Settlement, deliveries_dead_discard, deliveries_dead_letter_copied,
-    deliveries_dead_letter_pending, deliveries_dead_list, deliveries_dead_retry, deliveries_due,
-    deliveries_known, deliveries_parked, deliveries_record, deliveries_recorded_through,
-    deliveries_retry_now, deliveries_settle, truncate_error,
+    DeadLetter, DeadLetterFilter, DeliveryStatus, RetryNow, deliveries_dead_discard,
+    deliveries_dead_list, deliveries_dead_retry, deliveries_retry_now,
+};
+// What the relay runs under its lease: the library's own business, not part of its API.
+pub(crate) use deliveries::{
+    DueDelivery, NewDelivery, ParkedKey, Settlement, deliveries_dead_letter_copied,
+    deliveries_dead_letter_pending, deliveries_due, deliveries_known, deliveries_parked,
+    deliveries_record, deliveries_recorded_through, deliveries_settle,
 };
 pub use groups::{
-    AcquiredLease, GroupCursor, LeaseHolder, PauseChange, consumer_groups_cursor,
-    consumer_groups_cursor_advance, consumer_groups_delete, consumer_groups_ensure,
-    consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
-    consumer_groups_names, consumer_groups_pause,
+    GroupCursor, PauseChange, consumer_groups_cursor, consumer_groups_delete,
+    consumer_groups_ensure, consumer_groups_names, consumer_groups_pause,
 };
+pub(crate) use groups::{
+    LeaseHolder, consumer_groups_cursor_advance, consumer_groups_lease_acquire,
+    consumer_groups_lease_release, consumer_groups_lease_renew,
+};
+pub(crate) use inspect::{Blockage, messages_held_back};
 pub use inspect::{
-    Blockage, GroupStatus, StuckDelivery, StuckFilter, XminHolder, consumer_groups_status,
-    deliveries_stuck, messages_held_back, xmin_holder,
+    GroupStatus, StuckDelivery, StuckFilter, XminHolder, consumer_groups_status, deliveries_stuck,
+    xmin_holder,
 };
 pub use messages::{
     OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_between, messages_delete_published,
     messages_fetch_visible, messages_last_position, messages_of_current_transaction,
-    messages_oldest_after, messages_position,
+    messages_position,
 };
-pub(crate) use messages::{SchemaStamp, TopicStamp, messages_insert, messages_insert_batch};
+pub(crate) use messages::{
+    SchemaStamp, TopicStamp, messages_insert, messages_insert_batch, messages_oldest_after,
+};
 pub use migrate::{
     AppliedMigration, MigrateError, MigrationReport, SchemaVersion, migrate, schema_version,
 };
@@ -58,11 +66,11 @@ pub use notify::{
 };
 pub use prune::{Horizon, PruneBatch, consumer_groups_slowest, messages_prune_batch};
 pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
-pub use schemas::{
-    NewSchema, StoredSchema, schemas_get, schemas_insert, schemas_latest, schemas_list,
-    schemas_lock_topic,
+pub use schemas::StoredSchema;
+pub(crate) use schemas::{
+    NewSchema, schemas_get, schemas_insert, schemas_latest, schemas_list, schemas_lock_topic,
 };
-pub use stream_marks::{StreamMark, stream_marks_of_group};
+pub(crate) use stream_marks::{StreamMark, stream_marks_of_group};
 
 use crate::redact::ConnectionUrl;
 
