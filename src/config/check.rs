@@ -52,6 +52,16 @@ pub(super) fn check_redis(raw: &RawRedis, errors: &mut ConfigErrors) -> RedisSet
     if let Some(ms) = positive_ms(raw.wait_timeout_ms, "redis.wait_timeout_ms", errors) {
         redis.wait_timeout = ms;
     }
+    if redis.wait_replicas > 0 && redis.wait_timeout >= redis.response_timeout {
+        errors.push(
+            "redis.wait_timeout_ms",
+            format!(
+                "{} ms is not below redis.response_timeout_ms ({} ms): a WAIT that long would time out as a Redis error instead of reporting too few replicas",
+                redis.wait_timeout.as_millis(),
+                redis.response_timeout.as_millis()
+            ),
+        );
+    }
     if let Some(path) = &raw.tls_ca_file {
         check_pem_file(path, Pem::Certificate, "redis.tls_ca_file", errors);
         redis.tls.ca_file = Some(path.clone());

@@ -770,6 +770,24 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_wait_must_end_before_a_redis_reply_times_out() {
+        let load = |redis: &str| {
+            Config::from_toml(&format!(
+                "database_url = \"postgres://h/db\"\n[redis]\nwait_replicas = 1\n{redis}\n"
+            ))
+        };
+        assert!(load("").is_ok(), "defaults: 1000 ms below 5000 ms");
+        let text = load("wait_timeout_ms = 5000").unwrap_err().to_string();
+        assert!(
+            text.contains(
+                "redis.wait_timeout_ms: 5000 ms is not below redis.response_timeout_ms (5000 ms)"
+            ),
+            "{text}"
+        );
+        assert!(load("wait_timeout_ms = 5000\nresponse_timeout_ms = 8000").is_ok());
+    }
+
+    #[test]
     fn missing_database_url_says_how_to_set_it() {
         let text = Config::from_raw(RawConfig::default())
             .unwrap_err()

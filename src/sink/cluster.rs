@@ -25,8 +25,12 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, Value};
 
 use super::watermark::{ReplicaWait, StreamKeys, WatchConnections};
-use super::{SinkError, StreamAppend, Writer};
+use super::{SinkError, StreamAppend, Writer, WrongType};
 use crate::redact::ConnectionUrl;
+
+/// Streams of one batch appended at once (in turns of this many), each on a watch connection
+/// of its own: a bound on the connections a batch to many streams (a `{key}` route) opens.
+const CONCURRENT_STREAMS: usize = 16;
 
 /// How often one stream's transaction is run again after a redirect or a lost node before the
 /// error goes to the caller (which retries the batch later).
@@ -206,6 +210,21 @@ impl Cluster {
         Ok(connections)
     }
 
+    /// Forgets the idle watch connections of the master that holds `key` (as the map says).
+    fn drop_idle_connections(&self, key: &str) {
+        let Some(node) = self.master_of(key) else {
+            return;
+        };
+        if let Some(pool) = self
+            .masters
+            .lock()
+            .expect("master pool poisoned")
+            .get(&node)
+        {
+            pool.drop_idle();
+        }
+    }
+
     /// Appends each stream's entries in a transaction of its own on its slot's master, all
     /// streams at once; the number of entries added. When some streams fail, the others have
     /// still been appended (the caller sends the batch again; their watermarks skip them).
@@ -217,16 +236,24 @@ impl Cluster {
         max_len: u64,
         wait: Option<ReplicaWait>,
     ) -> Result<u64, SinkError> {
-        let results = join_all(keys.iter().zip(appends).map(|(key, append)| {
-            self.append_stream(
-                writer,
-                std::slice::from_ref(key),
-                std::slice::from_ref(append),
-                max_len,
-                wait,
-            )
-        }))
-        .await;
+        let mut results = Vec::with_capacity(appends.len());
+        for (keys, appends) in keys
+            .chunks(CONCURRENT_STREAMS)
+            .zip(appends.chunks(CONCURRENT_STREAMS))
+        {
+            results.extend(
+                join_all(keys.iter().zip(appends).map(|(key, append)| {
+                    self.append_stream(
+                        writer,
+                        std::slice::from_ref(key),
+                        std::slice::from_ref(append),
+                        max_len,
+                        wait,
+                    )
+                }))
+                .await,
+            );
+        }
         merge_results(results)
     }
 
@@ -239,6 +266,9 @@ impl Cluster {
         max_len: u64,
         wait: Option<ReplicaWait>,
     ) -> Result<u64, SinkError> {
+        if let Some(wrong) = split_slot(&appends[0].stream, &keys[0].stream, &keys[0].watermark) {
+            return Err(SinkError::WrongType(vec![wrong]));
+        }
         let mut pause = REROUTE_PAUSE;
         let mut attempt = 1;
         loop {
@@ -254,6 +284,9 @@ impl Cluster {
                 Err(SinkError::Redis(error)) if attempt < REROUTE_ATTEMPTS && rerouted(&error) => {
                     tracing::debug!(stream = %appends[0].stream, attempt, %error,
                         "the stream's slot moved or its master is gone; reloading the slot map");
+                    // The master's other idle connections are likely as dead (it restarted,
+                    // failed over, or closed them as idle): none is tried again.
+                    self.drop_idle_connections(&keys[0].stream);
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                     attempt += 1;
@@ -265,6 +298,18 @@ impl Cluster {
             }
         }
     }
+}
+
+/// On a cluster, the refusal of a stream whose watermark key lands in another hash slot than
+/// the stream key (a `}` outside a hash tag in its name): no transaction can write both, and
+/// trying would fail the whole batch forever. Its messages fail instead (their route's retry
+/// policy, then dead), and the batch's other streams go on.
+pub(super) fn split_slot(stream: &str, stream_key: &str, watermark_key: &str) -> Option<WrongType> {
+    (hash_slot(stream_key) != hash_slot(watermark_key)).then(|| WrongType {
+        stream: stream.to_owned(),
+        key: stream_key.to_owned(),
+        kind: WrongType::CROSS_SLOT.to_owned(),
+    })
 }
 
 /// Redis Cluster's hash slot of `key`: CRC16 (XMODEM) of its hash tag, modulo 16384.
@@ -283,18 +328,22 @@ fn rerouted(error: &RedisError) -> bool {
     {
         return true;
     }
-    // Inside MULTI a redirect shows up as the transaction's abort, or as a reply's text.
+    // Inside MULTI a redirect shows up as the transaction's abort (a queued command was
+    // redirected), or as an error code in a reply's text; a node just promoted or restarted
+    // answers LOADING or MASTERDOWN for a moment.
     let text = error.to_string();
     [
-        "MOVED",
-        "ASK",
+        "MOVED ",
+        "ASK ",
         "TRYAGAIN",
         "CLUSTERDOWN",
         "EXECABORT",
         "READONLY",
+        "LOADING",
+        "MASTERDOWN",
     ]
     .iter()
-    .any(|word| text.contains(word))
+    .any(|code| text.contains(code))
 }
 
 /// One result for the batch from each stream's: the entries added, or the error that matters
@@ -360,14 +409,20 @@ fn parse_slots(reply: Value, seed: &ConnectionUrl) -> Result<SlotMap, RedisError
         let Value::Array(master) = master else {
             return Err(malformed("a master is not an array"));
         };
-        let [host, port, ..] = master.as_slice() else {
+        let [endpoint, port, rest @ ..] = master.as_slice() else {
             return Err(malformed("a master without host and port"));
         };
-        let host: String = redis::from_redis_value_ref(host)?;
+        let endpoint: Option<String> = redis::from_redis_value_ref(endpoint)?;
         let port: u16 = redis::from_redis_value_ref(port)?;
-        let host = match host.as_str() {
-            "" | "?" => seed_host.clone(),
-            _ => host,
+        // Redis 7 names a node without a usable endpoint `?` or NULL, and may give its `ip` in
+        // the metadata that follows the node id.
+        let ip = rest.get(1).and_then(|metadata| {
+            let pairs: HashMap<String, String> = redis::from_redis_value_ref(metadata).ok()?;
+            pairs.get("ip").cloned()
+        });
+        let host = match endpoint {
+            Some(host) if !host.is_empty() && host != "?" => host,
+            _ => ip.unwrap_or_else(|| seed_host.clone()),
         };
         map.push((first, last, NodeAddress { host, port }));
     }
@@ -410,6 +465,23 @@ mod tests {
         assert_eq!(map[0].0, 0);
         assert_eq!(map[0].2.to_string(), "10.0.0.1:7000");
         assert_eq!(map[1].2.to_string(), "10.1.2.3:7001");
+    }
+
+    #[test]
+    fn a_stream_name_with_a_stray_brace_is_refused_on_a_cluster_and_others_are_not() {
+        let watermark = super::super::watermark_key("t:", "events.a}b", "g");
+        let wrong = split_slot("events.a}b", "t:events.a}b", &watermark).expect("refused");
+        assert!(
+            wrong
+                .to_string()
+                .starts_with("CROSSSLOT: on Redis Cluster t:events.a}b"),
+            "{wrong}"
+        );
+        for name in ["events.ok", "events.{tag}x", "a{b}c"] {
+            let key = format!("t:{name}");
+            let watermark = super::super::watermark_key("t:", name, "g");
+            assert!(split_slot(name, &key, &watermark).is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -111,19 +111,34 @@ pub struct StreamAppend {
 }
 
 /// A stream key that holds something other than a stream: no entry can be appended there
-/// until an operator fixes the key.
+/// until an operator fixes the key. On a Redis Cluster also a stream whose name cannot keep
+/// its watermark in its hash slot ([`WrongType::CROSS_SLOT`]): until its route names another
+/// stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrongType {
     /// The stream's name (without the key prefix), as routes name it.
     pub stream: String,
     /// The Redis key.
     pub key: String,
-    /// What the key holds (`string`, `hash`, …, as `TYPE` says).
+    /// What the key holds (`string`, `hash`, …, as `TYPE` says), or [`WrongType::CROSS_SLOT`].
     pub kind: String,
+}
+
+impl WrongType {
+    /// The `kind` of a stream key with a `}` outside a hash tag on a Redis Cluster: its
+    /// watermark key cannot share its slot, so no transaction can write both.
+    pub const CROSS_SLOT: &'static str = "cross-slot name";
 }
 
 impl std::fmt::Display for WrongType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind == WrongType::CROSS_SLOT {
+            return write!(
+                f,
+                "CROSSSLOT: on Redis Cluster {} cannot keep its watermark in its hash slot (a `}}` outside a `{{…}}` hash tag); route its messages to a stream name without braces",
+                self.key
+            );
+        }
         write!(
             f,
             "WRONGTYPE: {} holds a {}, not a stream",
@@ -517,10 +532,15 @@ impl Sink {
         if !self.is_cluster() {
             return self.append_late_pipelined(writer, late).await;
         }
-        let results = futures_util::future::join_all(
-            late.iter()
-                .map(|append| self.append_late_pipelined(writer, std::slice::from_ref(append))),
-        )
+        let results = futures_util::future::join_all(late.iter().map(|append| async move {
+            let stream = self.stream_key(&append.stream);
+            let watermark = watermark_key(&self.key_prefix, &append.stream, writer.group);
+            if let Some(wrong) = cluster::split_slot(&append.stream, &stream, &watermark) {
+                return Err(SinkError::WrongType(vec![wrong]));
+            }
+            self.append_late_pipelined(writer, std::slice::from_ref(append))
+                .await
+        }))
         .await;
         cluster::merge_results(results)
     }

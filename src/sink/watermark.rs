@@ -147,6 +147,14 @@ impl WatchConnections {
         }
     }
 
+    /// Forgets the idle connections (their server restarted, failed over or closed them).
+    pub(super) fn drop_idle(&self) {
+        self.idle
+            .lock()
+            .expect("watch connection pool poisoned")
+            .clear();
+    }
+
     fn give_back(&self, connection: WatchConnection) {
         self.idle
             .lock()

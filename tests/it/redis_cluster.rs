@@ -545,3 +545,54 @@ async fn wait_replicas_waits_on_each_streams_master() {
     assert!(!log.contains("replica(s) within"), "{log}");
     assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, streams).await, 6000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_that_cannot_keep_its_watermark_in_its_slot_fails_its_messages_not_the_others()
+ {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let toml = format!(
+        "database_url = \"{}\"\nredis_url = \"{}\"\n[redis]\ncluster = true\nkey_prefix = \"t:\"\n\
+         [relay]\nidle_poll_ms = 5\n[[groups]]\nname = \"g\"\n[[groups.routes]]\ntopics = [\"*\"]\n\
+         handler = \"forward\"\nstream = \"events.{{key}}\"\nmax_attempts = 1\n",
+        db.url,
+        cluster.seed_url()
+    );
+    let ids = crate::harness::relay::publish_messages(
+        &db.pool,
+        vec![
+            outbox_relay::Message::new("t", serde_json::json!({"n": 0})).key("a}b"),
+            outbox_relay::Message::new("t", serde_json::json!({"n": 1})).key("ok"),
+            outbox_relay::Message::new("t", serde_json::json!({"n": 2})).key("ok"),
+        ],
+        false,
+    )
+    .await;
+    let relay = crate::harness::relay::InProcessRelay::start(&toml).await;
+    let (status, error): (String, String) = eventually(
+        Duration::from_secs(30),
+        "the brace key's message dead",
+        || async {
+            sqlx::query_as(
+                "SELECT d.status, coalesce(d.last_error, '') FROM outbox.deliveries d \
+                  WHERE d.message_id = $1 AND d.status = 'dead'",
+            )
+            .bind(ids[0])
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(status, "dead");
+    assert!(error.contains("CROSSSLOT"), "{error}");
+    eventually(
+        Duration::from_secs(30),
+        "the other key's messages",
+        || async { (cluster.numbers("t:events.ok").await == [1, 2]).then_some(()) },
+    )
+    .await;
+    relay.stop().await;
+}
