@@ -49,18 +49,19 @@ impl ConnectionUrl {
 
     /// The same scheme, credentials, path and query, another host and port: a Redis Cluster
     /// node the seed told about. An IPv6 host is bracketed.
-    pub fn with_host_port(&self, host: &str, port: u16) -> ConnectionUrl {
+    /// Fails when `host` is not one a URL can carry.
+    pub fn with_host_port(&self, host: &str, port: u16) -> Result<ConnectionUrl, String> {
         let mut url = url::Url::parse(&self.0).expect("checked when parsed");
-        let host = if host.contains(':') && !host.starts_with('[') {
+        let bracketed = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
         } else {
             host.to_owned()
         };
-        // A host this relay was told by a cluster node: if it is not one a URL can carry, keep
-        // the seed's and let connecting say what is wrong.
-        let _ = url.set_host(Some(&host));
-        let _ = url.set_port(Some(port));
-        ConnectionUrl(url.to_string())
+        url.set_host(Some(&bracketed))
+            .map_err(|e| format!("`{host}` is not a host a URL can name ({e})"))?;
+        url.set_port(Some(port))
+            .map_err(|()| format!("a {} URL cannot carry a port", url.scheme()))?;
+        Ok(ConnectionUrl(url.to_string()))
     }
 
     /// True for `rediss://` (Redis over TLS).
@@ -210,6 +211,16 @@ pub fn redact_headers<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cluster_node_url_keeps_scheme_and_credentials() {
+        let seed = ConnectionUrl::parse("rediss://u:p@10.0.0.1:7000/0", &["rediss"]).unwrap();
+        let node = seed.with_host_port("10.0.0.2", 7001).unwrap();
+        assert_eq!(node.expose(), "rediss://u:p@10.0.0.2:7001/0");
+        let v6 = seed.with_host_port("fe80::1", 7002).unwrap();
+        assert_eq!(v6.expose(), "rediss://u:p@[fe80::1]:7002/0");
+        assert!(seed.with_host_port("bad host", 7003).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -178,7 +178,16 @@ impl Cluster {
 
     /// A plain client for one master (same scheme, credentials and certificates as the seed).
     pub(super) fn client_for(&self, node: &NodeAddress) -> Result<redis::Client, RedisError> {
-        let url = self.template.with_host_port(&node.host, node.port);
+        let url = self
+            .template
+            .with_host_port(&node.host, node.port)
+            .map_err(|problem| {
+                RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "a cluster node's address",
+                    format!("{node}: {problem}"),
+                ))
+            })?;
         super::client(&url, self.certificates.clone())
     }
 
