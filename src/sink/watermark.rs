@@ -242,6 +242,13 @@ impl WatchConnections {
                 continue;
             }
             if let Some(refusal) = refusal(keys, appends, &marks) {
+                // Kept marks may be behind what another connection wrote since (a repair):
+                // a refusal, like "nothing new", is only given on marks read now.
+                if from_cache {
+                    marks = watch(connection, keys).await?;
+                    from_cache = false;
+                    continue;
+                }
                 unwatch(connection).await?;
                 return Err(refusal);
             }
