@@ -303,6 +303,19 @@ impl Cluster {
                         tracing::debug!(%error, "could not reload the slot map yet");
                     }
                 }
+                Err(
+                    error @ (SinkError::Redis(_)
+                    | SinkError::NotReplicated { .. }
+                    | SinkError::Contended { .. }),
+                ) => {
+                    // The batch's error names neither the stream nor its master: this does.
+                    let master = self.master_of(&keys[0].stream);
+                    tracing::warn!(stream = %appends[0].stream,
+                        master = %master.map_or_else(|| "none".to_owned(), |m| m.to_string()),
+                        attempts = attempt, error = %crate::telemetry::error_text(&error),
+                        "append to a cluster master failed");
+                    return Err(error);
+                }
                 other => return other,
             }
         }
