@@ -596,3 +596,52 @@ async fn a_stream_name_that_cannot_keep_its_watermark_in_its_slot_fails_its_mess
     .await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_paused_past_its_lease_is_fenced_on_every_master() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let prefix = "t:".to_owned();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &cluster_toml(
+            &db,
+            &cluster.seed_url(),
+            &prefix,
+            "idle_poll_ms = 2\nbatch_size = 60\nlease_ttl_ms = 400",
+        ),
+    );
+    let streams = 6;
+    let masters: std::collections::HashSet<u16> = (0..streams)
+        .map(|s| cluster.master_of(&format!("{prefix}s.t{s}")))
+        .collect();
+    assert_eq!(masters.len(), 3, "the streams are on every master");
+    publish(&db, 0, 3000, streams, 20).await;
+    let stale = RelayProcess::start(&config, "stale");
+    eventually(
+        Duration::from_secs(20),
+        "the stale relay appending",
+        || async { (delivered(&cluster, &prefix, streams).await > 0).then_some(()) },
+    )
+    .await;
+    stale.signal("STOP");
+    let fresh = RelayProcess::start(&config, "fresh");
+    publish(&db, 3000, 3000, streams, 20).await;
+    wait_for_all(&cluster, &prefix, streams, 6000, Duration::from_secs(60)).await;
+    stale.signal("CONT");
+    eventually(
+        Duration::from_secs(10),
+        "the stale relay noticing",
+        || async { stale.log().contains("lease lost").then_some(()) },
+    )
+    .await;
+    publish(&db, 6000, 600, streams, 20).await;
+    wait_for_all(&cluster, &prefix, streams, 6600, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stale.terminate(Duration::from_secs(10)).await;
+    fresh.terminate(Duration::from_secs(10)).await;
+    assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, streams).await, 6600);
+}

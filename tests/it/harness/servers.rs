@@ -244,25 +244,59 @@ impl PrivateRedis {
     /// A node for a Redis Cluster (not yet part of one): `--cluster-enabled yes`, its node
     /// table in its own directory, a 1 s node timeout so a failover takes seconds.
     /// The cluster bus gets a free port of its own (by default it is the port + 10000, which
-    /// may be taken, or past 65535).
+    /// may be taken, or past 65535). Both ports must be listening before the next node picks
+    /// its own (a free port is only free until someone binds it); else again on other ports.
     pub fn start_cluster_node() -> PrivateRedis {
-        let bus = free_port().to_string();
-        PrivateRedis::start_with(
-            false,
-            &[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus,
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                // A replica's first sync starts at once (by default the master waits 5 s).
-                "--repl-diskless-sync-delay",
-                "0",
-            ],
-        )
+        for _ in 0..5 {
+            let bus = free_port();
+            let bus_text = bus.to_string();
+            let mut redis = PrivateRedis::not_started(
+                false,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_text,
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica's first sync starts at once (by default the master waits 5 s).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+            );
+            if redis.try_spawn() && redis.listens_on(bus) {
+                return redis;
+            }
+            eprintln!(
+                "cluster node could not start on {} / {bus}; other ports",
+                redis.port
+            );
+            redis.kill9();
+        }
+        panic!("a cluster node did not start on any of 5 pairs of free ports");
+    }
+
+    /// Whether the server, still running, listens on `port` within 10 s.
+    fn listens_on(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {
