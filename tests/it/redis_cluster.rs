@@ -645,3 +645,77 @@ async fn a_relay_paused_past_its_lease_is_fenced_on_every_master() {
     fresh.terminate(Duration::from_secs(10)).await;
     assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, streams).await, 6600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_acknowledging_holds_the_cursor_until_it_comes_back() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let prefix = "t:".to_owned();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &cluster_toml(
+            &db,
+            &cluster.seed_url(),
+            &prefix,
+            "idle_poll_ms = 5\nmax_backoff_ms = 200",
+        )
+        .replace(
+            "[redis]\n",
+            "[redis]\nwait_replicas = 1\nwait_timeout_ms = 300\n",
+        ),
+    );
+    // One stream, so the cursor can only pass what its master's replica acknowledged.
+    let stream_master = cluster.master_of(&format!("{prefix}s.t0"));
+    let replica = cluster.replica_of(stream_master);
+    let relay = RelayProcess::start(&config, "relay");
+    eventually(Duration::from_secs(20), "the group's row", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox.consumer_groups")
+            .fetch_one(&db.pool)
+            .await
+            .ok()
+            .filter(|n| *n == 1)
+    })
+    .await;
+    let cursor = || async {
+        sqlx::query_scalar::<_, i64>("SELECT cursor_seq FROM outbox.consumer_groups")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let before = cursor().await;
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .signal("STOP");
+    publish(&db, 0, 100, 1, 20).await;
+    eventually(
+        Duration::from_secs(20),
+        "appended to the master",
+        || async { (delivered(&cluster, &prefix, 1).await == 100).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cursor().await,
+        before,
+        "no replica acknowledged: the cursor waits"
+    );
+    assert!(relay.log().contains("0 of 1 replica(s)"), "{}", relay.log());
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .signal("CONT");
+    eventually(Duration::from_secs(30), "the cursor moves", || async {
+        (cursor().await > before).then_some(())
+    })
+    .await;
+    relay.terminate(Duration::from_secs(10)).await;
+    assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, 1).await, 100);
+}
