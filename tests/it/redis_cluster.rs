@@ -54,6 +54,14 @@ async fn numbers_by_stream(cluster: &PrivateCluster, prefix: &str, streams: u64)
     all
 }
 
+async fn xlen(cluster: &PrivateCluster, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut cluster.connection().await)
+        .await
+        .unwrap()
+}
+
 async fn delivered(cluster: &PrivateCluster, prefix: &str, streams: u64) -> u64 {
     let mut connection = cluster.connection().await;
     let mut total = 0;
@@ -718,4 +726,60 @@ async fn a_replica_that_stops_acknowledging_holds_the_cursor_until_it_comes_back
     .await;
     relay.terminate(Duration::from_secs(10)).await;
     assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, 1).await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_copies_go_through_a_failover_of_their_master_exactly_once() {
+    let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    // Keys with a stray `}` make every message dead at once (CROSSSLOT, max_attempts = 1), so
+    // each one becomes a late entry: its dead-letter copy, appended by token.
+    let toml = format!(
+        "database_url = \"{}\"\nredis_url = \"{}\"\n[redis]\ncluster = true\nkey_prefix = \"t:\"\n\
+         wait_replicas = 1\nwait_timeout_ms = 2000\n[relay]\nidle_poll_ms = 5\nmax_backoff_ms = 200\n\
+         [[groups]]\nname = \"g\"\ndead_letter_stream = \"dead\"\n[[groups.routes]]\ntopics = [\"*\"]\n\
+         handler = \"forward\"\nstream = \"events.{{key}}\"\nmax_attempts = 1\n",
+        db.url,
+        cluster.seed_url()
+    );
+    let publish_dead = |from: u64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "SELECT outbox.publish('t', jsonb_build_object('n', n), 'k}' || n) \
+                   FROM generate_series($1::bigint, $1::bigint + 49) AS n",
+            )
+            .bind(from as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    publish_dead(0).await;
+    let relay = crate::harness::relay::InProcessRelay::start(&toml).await;
+    eventually(Duration::from_secs(30), "50 dead-letter copies", || async {
+        (xlen(&cluster, "t:dead").await == 50).then_some(())
+    })
+    .await;
+    let master = cluster.master_of("t:dead");
+    let replica = cluster.replica_of(master);
+    cluster.node(master).kill9();
+    tokio::task::block_in_place(|| cluster.wait_for_promotion(replica, Duration::from_secs(20)));
+    publish_dead(50).await;
+    eventually(
+        Duration::from_secs(60),
+        "100 dead-letter copies",
+        || async { (xlen(&cluster, "t:dead").await >= 100).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.stop().await;
+    let numbers = cluster.numbers("t:dead").await;
+    let mut sorted = numbers.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), numbers.len(), "no copy twice: {numbers:?}");
+    assert_eq!(sorted, (0..100).collect::<Vec<u64>>(), "every copy once");
 }
