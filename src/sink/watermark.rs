@@ -273,8 +273,9 @@ impl WatchConnections {
             let mut replies = replies.drain(..);
             let exec = replies.next().expect("counted");
             let waited = wait.map(|w| (w, replies.next().expect("counted")));
-            marks = read_marks(replies, keys)?;
-            from_cache = false;
+            // Read behind the EXEC; looked at only once the EXEC's own outcome is dealt with,
+            // so a failure here (a slot moving right after the EXEC) cannot skip a repair.
+            let read_again = read_marks(replies, keys);
             let results = match exec {
                 // A watched watermark changed since the WATCH: plan again on what was read.
                 Value::Nil => {
@@ -282,6 +283,8 @@ impl WatchConnections {
                         group = writer.group,
                         "a watched watermark changed; reading it again"
                     );
+                    marks = read_again?;
+                    from_cache = false;
                     continue;
                 }
                 Value::Array(results) => results,
@@ -293,21 +296,23 @@ impl WatchConnections {
             if !failed.is_empty() {
                 // Our own repair writes a watched key: watch afresh next time.
                 self.restore_marks(connection, keys, &failed).await?;
+                let kinds = read_again.ok();
                 return Err(SinkError::WrongType(
                     failed
                         .iter()
                         .map(|f| WrongType {
                             stream: appends[f.index].stream.clone(),
                             key: keys[f.index].stream.clone(),
-                            kind: marks[f.index]
-                                .wrong_type
-                                .clone()
+                            kind: kinds
+                                .as_ref()
+                                .and_then(|marks| marks[f.index].wrong_type.clone())
                                 .unwrap_or_else(|| f.error.clone()),
                         })
                         .collect(),
                 ));
             }
-            watch_connection.watching = Some(watching(keys, marks));
+            // Without what the WATCH read, the next append starts at step 1.
+            watch_connection.watching = read_again.ok().map(|marks| watching(keys, marks));
             if let Some((wait, reply)) = waited {
                 wait.check(reply)?;
             }
