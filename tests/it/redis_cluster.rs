@@ -783,3 +783,39 @@ async fn dead_letter_copies_go_through_a_failover_of_their_master_exactly_once()
     assert_eq!(sorted.len(), numbers.len(), "no copy twice: {numbers:?}");
     assert_eq!(sorted, (0..100).collect::<Vec<u64>>(), "every copy once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_masters_close_as_idle_cost_no_failed_step() {
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    for node in &cluster.nodes {
+        cluster.cli(node.port, &["config", "set", "timeout", "1"]);
+    }
+    let db = TestDb::new().await;
+    let prefix = "t:".to_owned();
+    let dir = TempDir::new(&db.name);
+    let config = dir.write(
+        "relay.toml",
+        &cluster_toml(&db, &cluster.seed_url(), &prefix, "idle_poll_ms = 5"),
+    );
+    let streams = 6;
+    let relay = RelayProcess::start(&config, "relay");
+    for round in 0..3u64 {
+        publish(&db, round * 600, 600, streams, 20).await;
+        wait_for_all(
+            &cluster,
+            &prefix,
+            streams,
+            (round + 1) * 600,
+            Duration::from_secs(30),
+        )
+        .await;
+        // Long enough for every master to close the relay's idle watch connections.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    let log = relay.log();
+    relay.terminate(Duration::from_secs(10)).await;
+    assert!(!log.contains("relay step failed"), "{log}");
+    assert_exactly_once_in_key_order(&numbers_by_stream(&cluster, &prefix, streams).await, 1800);
+}
