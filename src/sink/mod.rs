@@ -425,6 +425,9 @@ impl Sink {
                     .await
                     .map_err(fail)?;
                 check_cluster_setting(url, &mut connection.clone(), false).await?;
+                if let Some(wait) = wait {
+                    warn_if_too_few_replicas(&url.to_string(), &mut connection.clone(), wait).await;
+                }
                 Backend::Single {
                     connection,
                     watch: Arc::new(WatchConnections::new(client, watch_config)),
@@ -438,6 +441,17 @@ impl Sink {
                     Cluster::connect(&all, certificates, settings.response_timeout, watch_config)
                         .await
                         .map_err(fail)?;
+                if let Some(wait) = wait {
+                    for master in cluster.masters() {
+                        if let Ok(client) = cluster.client_for(&master)
+                            && let Ok(mut connection) =
+                                client.get_multiplexed_async_connection().await
+                        {
+                            warn_if_too_few_replicas(&master.to_string(), &mut connection, wait)
+                                .await;
+                        }
+                    }
+                }
                 Backend::Cluster(Arc::new(cluster))
             }
         };
@@ -780,6 +794,34 @@ where
         cause: cause.to_owned(),
         transient: false,
     })
+}
+
+/// A WARN when the server (a cluster's master) has fewer connected replicas than
+/// `[redis] wait_replicas`: every append to it would come back short until one connects.
+async fn warn_if_too_few_replicas<C>(server: &str, connection: &mut C, wait: ReplicaWait)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let Ok(info) = redis::cmd("INFO")
+        .arg("replication")
+        .query_async::<String>(connection)
+        .await
+    else {
+        return;
+    };
+    let connected = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if connected < wait.replicas {
+        tracing::warn!(
+            server,
+            connected,
+            wait_replicas = wait.replicas,
+            "fewer replicas connected than [redis] wait_replicas: appends will wait and be retried until enough acknowledge them"
+        );
+    }
 }
 
 /// [`check_cluster_setting`] against the first seed that answers (`[redis] cluster = true`).

@@ -334,3 +334,33 @@ async fn wait_replicas_holds_the_cursor_until_a_replica_acknowledges() {
     drop(replica);
     assert_numbered_exactly_once(&redis, 50).await;
 }
+
+#[tokio::test]
+async fn too_few_replicas_for_wait_replicas_is_a_warning_at_connect() {
+    let db = TestDb::new().await;
+    let server = PrivateRedis::start();
+    let dir = TempDir::new("few-replicas");
+    let config = dir.write(
+        "relay.toml",
+        &format!(
+            "database_url = \"{}\"\nredis_url = \"{}\"\n[redis]\nwait_replicas = 1\n",
+            db.url,
+            server.url()
+        ),
+    );
+    let out = crate::harness::cli::run(crate::harness::cli::outbox_relay().args([
+        "config",
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--connect",
+    ]));
+    assert!(
+        out.stderr
+            .contains("fewer replicas connected than [redis] wait_replicas"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stderr.contains("connected=0"), "{}", out.stderr);
+}
