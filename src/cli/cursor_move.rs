@@ -94,7 +94,11 @@ pub async fn move_cursor(
     let replay_generation = if dry_run || to == from && !forget_deliveries {
         None
     } else {
-        Some(store::consumer_groups_move_cursor(&mut tx, group, to).await?)
+        let back_only = matches!(
+            target,
+            Target::After(_) | Target::Message(_) | Target::Since(_)
+        );
+        Some(store::consumer_groups_move_cursor(&mut tx, group, to, back_only).await?)
     };
     if dry_run {
         tx.rollback().await?;

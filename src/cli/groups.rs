@@ -1,7 +1,10 @@
 //! `outbox-relay groups list|pause|resume|reset`
 
-use outbox_relay::config::Config;
-use outbox_relay::store::{self, GroupStatus};
+use std::collections::HashSet;
+
+use outbox_relay::config::{Config, MAX_PARTITIONS};
+use outbox_relay::relay::{OrderingMode, Partition, partition_of};
+use outbox_relay::store::{self, GroupStatus, NewSplit};
 
 use super::cursor_move::{self, Target};
 
@@ -46,6 +49,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Split a group into another number of key partitions (`[[groups]] partitions`): stop
+    /// its relays first. Every new partition starts at the furthest cursor of the old ones;
+    /// messages an old partition had not reached, and every retrying, blocked or dead
+    /// delivery, become delivery rows of their new partition, so nothing is skipped or sent
+    /// twice and each key keeps its order. Then start the relays with the new `partitions`.
+    ///
+    /// Example: outbox-relay groups repartition webhooks --partitions 16 --dry-run
+    Repartition {
+        /// The consumer group.
+        group: String,
+        /// The new number of partitions (1: unpartitioned).
+        #[arg(long)]
+        partitions: u64,
+        #[command(flatten)]
+        confirm: super::Confirm,
+    },
 }
 
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
@@ -53,6 +72,19 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::List { json } => list(config, json).await,
         Command::Pause { group } => pause(config, &group, true).await,
         Command::Resume { group } => pause(config, &group, false).await,
+        Command::Repartition {
+            group,
+            partitions,
+            confirm,
+        } => {
+            if !(1..=MAX_PARTITIONS).contains(&partitions) {
+                return Err(super::usage(format!(
+                    "--partitions {partitions} is out of range: between 1 and {MAX_PARTITIONS}"
+                )));
+            }
+            let dry_run = confirm.dry_run("groups repartition rewrites the group's rows")?;
+            repartition(config, &group, partitions as u32, dry_run).await
+        }
         Command::Reset {
             group,
             to_start,
@@ -86,8 +118,9 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
 async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let pool = store::connect(&config.database_url, 1).await?;
     let groups = store::consumer_groups_status(&pool, None).await;
+    let members = store::group_members_list(&pool, None).await;
     pool.close().await;
-    let groups = groups?;
+    let (groups, members) = (groups?, members?);
     if json {
         outln!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
@@ -121,6 +154,7 @@ async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         ]);
     }
     outln!("{table}");
+    super::status::print_members(&members);
     Ok(())
 }
 
@@ -174,6 +208,121 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
         (false, true) => {
             outln!("group `{group}` resumed; a relay takes it at its next lease attempt")
         }
+    }
+    Ok(())
+}
+
+/// `groups repartition`: one transaction (see `store::repartition`).
+async fn repartition(
+    config: &Config,
+    group: &str,
+    partitions: u32,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    // Blocked rows follow the group's ordering (`none`: nothing waits; `key` and `strict`: a
+    // key's later messages wait behind its earlier ones).
+    let ordering = config
+        .groups
+        .iter()
+        .find(|g| g.name == group)
+        .map_or(OrderingMode::Key, |g| g.ordering);
+    let pool = store::connect(&config.database_url, 1).await?;
+    let mut tx = pool.begin().await?;
+    let rows = store::consumer_groups_lock_all(&mut tx, group).await?;
+    let current: Vec<_> = rows.iter().filter(|r| !r.retired).collect();
+    let Some(first) = current.first() else {
+        let known = store::consumer_groups_names(&mut *tx).await?;
+        return Err(super::unknown_group(group, &known));
+    };
+    let before = first.partitions as u32;
+    if before == partitions {
+        outln!("group `{group}` has {partitions} partition(s) already; nothing to do");
+        return Ok(());
+    }
+    // Only a relay that stopped cleanly (SIGTERM) has landed everything it appended: one that
+    // died may have appended entries its cursor does not show, which the old partition's
+    // watermark would skip but a new partition would send again.
+    if let Some(held) = current.iter().find(|r| r.lease_owner.is_some()) {
+        let how = if held.leased {
+            "holds"
+        } else {
+            "did not release (it died, or is still stopping)"
+        };
+        return Err(super::usage(format!(
+            "relay {} {how} the lease of `{}`: stop every relay running group `{group}` with SIGTERM; one that died must be started again with `partitions = {before}` and stopped cleanly, so what it appended is committed",
+            held.lease_owner.as_deref().unwrap_or("?"),
+            held.name
+        )));
+    }
+    let cursor = current.iter().map(|r| r.cursor).max().unwrap_or_default();
+    let names: Vec<String> = if partitions == 1 {
+        vec![group.to_owned()]
+    } else {
+        (0..partitions)
+            .map(|index| {
+                Partition {
+                    index,
+                    count: partitions,
+                }
+                .row_name(group)
+            })
+            .collect()
+    };
+    let row_of = |id: uuid::Uuid, key: Option<&str>| -> &str {
+        &names[partition_of(key, id, partitions) as usize]
+    };
+    let deliveries = store::deliveries_of_group(&mut tx, group).await?;
+    let mut parked: HashSet<&str> = deliveries
+        .iter()
+        .filter(|(_, _, status)| status != "dead")
+        .filter_map(|(_, key, _)| key.as_deref())
+        .collect();
+    let not_reached = store::messages_not_reached(&mut tx, group, cursor).await?;
+    let mut split = NewSplit {
+        partitions,
+        cursor,
+        paused: current.iter().any(|r| r.paused),
+        moves: deliveries
+            .iter()
+            .map(|(id, key, _)| (*id, row_of(*id, key.as_deref())))
+            .collect(),
+        not_reached: Vec::with_capacity(not_reached.len()),
+    };
+    for (id, key) in &not_reached {
+        let waits =
+            ordering != OrderingMode::None && key.as_deref().is_some_and(|key| !parked.insert(key));
+        let status = if waits { "blocked" } else { "retrying" };
+        split
+            .not_reached
+            .push((*id, row_of(*id, key.as_deref()), status));
+    }
+    store::consumer_groups_repartition(&mut tx, group, &split).await?;
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    pool.close().await;
+    let blocked = split
+        .not_reached
+        .iter()
+        .filter(|n| n.2 == "blocked")
+        .count();
+    let verb = if dry_run { "would split" } else { "split" };
+    outln!(
+        "group `{group}`: {verb} into {partitions} partition(s) (was {before}), every one starting at {cursor}"
+    );
+    outln!(
+        "  {} message(s) not reached by their old partition become delivery rows of their new one ({} due now, {blocked} blocked behind an earlier message of their key)",
+        split.not_reached.len(),
+        split.not_reached.len() - blocked
+    );
+    outln!(
+        "  {} retrying/blocked/dead delivery row(s) moved to their new partition",
+        split.moves.len()
+    );
+    if !dry_run {
+        outln!("  now start the relays of `{group}` with `partitions = {partitions}`");
     }
     Ok(())
 }

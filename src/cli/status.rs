@@ -1,7 +1,7 @@
 //! `outbox-relay status`
 
 use outbox_relay::config::Config;
-use outbox_relay::store::{self, GroupStatus, XminHolder};
+use outbox_relay::store::{self, GroupMember, GroupStatus, XminHolder};
 
 /// Shows every consumer group: cursor, lag (messages and age of the oldest), lease owner, and
 /// the open transaction holding delivery back, if any.
@@ -20,6 +20,8 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct Status {
     groups: Vec<GroupStatus>,
+    /// The relays running partitioned groups (heartbeats in `outbox.group_members`).
+    members: Vec<GroupMember>,
     xmin_holder: Option<XminHolder>,
     /// Whether `outbox-relay notify on` installed the NOTIFY trigger.
     notify_trigger: bool,
@@ -35,9 +37,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         None
     };
     let notify_trigger = store::notify_trigger_installed(&pool).await?;
+    let members = store::group_members_list(&pool, args.group.as_deref()).await?;
     pool.close().await;
     let status = Status {
         groups,
+        members,
         xmin_holder,
         notify_trigger,
     };
@@ -86,6 +90,7 @@ fn print_table(status: &Status) {
         ]);
     }
     outln!("{table}");
+    print_members(&status.members);
     if let Some(holder) = &status.xmin_holder {
         let who = match (&holder.pid, &holder.prepared_gid) {
             (_, Some(gid)) => format!("prepared transaction '{gid}'"),
@@ -99,5 +104,29 @@ fn print_table(status: &Status) {
     }
     if status.notify_trigger {
         outln!("NOTIFY trigger installed (wakeup = \"notify\" relays wake on commit)");
+    }
+}
+
+/// One line per partitioned group: its live members, and those that stopped heartbeating.
+pub fn print_members(members: &[GroupMember]) {
+    let mut groups: Vec<&str> = members.iter().map(|m| m.group.as_str()).collect();
+    groups.dedup();
+    for group in groups {
+        let of = |alive: bool| -> Vec<&str> {
+            members
+                .iter()
+                .filter(|m| m.group == group && m.alive == alive)
+                .map(|m| m.member.as_str())
+                .collect()
+        };
+        let (live, gone) = (of(true), of(false));
+        let mut line = format!("members of {group}: {}", live.len());
+        if !live.is_empty() {
+            line.push_str(&format!(" ({})", live.join(", ")));
+        }
+        if !gone.is_empty() {
+            line.push_str(&format!("; stopped heartbeating: {}", gone.join(", ")));
+        }
+        outln!("{line}");
     }
 }

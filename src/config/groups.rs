@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::check::positive_ms;
 use super::suggest::{closest, one_of, unknown_value};
 use super::{
-    ConfigErrors, DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, RawGroup, RawRoute,
+    ConfigErrors, DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, MAX_PARTITIONS,
+    RawGroup, RawRoute,
 };
 use crate::handler::exec::ExecHandler;
 use crate::handler::http::HttpHandler;
@@ -79,8 +80,20 @@ pub(super) fn check_groups(raw: &[RawGroup], errors: &mut ConfigErrors) -> Vec<G
                 DEFAULT_MAX_IN_FLIGHT
             }
         };
+        let partitions = match group.partitions {
+            None => 1,
+            Some(n @ 1..=MAX_PARTITIONS) => n as u32,
+            Some(n) => {
+                errors.push(
+                    &format!("{at}.partitions"),
+                    format!("{n} is out of range: between 1 and {MAX_PARTITIONS}"),
+                );
+                1
+            }
+        };
         groups.push(GroupConfig {
             name: group.name.clone(),
+            partitions,
             routes,
             ordering,
             dead_letter_stream: group.dead_letter_stream.clone(),

@@ -25,8 +25,8 @@ pub use crate::redact::{
     ConnectionUrl, REDACTED, WebhookUrl, redact_headers, redact_url, redact_webhook_url,
 };
 pub use crate::relay::{
-    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
-    Wakeup,
+    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, MAX_PARTITIONS, NOTIFY_FALLBACK_POLL,
+    RelaySettings, Wakeup,
 };
 pub use crate::sink::{ClusterSeeds, RedisClientCert, RedisSettings, RedisTls};
 pub use embed::RelayFromConfigError;

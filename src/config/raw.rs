@@ -179,6 +179,10 @@ pub struct RawGroup {
     /// key one after another, different keys concurrently.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u64>,
+    /// How many key partitions the group is split into (default 1: one relay at a time runs
+    /// it). With N > 1 the relays running the group share its N partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u64>,
     /// `[[groups.routes]]`: topic patterns and what to do with them, first match wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,

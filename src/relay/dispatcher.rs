@@ -15,6 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::entry_fields::{EntryFields, traceparent};
 use super::ordering::OrderingMode;
+use super::partition::Partition;
 use super::route::{Action, Route, route_for};
 use crate::handler::{DecodedMessage, Handler, HandlerError};
 use crate::json;
@@ -39,6 +40,9 @@ pub struct Dispatcher {
     pub entry_fields: EntryFields,
     /// How many handler calls may run at once (`[[groups]] max_in_flight`).
     pub max_in_flight: usize,
+    /// The partition it handles, for a partitioned group: messages of the others are passed
+    /// over.
+    pub partition: Option<Partition>,
 }
 
 /// Why a message produced nothing without failing.
@@ -86,7 +90,19 @@ impl Dispatcher {
             jitter: rand::random::<f64>,
             entry_fields: EntryFields::default(),
             max_in_flight: super::DEFAULT_MAX_IN_FLIGHT,
+            partition: None,
         }
+    }
+
+    /// The same dispatcher handling only the messages of `partition`.
+    pub fn with_partition(mut self, partition: Option<Partition>) -> Dispatcher {
+        self.partition = partition;
+        self
+    }
+
+    /// Whether `row` is this dispatcher's to handle (always, unless partitioned).
+    pub fn owns(&self, row: &OutboxRow) -> bool {
+        self.partition.is_none_or(|p| p.owns(row))
     }
 
     /// The same dispatcher decoding rows through `registry`.

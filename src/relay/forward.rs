@@ -14,7 +14,7 @@ use super::active::{Active, AppendFailure, Lease, lost_lease};
 use super::group::{Group, Step, latencies};
 use super::plan::BatchPlan;
 use super::prefetch::{PendingAdvance, Prefetch};
-use super::tail::ReadResult;
+use super::tail::{Read, ReadResult};
 use crate::position::Position;
 use crate::sink::{LateAppend, SinkError, StreamAppend, Writer};
 use crate::store::{self, OutboxRow};
@@ -148,28 +148,29 @@ impl Active {
     async fn forward_batch(&mut self, group: &Group, admit: Admit) -> Result<Step, RelayError> {
         let started = Instant::now();
         let batch_size = group.settings.batch_size;
-        let mut read = None;
+        let mut read_full = false;
         if admit == Admit::Yes && self.window_has_room(group) && !self.window.is_halted() {
             let from = self.window.read_through().unwrap_or(self.lease.cursor);
             let rows = self
                 .read_batch(group, from)
                 .await
                 .map_err(group.store_error("read the outbox"))?;
-            let Some(rows) = rows else {
+            let Some(Read { rows, full }) = rows else {
                 return Ok(lost_lease(group, &self.lease, "outbox read fenced"));
             };
-            if rows.len() >= batch_size
+            if full
                 && self.prefetch.is_none()
                 && let Some(last) = rows.last()
             {
                 self.prefetch = Some(Prefetch::start(
                     &group.tail,
                     &group.name,
+                    group.partition(),
                     last.position,
-                    batch_size,
+                    group.read_limit(),
                 ));
             }
-            read = Some(rows.len());
+            read_full = full;
             if !rows.is_empty() {
                 let recorded = self.recorded_among(group, &rows).await?;
                 self.stalls.forwarding();
@@ -198,7 +199,7 @@ impl Active {
             .map_err(group.registry_error())?;
         if !self.window.head_finished() {
             // A full read: read on while the calls run, rather than wait for them.
-            if read == Some(batch_size) && self.window_has_room(group) {
+            if read_full && self.window_has_room(group) {
                 return Ok(Step::Busy);
             }
             // Until a call finishes, the lease keeper finds the lease gone (the next step
@@ -258,7 +259,7 @@ impl Active {
             // found and left alone).
             Settled::Redone => return Ok(Step::Busy),
         }
-        let more = rows.len() >= batch_size || plan.handled < rows.len();
+        let more = read_full || rows.len() >= batch_size || plan.handled < rows.len();
         if plan.is_clean(rows.len()) {
             self.marks.expect(&mut plan.appends);
             let appending = PendingAppend::send(group, &self.lease, rows, plan, times, started);
@@ -398,7 +399,7 @@ impl Active {
         }
         group
             .tail
-            .read(&group.name, from, group.settings.batch_size)
+            .read(&group.name, group.partition(), from, group.read_limit())
             .await
     }
 }

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::RelayError;
 use super::active::{Active, Lease};
 use super::dispatcher::Dispatcher;
+use super::membership::Seat;
+use super::partition::Partition;
 use super::plan::Tally;
 use super::tail::SharedTail;
 use super::wakeup::{CHASE_POLL, Wakeup};
@@ -48,6 +50,9 @@ pub(super) struct Group {
     pub key_prefix: String,
     /// The process's shared reads of the outbox (one read serves every group at the head).
     pub tail: Arc<SharedTail>,
+    /// For a partition of a partitioned group (`name` is then the partition's row,
+    /// `<group>/<index>`): which one, and whether this relay is assigned it.
+    pub seat: Option<Seat>,
 }
 
 /// One consumer group's worker: its [`Group`] and its [`State`], driven one
@@ -281,6 +286,10 @@ impl GroupWorker {
     /// active state's step. A step that finds the lease gone drops the active state: this is
     /// the one place a worker leaves it, and everything in flight goes with it.
     pub async fn step(&mut self) -> Result<Step, RelayError> {
+        if !self.group.is_assigned() {
+            self.hand_over().await;
+            return Ok(Step::Standby);
+        }
         let State::Active(active) = &mut self.state else {
             return self.try_acquire().await;
         };
@@ -326,6 +335,20 @@ impl GroupWorker {
         Ok(repaired.unwrap_or(Step::Busy))
     }
 
+    /// A partition no longer assigned to this relay: its work in flight finishes and is
+    /// committed (within `shutdown_grace`; what is left then is abandoned, unmarked, as at a
+    /// shutdown), then the lease goes, for the relay it is assigned to now.
+    async fn hand_over(&mut self) {
+        let State::Active(active) = &mut self.state else {
+            return;
+        };
+        let grace_ends = Instant::now() + self.group.settings.shutdown_grace;
+        active.finish_window(&self.group, grace_ends).await;
+        self.release().await;
+        tracing::info!(group = %self.group.name, owner = %self.group.owner,
+            "partition assigned to another relay: handed over once its work in flight was committed");
+    }
+
     /// Gives the lease up so a standby takes over at once; best effort (it expires anyway).
     async fn release(&mut self) {
         if let State::Active(active) = &mut self.state {
@@ -356,6 +379,27 @@ async fn say_standing_by(group: &Group) {
 }
 
 impl Group {
+    /// The partition this worker runs, for a partitioned group.
+    pub(super) fn partition(&self) -> Option<Partition> {
+        self.seat.as_ref().map(|seat| seat.partition)
+    }
+
+    /// How many rows a read of the outbox takes: a batch, or for a partition the rows in which
+    /// about a batch are its own (`batch_size` × partitions, at most 16 batches), so each
+    /// partition's appends and cursor updates stay batch-sized.
+    pub(super) fn read_limit(&self) -> usize {
+        let batch_size = self.settings.batch_size;
+        match self.partition() {
+            Some(partition) => batch_size.saturating_mul(partition.count.min(16) as usize),
+            None => batch_size,
+        }
+    }
+
+    /// Whether this relay may hold the lease: always, unless a partition assigned elsewhere.
+    fn is_assigned(&self) -> bool {
+        self.seat.as_ref().is_none_or(Seat::is_assigned)
+    }
+
     /// Wraps a Postgres error with this group and what it was doing (the name is copied only
     /// when there is an error).
     pub(super) fn store_error(
@@ -518,6 +562,7 @@ mod driven_tests {
             sink,
             settings,
             owner: "unit-owner".into(),
+            seat: None,
         };
         let worker = GroupWorker::new(group, Wakeup::poll(), Health::new());
         (worker, pool, format!("{prefix}s"))

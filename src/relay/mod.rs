@@ -13,7 +13,9 @@ pub(crate) mod dispatcher;
 pub(crate) mod entry_fields;
 mod forward;
 mod group;
+mod membership;
 pub(crate) mod ordering;
+mod partition;
 pub(crate) mod plan;
 mod prefetch;
 mod repair;
@@ -35,13 +37,15 @@ use tokio_util::sync::CancellationToken;
 pub use entry_fields::{EntryField, EntryFields};
 pub use group::{RETRY_SCAN_INTERVAL, Step};
 pub use ordering::OrderingMode;
+pub use partition::{Partition, partition_of};
 pub use route::{Action, InvalidPattern, Route};
 pub use settings::{
-    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, NOTIFY_FALLBACK_POLL, RelaySettings,
-    Wakeup,
+    DEFAULT_MAX_IN_FLIGHT, GroupConfig, MAX_IN_FLIGHT_LIMIT, MAX_PARTITIONS, NOTIFY_FALLBACK_POLL,
+    RelaySettings, Wakeup,
 };
 
 use dispatcher::Dispatcher;
+use membership::{Membership, Seat};
 
 use crate::registry::{Registry, RegistryError, Unregistered};
 use crate::sink::{Sink, SinkError};
@@ -89,6 +93,20 @@ pub enum RelayError {
         /// The sink's error.
         #[source]
         source: SinkError,
+    },
+    /// The group is stored with another number of partitions than configured (at startup).
+    #[error(
+        "consumer group `{group}` has {stored} partition(s) in the database but {configured} configured: \
+         set `partitions = {stored}` back, or stop its relays and run \
+         `outbox-relay groups repartition {group} --partitions {configured}`"
+    )]
+    Partitions {
+        /// The consumer group.
+        group: String,
+        /// What its rows in `outbox.consumer_groups` say.
+        stored: u32,
+        /// What the configuration says.
+        configured: u32,
     },
 }
 
@@ -190,16 +208,7 @@ impl Relay {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RelayError> {
         self.merge_custom_routes();
         for group in &self.groups {
-            let created = store::consumer_groups_ensure(&self.pool, &group.name, self.from_now)
-                .await
-                .map_err(|source| RelayError::Store {
-                    group: group.name.clone(),
-                    operation: "create the group's row",
-                    source,
-                })?;
-            if created {
-                tracing::info!(group = %group.name, from_now = self.from_now, "consumer group created");
-            }
+            self.ensure_group(group).await?;
         }
         let wakeup = match self.settings.wakeup {
             Wakeup::Poll => wakeup::Wakeup::poll(),
@@ -209,47 +218,139 @@ impl Relay {
                 shutdown.clone(),
             ),
         };
+        let workers_count = self.groups.iter().map(|g| g.partitions as usize).sum();
         let tail = tail::SharedTail::new(
             self.pool.clone(),
             self.owner.clone(),
-            self.groups.len(),
+            workers_count,
             self.settings.batch_size,
         );
         let mut workers = tokio::task::JoinSet::new();
-        for group in &self.groups {
-            self.health.set(&group.name, WorkerHealth::Starting);
+        let mut memberships = Vec::new();
+        let beats = CancellationToken::new();
+        for group in std::mem::take(&mut self.groups) {
+            let (seats, membership) = self.seats(&group);
+            if let Some(membership) = membership {
+                let membership = Arc::new(membership);
+                let beating = Arc::clone(&membership);
+                let beats = beats.clone();
+                tokio::spawn(async move { beating.run(beats).await });
+                memberships.push(membership);
+            }
+            for seat in seats {
+                let name = match &seat {
+                    Some(seat) => seat.partition.row_name(&group.name),
+                    None => group.name.clone(),
+                };
+                self.health.set(&name, WorkerHealth::Starting);
+                let dispatcher = Arc::new(
+                    Dispatcher::new(
+                        group.name.clone(),
+                        group.routes.clone(),
+                        group.ordering,
+                        group.dead_letter_stream.clone(),
+                    )
+                    .with_registry(self.registry.clone())
+                    .with_entry_fields(group.entry_fields)
+                    .with_max_in_flight(group.max_in_flight)
+                    .with_partition(seat.as_ref().map(|seat| seat.partition)),
+                );
+                let worker = group::Group {
+                    name,
+                    dispatcher,
+                    pool: self.pool.clone(),
+                    sink: self.sink.clone(),
+                    settings: self.settings.clone(),
+                    owner: self.owner.clone(),
+                    key_prefix: self.sink.key_prefix().to_owned(),
+                    tail: tail.clone(),
+                    seat,
+                };
+                let worker = group::GroupWorker::new(worker, wakeup.clone(), self.health.clone());
+                workers.spawn(worker.run(shutdown.clone()));
+            }
         }
-        for group in self.groups {
-            let dispatcher = Arc::new(
-                Dispatcher::new(
-                    group.name.clone(),
-                    group.routes,
-                    group.ordering,
-                    group.dead_letter_stream,
-                )
-                .with_registry(self.registry.clone())
-                .with_entry_fields(group.entry_fields)
-                .with_max_in_flight(group.max_in_flight),
-            );
-            let group = group::Group {
-                name: group.name,
-                dispatcher,
-                pool: self.pool.clone(),
-                sink: self.sink.clone(),
-                settings: self.settings.clone(),
-                owner: self.owner.clone(),
-                key_prefix: self.sink.key_prefix().to_owned(),
-                tail: tail.clone(),
-            };
-            let worker = group::GroupWorker::new(group, wakeup.clone(), self.health.clone());
-            workers.spawn(worker.run(shutdown.clone()));
+        tokio::select! {
+            () = shutdown.cancelled() => beats.cancel(),
+            _ = async { while workers.join_next().await.is_some() {} } => {}
         }
         while workers.join_next().await.is_some() {}
+        beats.cancel();
+        // Once the leases are released: the others take this relay's partitions at once.
+        for membership in memberships {
+            membership.leave().await;
+        }
         Ok(())
     }
 }
 
 impl Relay {
+    /// Creates `group`'s rows if new (one, or one per partition); refuses a group stored with
+    /// another number of partitions than configured.
+    async fn ensure_group(&self, group: &GroupConfig) -> Result<(), RelayError> {
+        let store_error = |operation| {
+            move |source| RelayError::Store {
+                group: group.name.clone(),
+                operation,
+                source,
+            }
+        };
+        let stored = store::consumer_groups_partitions(&self.pool, &group.name)
+            .await
+            .map_err(store_error("read the group's rows"))?;
+        if let Some(&(partitions, _)) = stored.iter().find(|(n, _)| *n != group.partitions) {
+            return Err(RelayError::Partitions {
+                group: group.name.clone(),
+                stored: partitions,
+                configured: group.partitions,
+            });
+        }
+        let created = if group.partitions > 1 {
+            store::consumer_groups_ensure_partitions(
+                &self.pool,
+                &group.name,
+                group.partitions,
+                self.from_now,
+            )
+            .await
+        } else {
+            store::consumer_groups_ensure(&self.pool, &group.name, self.from_now).await
+        }
+        .map_err(store_error("create the group's rows"))?;
+        if created {
+            tracing::info!(group = %group.name, partitions = group.partitions, from_now = self.from_now,
+                "consumer group created");
+        }
+        Ok(())
+    }
+
+    /// The workers `group` needs: one (no seat) when unpartitioned, else one seat per
+    /// partition, all watching this relay's membership of the group.
+    fn seats(&self, group: &GroupConfig) -> (Vec<Option<Seat>>, Option<Membership>) {
+        if group.partitions <= 1 {
+            return (vec![None], None);
+        }
+        let (membership, assigned) = Membership::new(
+            self.pool.clone(),
+            &group.name,
+            &self.owner,
+            group.partitions,
+            self.settings.lease_ttl,
+        );
+        let seats = (0..group.partitions)
+            .map(|index| {
+                Some(Seat {
+                    partition: Partition {
+                        index,
+                        count: group.partitions,
+                    },
+                    assigned: assigned.clone(),
+                })
+            })
+            .collect();
+        (seats, Some(membership))
+    }
+
     /// Puts the routes registered in code in front of each group's configured routes.
     fn merge_custom_routes(&mut self) {
         for (group, route) in std::mem::take(&mut self.custom_routes).into_iter().rev() {

@@ -215,6 +215,8 @@ pub(super) enum Step {
     Blocked,
     /// `strict`: the group stopped before it; it is read again later.
     NotReached,
+    /// Another partition's message (the last row of a read, passed so the cursor moves).
+    OtherPartition,
     Handled(Outcome),
 }
 
@@ -248,6 +250,7 @@ impl Dispatcher {
                 |status, attempts, error, delay| new_delivery(row, status, attempts, error, delay);
             match step {
                 Step::NotReached => break,
+                Step::OtherPartition => {}
                 Step::Recorded => plan.tally.recorded += 1,
                 // Its chain is parked already: before this batch, or by the retry before it.
                 Step::Blocked => {

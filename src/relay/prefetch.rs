@@ -16,6 +16,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use super::partition::Partition;
 use super::tail::{ReadResult, SharedTail};
 use crate::position::Position;
 use crate::store::{self, LeaseHolder};
@@ -73,16 +74,22 @@ pub(super) struct Prefetch {
 impl Prefetch {
     /// Starts reading up to `limit` rows at a time after `after` for `group` (through the
     /// shared tail).
-    pub fn start(tail: &Arc<SharedTail>, group: &str, after: Position, limit: usize) -> Self {
+    pub fn start(
+        tail: &Arc<SharedTail>,
+        group: &str,
+        partition: Option<Partition>,
+        after: Position,
+        limit: usize,
+    ) -> Self {
         let tail = Arc::clone(tail);
         let group = group.to_owned();
         let (sender, reads) = tokio::sync::mpsc::channel(READ_AHEAD_BATCHES);
         let task = tokio::spawn(async move {
             let mut after = after;
             loop {
-                let read = tail.read(&group, after, limit).await;
+                let read = tail.read(&group, partition, after, limit).await;
                 let next = match &read {
-                    Ok(Some(rows)) if rows.len() >= limit => rows.last().map(|row| row.position),
+                    Ok(Some(read)) if read.full => read.rows.last().map(|row| row.position),
                     _ => None,
                 };
                 if sender.send(read).await.is_err() {
@@ -109,8 +116,8 @@ impl Prefetch {
             return None;
         }
         let read = self.reads.recv().await?;
-        if let Ok(Some(rows)) = &read
-            && let Some(last) = rows.last()
+        if let Ok(Some(read)) = &read
+            && let Some(last) = read.rows.last()
         {
             self.next = last.position;
         }

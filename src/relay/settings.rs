@@ -81,6 +81,9 @@ pub struct GroupConfig {
     pub entry_fields: EntryFields,
     /// How many handler calls may run at once ([`DEFAULT_MAX_IN_FLIGHT`] unless set).
     pub max_in_flight: usize,
+    /// How many key partitions the group is split into (`[[groups]] partitions`, default 1):
+    /// each is run by one of the relays running the group, with its own cursor and lease.
+    pub partitions: u32,
 }
 
 /// `[[groups]] max_in_flight` when unset.
@@ -88,6 +91,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 /// The largest `[[groups]] max_in_flight` accepted.
 pub const MAX_IN_FLIGHT_LIMIT: u64 = 65_536;
+
+/// The most partitions a group may have (`[[groups]] partitions`).
+pub const MAX_PARTITIONS: u64 = 1024;
 
 impl GroupConfig {
     /// A group with these routes, `key` ordering and no dead-letter stream.
@@ -99,6 +105,7 @@ impl GroupConfig {
             dead_letter_stream: None,
             entry_fields: EntryFields::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            partitions: 1,
         }
     }
 }

@@ -28,11 +28,41 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
+use super::partition::Partition;
 use crate::position::Position;
 use crate::store::{self, OutboxRow, ReadFence};
 
 /// What a group's read returns: its rows, or `None` when it no longer holds its lease.
-pub(super) type ReadResult = Result<Option<Vec<OutboxRow>>, sqlx::Error>;
+pub(super) type ReadResult = Result<Option<Read>, sqlx::Error>;
+
+/// The rows of one read for one group (for a partition: those of the partition, and the last
+/// row read whatever its partition, so the cursor moves over the others' rows too).
+#[derive(Debug, Default)]
+pub(super) struct Read {
+    pub rows: Vec<OutboxRow>,
+    /// Whether the read was a full batch (there may be more to read at once).
+    pub full: bool,
+}
+
+impl Read {
+    /// `scanned` (what was read, up to `limit` rows) as `partition` gets it.
+    fn of(scanned: &[&OutboxRow], partition: Option<Partition>, limit: usize) -> Read {
+        let full = scanned.len() >= limit;
+        let rows = match partition {
+            None => scanned.iter().map(|row| (*row).clone()).collect(),
+            Some(partition) => {
+                let last = scanned.len().saturating_sub(1);
+                scanned
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, row)| *i == last || partition.owns(row))
+                    .map(|(_, row)| (*row).clone())
+                    .collect()
+            }
+        };
+        Read { rows, full }
+    }
+}
 
 /// One relay process's view of the head of the outbox, shared by its group workers.
 pub(super) struct SharedTail {
@@ -89,24 +119,32 @@ impl SharedTail {
         lock(&self.cursors).remove(group);
     }
 
-    /// Up to `limit` rows after `cursor` for `group`.
-    pub async fn read(&self, group: &str, cursor: Position, limit: usize) -> ReadResult {
+    /// Up to `limit` rows after `cursor` for `group` (a partition's row: those of `partition`
+    /// among them, see [`Read`]).
+    pub async fn read(
+        &self,
+        group: &str,
+        partition: Option<Partition>,
+        cursor: Position,
+        limit: usize,
+    ) -> ReadResult {
         if !self.shared {
             return self
-                .read_for(&[group.to_owned()], group, cursor, limit)
+                .read_for(&[group.to_owned()], group, partition, cursor, limit)
                 .await;
         }
         self.note_cursor(group, cursor);
-        if let Some(rows) = self.cached(group, cursor, limit) {
-            return Ok(Some(rows));
+        if let Some(read) = self.cached(group, partition, cursor, limit) {
+            return Ok(Some(read));
         }
         let _one_at_a_time = self.reading.lock().await;
-        if let Some(rows) = self.cached(group, cursor, limit) {
-            return Ok(Some(rows));
+        if let Some(read) = self.cached(group, partition, cursor, limit) {
+            return Ok(Some(read));
         }
         // Fenced by every lease the process holds (the reader's among them, see `hold`).
         let leased: Vec<String> = lock(&self.leases).keys().cloned().collect();
-        self.read_for(&leased, group, cursor, limit).await
+        self.read_for(&leased, group, partition, cursor, limit)
+            .await
     }
 
     /// Reads for `groups` (fenced by their leases), keeps the rows as a segment when others
@@ -115,6 +153,7 @@ impl SharedTail {
         &self,
         groups: &[String],
         group: &str,
+        partition: Option<Partition>,
         cursor: Position,
         limit: usize,
     ) -> ReadResult {
@@ -134,10 +173,17 @@ impl SharedTail {
         if !visible.leased.iter().any(|g| g == group) {
             return Ok(None);
         }
-        if self.shared && groups.len() > 1 && !visible.rows.is_empty() {
-            self.keep(cursor, visible.rows.clone(), visible.leased);
+        let keep = self.shared && groups.len() > 1 && !visible.rows.is_empty();
+        if partition.is_none() && !keep {
+            let full = visible.rows.len() >= limit;
+            let rows = visible.rows;
+            return Ok(Some(Read { rows, full }));
         }
-        Ok(Some(visible.rows))
+        let read = Read::of(&visible.rows.iter().collect::<Vec<_>>(), partition, limit);
+        if keep {
+            self.keep(cursor, visible.rows, visible.leased);
+        }
+        Ok(Some(read))
     }
 
     fn note_cursor(&self, group: &str, cursor: Position) {
@@ -157,29 +203,35 @@ impl SharedTail {
 
     /// Rows after `cursor` from the segments, if one covers `cursor` and `group` was leased
     /// when it was read; walking on through the segments that follow it.
-    fn cached(&self, group: &str, cursor: Position, limit: usize) -> Option<Vec<OutboxRow>> {
+    fn cached(
+        &self,
+        group: &str,
+        partition: Option<Partition>,
+        cursor: Position,
+        limit: usize,
+    ) -> Option<Read> {
         let segments = lock(&self.segments);
         let (_, mut segment) = segments.by_start.range(..=cursor).next_back()?;
         if cursor >= segment.last {
             return None;
         }
         let mut rows = Vec::with_capacity(limit);
-        loop {
+        'walk: loop {
             if !segment.leased.iter().any(|g| g == group) {
                 break;
             }
             for row in segment.rows.iter().filter(|r| r.position > cursor) {
                 if rows.len() == limit {
-                    return Some(rows);
+                    break 'walk;
                 }
-                rows.push(row.clone());
+                rows.push(row);
             }
             match segments.by_start.get(&segment.last) {
                 Some(next) => segment = next,
                 None => break,
             }
         }
-        (!rows.is_empty()).then_some(rows)
+        (!rows.is_empty()).then(|| Read::of(&rows, partition, limit))
     }
 
     /// Keeps a read after `after` as a segment (up to where the next segment starts, so the
@@ -248,8 +300,8 @@ mod tests {
         seqs.map(|seq| row(seq, "t", None, "ok")).collect()
     }
 
-    fn seqs(rows: Option<Vec<OutboxRow>>) -> Option<Vec<i64>> {
-        rows.map(|rows| rows.iter().map(|r| r.position.seq).collect())
+    fn seqs(read: Option<Read>) -> Option<Vec<i64>> {
+        read.map(|read| read.rows.iter().map(|r| r.position.seq).collect())
     }
 
     fn names(names: &[&str]) -> Vec<String> {
@@ -261,21 +313,25 @@ mod tests {
         let tail = tail(10);
         let at = |seq| Position::new(50, seq);
         tail.keep(at(0), rows(1..=3), names(&["a"]));
-        assert_eq!(seqs(tail.cached("a", at(0), 10)), Some(vec![1, 2, 3]));
-        assert_eq!(seqs(tail.cached("a", at(1), 2)), Some(vec![2, 3]));
-        assert_eq!(seqs(tail.cached("b", at(0), 10)), None, "b was not leased");
+        assert_eq!(seqs(tail.cached("a", None, at(0), 10)), Some(vec![1, 2, 3]));
+        assert_eq!(seqs(tail.cached("a", None, at(1), 2)), Some(vec![2, 3]));
+        assert_eq!(
+            seqs(tail.cached("b", None, at(0), 10)),
+            None,
+            "b was not leased"
+        );
         // The next read follows on; b was leased for it, so b starts there.
         tail.keep(at(3), rows(4..=5), names(&["a", "b"]));
-        assert_eq!(seqs(tail.cached("a", at(2), 10)), Some(vec![3, 4, 5]));
-        assert_eq!(seqs(tail.cached("b", at(3), 10)), Some(vec![4, 5]));
-        assert_eq!(seqs(tail.cached("b", at(2), 10)), None);
+        assert_eq!(seqs(tail.cached("a", None, at(2), 10)), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(tail.cached("b", None, at(3), 10)), Some(vec![4, 5]));
+        assert_eq!(seqs(tail.cached("b", None, at(2), 10)), None);
         // At the end of the segments, or outside them: nothing cached.
-        assert_eq!(seqs(tail.cached("a", at(5), 10)), None);
-        assert_eq!(seqs(tail.cached("a", at(7), 10)), None);
+        assert_eq!(seqs(tail.cached("a", None, at(5), 10)), None);
+        assert_eq!(seqs(tail.cached("a", None, at(7), 10)), None);
         // A read elsewhere is a segment of its own; the walk stops at a gap.
         tail.keep(at(9), rows(10..=11), names(&["a"]));
-        assert_eq!(seqs(tail.cached("a", at(2), 10)), Some(vec![3, 4, 5]));
-        assert_eq!(seqs(tail.cached("a", at(9), 10)), Some(vec![10, 11]));
+        assert_eq!(seqs(tail.cached("a", None, at(2), 10)), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(tail.cached("a", None, at(9), 10)), Some(vec![10, 11]));
     }
 
     #[tokio::test]
@@ -288,7 +344,7 @@ mod tests {
         tail.keep(at(0), rows(1..=25), both());
         assert_eq!(lock(&tail.segments).rows, 30);
         assert_eq!(
-            seqs(tail.cached("b", at(15), 10)),
+            seqs(tail.cached("b", None, at(15), 10)),
             Some((16..=25).collect::<Vec<_>>())
         );
     }
@@ -317,8 +373,11 @@ mod tests {
         }
         // 1..=10 is behind both groups; b still needs 16..=20.
         assert_eq!(lock(&tail.segments).rows, 20);
-        assert_eq!(seqs(tail.cached("b", at(15), 3)), Some(vec![16, 17, 18]));
-        assert_eq!(seqs(tail.cached("a", at(5), 3)), None);
+        assert_eq!(
+            seqs(tail.cached("b", None, at(15), 3)),
+            Some(vec![16, 17, 18])
+        );
+        assert_eq!(seqs(tail.cached("a", None, at(5), 3)), None);
         // Once b has moved on (or let its lease go), the next read drops what it passed.
         tail.release("b");
         tail.keep(at(30), rows(31..=40), names(&["a"]));

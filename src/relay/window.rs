@@ -145,6 +145,8 @@ impl Window {
                 Some(Step::Recorded)
             } else if self.halted {
                 Some(Step::NotReached)
+            } else if !dispatcher.owns(&row) {
+                Some(Step::OtherPartition)
             } else {
                 None
             };
@@ -409,6 +411,7 @@ mod tests {
                 Step::Recorded => "recorded",
                 Step::Blocked => "blocked",
                 Step::NotReached => "not reached",
+                Step::OtherPartition => "other partition",
                 Step::Handled(Outcome::Retry { .. }) => "retry",
                 Step::Handled(Outcome::Dead { .. }) => "dead",
                 Step::Handled(Outcome::Delivered(_)) => "delivered",

@@ -42,33 +42,45 @@ pub async fn consumer_groups_lock(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
 ) -> Result<Option<LockedGroup>, sqlx::Error> {
-    let row: Option<(String, i64, Option<String>)> =
+    // A partitioned group: every partition's row is locked; the furthest is returned.
+    let rows: Vec<(String, i64, Option<String>)> =
         sqlx::query_as(include_str!("sql/consumer_groups_lock.sql"))
             .bind(group)
-            .fetch_optional(&mut **tx)
+            .fetch_all(&mut **tx)
             .await?;
-    row.map(|(tx_id, seq, lease_owner)| {
-        Ok(LockedGroup {
-            cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
-            lease_owner,
+    let lease_owner = rows.iter().find_map(|(_, _, owner)| owner.clone());
+    rows.into_iter()
+        .next()
+        .map(|(tx_id, seq, lease_owner_row)| {
+            Ok(LockedGroup {
+                cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
+                lease_owner: lease_owner.or(lease_owner_row),
+            })
         })
-    })
-    .transpose()
+        .transpose()
 }
 
-/// Sets `group`'s cursor to `to`, bumps its replay generation and takes its lease away;
-/// returns the new generation.
+/// Sets `group`'s cursor to `to` (every partition's, for a partitioned group; with
+/// `back_only`, a partition already before `to` stays), bumps its replay generation and takes
+/// its lease away; returns the new generation (the highest, for a partitioned group).
 pub async fn consumer_groups_move_cursor(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     to: Position,
+    back_only: bool,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(include_str!("sql/consumer_groups_move_cursor.sql"))
-        .bind(group)
-        .bind(to.tx_id.to_string())
-        .bind(to.seq)
-        .fetch_one(&mut **tx)
-        .await
+    let generations: Vec<i64> =
+        sqlx::query_scalar(include_str!("sql/consumer_groups_move_cursor.sql"))
+            .bind(group)
+            .bind(to.tx_id.to_string())
+            .bind(to.seq)
+            .bind(back_only)
+            .fetch_all(&mut **tx)
+            .await?;
+    generations
+        .into_iter()
+        .max()
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Messages in `(after, through]` per topic, with how many have a delivery row in `group`.

@@ -47,6 +47,41 @@ pub async fn consumer_groups_ensure(
     Ok(created.is_some())
 }
 
+/// Creates the missing partition rows (`<group>/0` … `<group>/<partitions - 1>`) of a group
+/// split into `partitions`, each starting like [`consumer_groups_ensure`]'s row; true when it
+/// created any. Check [`consumer_groups_partitions`] first: this does not look at other rows.
+pub async fn consumer_groups_ensure_partitions(
+    pool: &PgPool,
+    group: &str,
+    partitions: u32,
+    from_now: bool,
+) -> Result<bool, sqlx::Error> {
+    let created: Vec<String> =
+        sqlx::query_scalar(include_str!("sql/consumer_groups_ensure_partitions.sql"))
+            .bind(group)
+            .bind(partitions as i32)
+            .bind(from_now)
+            .fetch_all(pool)
+            .await?;
+    Ok(!created.is_empty())
+}
+
+/// How `group` is stored: `(partitions, rows)` for each partition count its rows name (one
+/// line normally, none for a group with no row yet; 1 = unpartitioned).
+pub async fn consumer_groups_partitions(
+    pool: &PgPool,
+    group: &str,
+) -> Result<Vec<(u32, u32)>, sqlx::Error> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(include_str!("sql/consumer_groups_partitions.sql"))
+        .bind(group)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(partitions, count)| (partitions as u32, count as u32))
+        .collect())
+}
+
 /// Where a group's cursor is and who holds its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupCursor {
@@ -191,14 +226,18 @@ pub async fn consumer_groups_pause(
     group: &str,
     paused: bool,
 ) -> Result<Option<PauseChange>, sqlx::Error> {
-    let row: Option<(bool, Option<String>)> =
+    // One row per partition of a partitioned group: paused before if all were.
+    let rows: Vec<(bool, Option<String>)> =
         sqlx::query_as(include_str!("sql/consumer_groups_pause.sql"))
             .bind(group)
             .bind(paused)
-            .fetch_optional(pool)
+            .fetch_all(pool)
             .await?;
-    Ok(row.map(|(was_paused, previous_owner)| PauseChange {
-        was_paused,
-        previous_owner,
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(PauseChange {
+        was_paused: rows.iter().all(|(was_paused, _)| *was_paused),
+        previous_owner: rows.into_iter().find_map(|(_, owner)| owner),
     }))
 }

@@ -9,8 +9,15 @@ use crate::position::Position;
 /// One group as `outbox-relay status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GroupStatus {
-    /// The consumer group's name.
+    /// The row's name: the group's, or `<group>/<partition>` for a partition of a
+    /// partitioned group (one status per partition).
     pub name: String,
+    /// The consumer group.
+    pub group: String,
+    /// Which partition this is, for a partitioned group.
+    pub partition: Option<i32>,
+    /// How many partitions the group has (1: unpartitioned).
+    pub partitions: i32,
     /// The last position the group has passed.
     pub cursor: Position,
     /// Set by `groups pause`: no relay takes the lease until `groups resume`.
@@ -73,7 +80,10 @@ pub async fn consumer_groups_status(
             let tx_id: &str = row.try_get("cursor_tx_id_text")?;
             let tx_id = super::decode_tx_id(tx_id)?;
             Ok(GroupStatus {
-                name: row.try_get("group_name")?,
+                name: row.try_get("row_name")?,
+                group: row.try_get("group_name")?,
+                partition: row.try_get("partition")?,
+                partitions: row.try_get("partitions")?,
                 cursor: Position::new(tx_id, row.try_get("cursor_seq")?),
                 paused: row.try_get("paused")?,
                 lease_owner: row.try_get("lease_owner")?,

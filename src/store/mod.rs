@@ -8,10 +8,12 @@ mod databases;
 mod deliveries;
 mod groups;
 mod inspect;
+mod members;
 mod messages;
 mod migrate;
 mod notify;
 mod prune;
+mod repartition;
 mod roles;
 mod schemas;
 mod stream_marks;
@@ -39,7 +41,8 @@ pub(crate) use deliveries::{
 };
 pub use groups::{
     GroupCursor, PauseChange, consumer_groups_cursor, consumer_groups_delete,
-    consumer_groups_ensure, consumer_groups_names, consumer_groups_pause,
+    consumer_groups_ensure, consumer_groups_ensure_partitions, consumer_groups_names,
+    consumer_groups_partitions, consumer_groups_pause,
 };
 pub(crate) use groups::{
     LeaseHolder, consumer_groups_cursor_advance, consumer_groups_lease_acquire,
@@ -50,6 +53,7 @@ pub use inspect::{
     GroupStatus, StuckDelivery, StuckFilter, XminHolder, consumer_groups_status, deliveries_stuck,
     xmin_holder,
 };
+pub use members::{GroupMember, group_members_heartbeat, group_members_leave, group_members_list};
 pub use messages::{
     OutboxRow, ReadFence, StoredMessage, VisibleRows, messages_between, messages_delete_published,
     messages_fetch_visible, messages_last_position, messages_of_current_transaction,
@@ -65,6 +69,10 @@ pub use notify::{
     NOTIFY_CHANNEL, notify_trigger_drop, notify_trigger_install, notify_trigger_installed,
 };
 pub use prune::{Horizon, PruneBatch, consumer_groups_slowest, messages_prune_batch};
+pub use repartition::{
+    GroupRow, NewSplit, Placed, consumer_groups_lock_all, consumer_groups_repartition,
+    deliveries_of_group, messages_not_reached,
+};
 pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
 pub use schemas::StoredSchema;
 pub(crate) use schemas::{

@@ -99,6 +99,6 @@ mod tests {
         assert!(!sql.contains(":\"role\""), "{sql}");
         assert!(sql.contains("TO \"app\"\"; DROP TABLE x; --\";"), "{sql}");
         let relay = roles_grant_sql(RoleKind::Relay, "outbox_relay");
-        assert_eq!(relay.matches("TO \"outbox_relay\";").count(), 8, "{relay}");
+        assert_eq!(relay.matches("TO \"outbox_relay\";").count(), 9, "{relay}");
     }
 }

@@ -15,6 +15,7 @@ mod http_secrets;
 mod inspect;
 mod migrate;
 mod operate;
+mod partitions;
 mod privileges;
 mod publish;
 mod redis_cluster;

@@ -10,6 +10,7 @@ UPDATE outbox.consumer_groups g
        updated_at = now()
  WHERE g.name = $1
    AND NOT g.paused
+   AND NOT g.retired
    AND (g.lease_owner IS NULL OR g.lease_expires_at < now() OR g.lease_owner = $2)
 RETURNING g.lease_epoch, g.cursor_tx_id::text AS cursor_tx_id_text, g.cursor_seq,
           g.replay_generation

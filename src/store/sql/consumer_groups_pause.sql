@@ -2,11 +2,11 @@
 -- holding it stops at its next fenced update (it may finish the batch in flight; its cursor
 -- update then matches nothing and the batch is read again after resume, which the Redis
 -- duplicate filter makes harmless) and no relay takes it while paused. Returns the state
--- before, so the command can say what changed.
+-- before, so the command can say what changed (one row per partition of a partitioned group).
 WITH before AS (
     SELECT g.name, g.paused, g.lease_owner
       FROM outbox.consumer_groups g
-     WHERE g.name = $1
+     WHERE outbox.group_of(g.name) = $1 AND NOT g.retired
        FOR UPDATE
 )
 UPDATE outbox.consumer_groups g

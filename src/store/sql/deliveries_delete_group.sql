@@ -2,7 +2,7 @@
 -- blocked and dead delivery row of group $1 goes. Returns the deleted rows' statuses, counted.
 WITH deleted AS (
     DELETE FROM outbox.deliveries d
-     WHERE d.group_name = $1
+     WHERE outbox.group_of(d.group_name) = $1
     RETURNING d.status
 )
 SELECT x.status, count(*) AS deliveries

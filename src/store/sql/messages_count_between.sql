@@ -6,7 +6,7 @@ SELECT m.topic,
        count(*) AS messages,
        count(d.message_id) AS with_delivery_row
   FROM outbox.messages m
-  LEFT JOIN outbox.deliveries d ON d.group_name = $5 AND d.message_id = m.id
+  LEFT JOIN outbox.deliveries d ON outbox.group_of(d.group_name) = $5 AND d.message_id = m.id
  WHERE (m.tx_id, m.seq) > ($1::text::xid8, $2)
    AND (m.tx_id, m.seq) <= ($3::text::xid8, $4)
  GROUP BY m.topic

@@ -11,6 +11,7 @@
 WITH groups AS (
     SELECT g.cursor_tx_id, g.cursor_seq
       FROM outbox.consumer_groups g
+     WHERE NOT g.retired
        FOR SHARE
 ), horizon AS (
     SELECT x.cursor_tx_id, x.cursor_seq

@@ -8,6 +8,7 @@
 --   no DELETE (removing a group is an operator's act).
 -- outbox.deliveries: the retry state; a settled delivery's row is deleted.
 -- outbox.stream_marks: how far each group appended to each stream (moved with the cursor).
+-- outbox.group_members: a partitioned group's relays heartbeat and leave here.
 -- outbox.schemas: SELECT, to decode every row through the version it names.
 -- outbox._sqlx_migrations: SELECT, so `run` can refuse a schema `migrate` has not brought up
 --   to date (and `config check --connect` report it).
@@ -25,6 +26,7 @@ GRANT SELECT ON outbox.messages TO :"role";
 GRANT SELECT, INSERT, UPDATE ON outbox.consumer_groups TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.deliveries TO :"role";
 GRANT SELECT, INSERT, UPDATE ON outbox.stream_marks TO :"role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox.group_members TO :"role";
 GRANT SELECT ON outbox.schemas TO :"role";
 GRANT SELECT ON outbox._sqlx_migrations TO :"role";
 GRANT SELECT ON outbox.group_status, outbox.stuck, outbox.dead_letters, outbox.xmin_holder TO :"role";

@@ -1,0 +1,6 @@
+-- deliveries_of_group: every delivery row of a group's partitions (id, key, status), for
+-- `groups repartition`, which moves each to its message's new partition.
+SELECT d.message_id, d.message_key, d.status
+  FROM outbox.deliveries d
+ WHERE outbox.group_of(d.group_name) = $1
+ ORDER BY d.message_tx_id, d.message_seq

@@ -1,0 +1,380 @@
+//! Partitioned groups (`[[groups]] partitions = N`): several real `outbox-relay run` processes
+//! share one group's partitions; members die (kill -9), stop past their lease (SIGSTOP), come
+//! back and join while new messages keep arriving. Every message lands exactly once, and the
+//! messages of each key in position order.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outbox_relay::Message;
+use rand::Rng;
+use serde_json::json;
+
+use crate::harness::cli::outbox_relay;
+use crate::harness::redis::TestRedis;
+use crate::harness::relay::{RelayProcess, TempDir, relay_toml};
+use crate::harness::{TestDb, eventually};
+
+const KEYS: usize = 61;
+
+/// Messages `from..from + count` in one transaction, `{"n", "k"}` keyed by `k`; every tenth
+/// message has no key (its id decides its partition).
+async fn publish_keyed(db: &TestDb, from: usize, count: usize) {
+    let messages: Vec<Message> = (from..from + count)
+        .map(|n| {
+            let key = format!("k{}", n % KEYS);
+            let message = Message::new("orders.created", json!({"n": n, "k": key}));
+            if n % 10 == 9 {
+                message
+            } else {
+                message.key(key)
+            }
+        })
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox_relay::publish_batch_in_tx(&mut tx, &messages)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn partitioned_config(
+    dir: &TempDir,
+    db: &TestDb,
+    redis: &TestRedis,
+    partitions: u32,
+) -> std::path::PathBuf {
+    let group = format!(
+        "[[groups]]\nname = \"g\"\npartitions = {partitions}\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"all\"\n"
+    );
+    dir.write(
+        "relay.toml",
+        &relay_toml(
+            db,
+            redis,
+            "batch_size = 200\nidle_poll_ms = 2\nlease_ttl_ms = 600",
+            &group,
+        ),
+    )
+}
+
+/// Stream `all` holds `0..published` each once, and each key's messages in publishing order.
+async fn assert_exactly_once_in_key_order(redis: &TestRedis, published: usize) {
+    let payloads = redis.payloads("all").await;
+    let numbers: Vec<u64> = payloads.iter().map(|p| p["n"].as_u64().unwrap()).collect();
+    let unique: HashSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len(), "duplicates");
+    assert_eq!(numbers.len(), published, "lost messages");
+    let mut last_of_key: HashMap<String, u64> = HashMap::new();
+    for payload in &payloads {
+        let n = payload["n"].as_u64().unwrap();
+        if n % 10 == 9 {
+            continue; // keyless
+        }
+        let key = payload["k"].as_str().unwrap().to_owned();
+        if let Some(before) = last_of_key.insert(key.clone(), n) {
+            assert!(before < n, "key {key}: {n} after {before}");
+        }
+    }
+}
+
+/// The partitions' lease owners, by partition.
+async fn owners(db: &TestDb) -> Vec<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN g.lease_expires_at > now() THEN g.lease_owner END \
+           FROM outbox.consumer_groups g WHERE outbox.group_of(g.name) = 'g' ORDER BY g.partition",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// How many partitions relay `relay` holds.
+fn held_by(owners: &[Option<String>], relay: &RelayProcess) -> usize {
+    let pid = format!(":{}:", relay.pid());
+    owners
+        .iter()
+        .filter(|o| o.as_deref().is_some_and(|o| o.contains(&pid)))
+        .count()
+}
+
+async fn wait_for_all(redis: &TestRedis, published: usize, relays: &[RelayProcess]) {
+    let started = Instant::now();
+    while redis.stream_len("all").await < published {
+        if started.elapsed() > Duration::from_secs(120) {
+            let logs: Vec<String> = relays.iter().map(|r| r.log()).collect();
+            panic!(
+                "{}/{published} after 120 s; logs:\n{}",
+                redis.stream_len("all").await,
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_on_eight_partitions_through_kill_9_and_sigstop_deliver_each_once_in_key_order()
+ {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let config = partitioned_config(&dir, &db, &redis, 8);
+    let mut published = 0;
+    for _ in 0..200 {
+        publish_keyed(&db, published, 500).await;
+        published += 500;
+    }
+    let started = Instant::now();
+    let mut relays: Vec<RelayProcess> = (0..3)
+        .map(|i| RelayProcess::start(&config, &format!("relay{i}")))
+        .collect();
+    let mut rng = rand::rng();
+    for round in 0..10 {
+        let alive_ms = rng.random_range(200..700u64);
+        let deadline = Instant::now() + Duration::from_millis(alive_ms);
+        while Instant::now() < deadline {
+            publish_keyed(&db, published, 40).await;
+            published += 40;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let victim = rng.random_range(0..relays.len());
+        let name = format!("relay{victim}-{round}");
+        let old = std::mem::replace(&mut relays[victim], RelayProcess::start(&config, &name));
+        old.kill9();
+        eprintln!(
+            "round {round}: killed relay {victim} after {alive_ms} ms; {}/{published} in the stream",
+            redis.stream_len("all").await
+        );
+    }
+    // One member stops past its lease (600 ms): the others take its partitions; when it
+    // comes back it is fenced, rejoins, and gets partitions again.
+    relays[1].signal("STOP");
+    for _ in 0..20 {
+        publish_keyed(&db, published, 40).await;
+        published += 40;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the others hold all 8 partitions",
+        || async {
+            let owners = owners(&db).await;
+            let others = held_by(&owners, &relays[0]) + held_by(&owners, &relays[2]);
+            (others == 8).then_some(())
+        },
+    )
+    .await;
+    relays[1].signal("CONT");
+    for _ in 0..20 {
+        publish_keyed(&db, published, 40).await;
+        published += 40;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_all(&redis, published, &relays).await;
+    eventually(
+        Duration::from_secs(20),
+        "each relay holding 2 or 3 partitions",
+        || async {
+            let owners = owners(&db).await;
+            relays
+                .iter()
+                .all(|r| (2..=3).contains(&held_by(&owners, r)))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_exactly_once_in_key_order(&redis, published).await;
+    for relay in relays {
+        assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    }
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox.group_members WHERE expires_at > now()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(members, 0, "a clean stop leaves the group");
+    eprintln!("drained in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_relay_joining_mid_drain_takes_partitions_without_duplicates() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let config = partitioned_config(&dir, &db, &redis, 8);
+    let mut published = 0;
+    for _ in 0..40 {
+        publish_keyed(&db, published, 500).await;
+        published += 500;
+    }
+    let mut relays: Vec<RelayProcess> = (0..3)
+        .map(|i| RelayProcess::start(&config, &format!("relay{i}")))
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "the three holding all partitions",
+        || async {
+            let owners = owners(&db).await;
+            let held: usize = relays.iter().map(|r| held_by(&owners, r)).sum();
+            (held == 8 && redis.stream_len("all").await > 0).then_some(())
+        },
+    )
+    .await;
+    relays.push(RelayProcess::start(&config, "relay3"));
+    for _ in 0..20 {
+        publish_keyed(&db, published, 40).await;
+        published += 40;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(Duration::from_secs(20), "two partitions each", || async {
+        let owners = owners(&db).await;
+        relays
+            .iter()
+            .all(|r| held_by(&owners, r) == 2)
+            .then_some(())
+    })
+    .await;
+    wait_for_all(&redis, published, &relays).await;
+    assert_exactly_once_in_key_order(&redis, published).await;
+    let handed_over = relays
+        .iter()
+        .filter(|r| r.log().contains("partition assigned to another relay"))
+        .count();
+    assert!(handed_over > 0, "some partition was handed over");
+    for relay in relays {
+        assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn the_sql_partition_function_agrees_with_the_relay() {
+    let db = TestDb::new().await;
+    let ids: Vec<uuid::Uuid> = (0..200).map(|_| uuid::Uuid::now_v7()).collect();
+    let keys: Vec<Option<String>> = (0..200)
+        .map(|i| (i % 5 != 0).then(|| format!("customer-{i}-ü")))
+        .collect();
+    for partitions in [2u32, 7, 8, 1024] {
+        let from_sql: Vec<i32> = sqlx::query_scalar(
+            "SELECT outbox.partition_of(k, i, $3) FROM unnest($1::text[], $2::uuid[]) AS x (k, i)",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(partitions as i32)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let from_rust: Vec<i32> = keys
+            .iter()
+            .zip(&ids)
+            .map(|(k, id)| outbox_relay::relay::partition_of(k.as_deref(), *id, partitions) as i32)
+            .collect();
+        assert_eq!(from_sql, from_rust, "{partitions} partitions");
+    }
+}
+
+/// `outbox-relay --config <config> <args>`: exit code and stdout + stderr.
+fn cli(config: &Path, args: &[&str]) -> (i32, String) {
+    let output = outbox_relay()
+        .args(["--config", config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("run outbox-relay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_stored_with_other_partitions_is_refused_at_start() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let four = partitioned_config(&dir, &db, &redis, 4);
+    publish_keyed(&db, 0, 100).await;
+    let relay = RelayProcess::start(&four, "four");
+    eventually(Duration::from_secs(20), "all 100 forwarded", || async {
+        (redis.stream_len("all").await == 100).then_some(())
+    })
+    .await;
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    let eight = partitioned_config(&dir, &db, &redis, 8);
+    let (code, text) = cli(&eight, &["run"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("has 4 partition(s) in the database but 8 configured")
+            && text.contains("outbox-relay groups repartition g --partitions 8"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartitioning_mid_drain_four_to_eight_to_one_to_four_delivers_each_once_in_key_order() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let mut published = 0;
+    let mut relays = Vec::new();
+    for (round, (from, to)) in [(4, 8), (8, 1), (1, 4)].into_iter().enumerate() {
+        for _ in 0..20 {
+            publish_keyed(&db, published, 1000).await;
+            published += 1000;
+        }
+        let config = partitioned_config(&dir, &db, &redis, from);
+        let relay = RelayProcess::start(&config, &format!("before-{round}"));
+        // Killed mid-drain: the partitions stop at different cursors.
+        eventually(
+            Duration::from_secs(30),
+            "some of the backlog forwarded",
+            || async { (redis.stream_len("all").await > published - 15000).then_some(()) },
+        )
+        .await;
+        let to_text = to.to_string();
+        let repartition = [
+            "groups",
+            "repartition",
+            "g",
+            "--partitions",
+            &to_text,
+            "--yes",
+        ];
+        if round == 0 {
+            // A relay that died may have appended what its cursor does not show: refused
+            // until a relay with the old count ran and stopped cleanly.
+            relay.kill9();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let (code, text) = cli(&config, &repartition);
+            assert_eq!(code, 2, "{text}");
+            assert!(text.contains("did not release"), "{text}");
+            let relay = RelayProcess::start(&config, "settle");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+        } else {
+            // Stopped cleanly mid-drain: the partitions stop at different cursors.
+            assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+        }
+        let (code, text) = cli(&config, &repartition);
+        assert_eq!(code, 0, "{text}");
+        eprintln!("{text}");
+        let config = partitioned_config(&dir, &db, &redis, to);
+        relays.push(RelayProcess::start(&config, &format!("after-{round}")));
+        wait_for_all(&redis, published, &relays).await;
+        assert_exactly_once_in_key_order(&redis, published).await;
+        let relay = relays.pop().unwrap();
+        assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    }
+    let rows: Vec<(String, bool)> =
+        sqlx::query_as("SELECT name, retired FROM outbox.consumer_groups ORDER BY name")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let current: Vec<&str> = rows.iter().filter(|r| !r.1).map(|r| r.0.as_str()).collect();
+    assert_eq!(current, ["g/0", "g/1", "g/2", "g/3"], "{rows:?}");
+    let (code, text) = cli(&partitioned_config(&dir, &db, &redis, 4), &["status"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("g/3") && !text.contains("g/4"), "{text}");
+}
