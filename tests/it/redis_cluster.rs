@@ -720,7 +720,7 @@ async fn a_replica_that_stops_acknowledging_holds_the_cursor_until_it_comes_back
         .find(|n| n.port == replica)
         .unwrap()
         .signal("CONT");
-    eventually(Duration::from_secs(30), "the cursor moves", || async {
+    eventually(Duration::from_secs(60), "the cursor moves", || async {
         (cursor().await > before).then_some(())
     })
     .await;
