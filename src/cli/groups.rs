@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use outbox_relay::config::{Config, MAX_PARTITIONS};
+use outbox_relay::relay::route::route_for;
 use outbox_relay::relay::{OrderingMode, Partition, partition_of};
 use outbox_relay::store::{self, GroupStatus, NewSplit};
 
@@ -219,13 +220,16 @@ async fn repartition(
     partitions: u32,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    // Blocked rows follow the group's ordering (`none`: nothing waits; `key` and `strict`: a
-    // key's later messages wait behind its earlier ones).
-    let ordering = config
-        .groups
-        .iter()
-        .find(|g| g.name == group)
-        .map_or(OrderingMode::Key, |g| g.ordering);
+    // The group's routes say which messages it handles at all (a message of a topic it does
+    // not route is passed over, not handed to the retry path, which would dead-letter it);
+    // blocked rows follow its ordering (`none`: nothing waits; `key` and `strict`: a key's
+    // later messages wait behind its earlier ones).
+    let Some(configured) = config.groups.iter().find(|g| g.name == group) else {
+        return Err(super::usage(format!(
+            "the configuration has no [[groups]] named `{group}`: repartition reads its routes and ordering from it (pass the relays' --config)"
+        )));
+    };
+    let ordering = configured.ordering;
     let pool = store::connect(&config.database_url, 1).await?;
     let mut tx = pool.begin().await?;
     let rows = store::consumer_groups_lock_all(&mut tx, group).await?;
@@ -288,7 +292,10 @@ async fn repartition(
             .collect(),
         not_reached: Vec::with_capacity(not_reached.len()),
     };
-    for (id, key) in &not_reached {
+    let routed = not_reached
+        .iter()
+        .filter(|(_, _, topic)| route_for(&configured.routes, topic).is_some());
+    for (id, key, _) in routed {
         let waits =
             ordering != OrderingMode::None && key.as_deref().is_some_and(|key| !parked.insert(key));
         let status = if waits { "blocked" } else { "retrying" };

@@ -70,8 +70,8 @@ pub use notify::{
 };
 pub use prune::{Horizon, PruneBatch, consumer_groups_slowest, messages_prune_batch};
 pub use repartition::{
-    GroupRow, NewSplit, Placed, consumer_groups_lock_all, consumer_groups_repartition,
-    deliveries_of_group, messages_not_reached,
+    GroupRow, NewSplit, consumer_groups_lock_all, consumer_groups_repartition, deliveries_of_group,
+    messages_not_reached,
 };
 pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
 pub use schemas::StoredSchema;

@@ -58,15 +58,13 @@ pub async fn consumer_groups_lock_all(
         .collect()
 }
 
-/// A message (id, key) or a delivery row (id, key, status) a repartition places.
-pub type Placed = (Uuid, Option<String>);
-
-/// The messages up to `through` that their partition has not reached, position order.
+/// The messages up to `through` that their partition has not reached (id, key, topic),
+/// position order.
 pub async fn messages_not_reached(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     through: Position,
-) -> Result<Vec<Placed>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Option<String>, String)>, sqlx::Error> {
     sqlx::query_as(include_str!("sql/messages_not_reached.sql"))
         .bind(group)
         .bind(through.tx_id.to_string())

@@ -46,7 +46,7 @@ fn partitioned_config(
     partitions: u32,
 ) -> std::path::PathBuf {
     let group = format!(
-        "[[groups]]\nname = \"g\"\npartitions = {partitions}\n[[groups.routes]]\ntopics = [\"*\"]\nhandler = \"forward\"\nstream = \"all\"\n"
+        "[[groups]]\nname = \"g\"\npartitions = {partitions}\n[[groups.routes]]\ntopics = [\"orders.*\"]\nhandler = \"forward\"\nstream = \"all\"\n"
     );
     dir.write(
         "relay.toml",
@@ -323,6 +323,11 @@ async fn repartitioning_mid_drain_four_to_eight_to_one_to_four_delivers_each_onc
         for _ in 0..20 {
             publish_keyed(&db, published, 1000).await;
             published += 1000;
+            // Messages the group does not route: passed over, never dead-lettered.
+            sqlx::query("SELECT outbox.publish('audit.logged', '{}', 'k' || n) FROM generate_series(1, 50) n")
+                .execute(&db.pool)
+                .await
+                .unwrap();
         }
         let config = partitioned_config(&dir, &db, &redis, from);
         let relay = RelayProcess::start(&config, &format!("before-{round}"));
@@ -367,6 +372,14 @@ async fn repartitioning_mid_drain_four_to_eight_to_one_to_four_delivers_each_onc
         let relay = relays.pop().unwrap();
         assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
     }
+    let stuck: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stuck, 0,
+        "no delivery row left (unrouted messages are not dead letters)"
+    );
     let rows: Vec<(String, bool)> =
         sqlx::query_as("SELECT name, retired FROM outbox.consumer_groups ORDER BY name")
             .fetch_all(&db.pool)

@@ -2,10 +2,10 @@
 -- furthest cursor of the group's partitions) that their own partition has not reached yet
 -- and that have no delivery row there, in position order. Each partition reads from its own
 -- cursor through the primary key; partition_of filters the others' messages out.
-SELECT m.id, m.key
+SELECT m.id, m.key, m.topic
   FROM outbox.consumer_groups g
  CROSS JOIN LATERAL (
-        SELECT m.id, m.key, m.tx_id, m.seq
+        SELECT m.id, m.key, m.topic, m.tx_id, m.seq
           FROM outbox.messages m
          WHERE (m.tx_id, m.seq) > (g.cursor_tx_id, g.cursor_seq)
            AND (m.tx_id, m.seq) <= ($2::text::xid8, $3)
