@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::harness::cli::outbox_relay;
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{RelayProcess, TempDir, relay_toml};
-use crate::harness::{TestDb, eventually};
+use crate::harness::{TestDb, eventually, watchdog};
 
 const KEYS: usize = 61;
 
@@ -117,6 +117,7 @@ async fn wait_for_all(redis: &TestRedis, published: usize, relays: &[RelayProces
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_on_eight_partitions_through_kill_9_and_sigstop_deliver_each_once_in_key_order()
  {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
@@ -200,6 +201,7 @@ async fn three_relays_on_eight_partitions_through_kill_9_and_sigstop_deliver_eac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_relay_joining_mid_drain_takes_partitions_without_duplicates() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
@@ -250,6 +252,7 @@ async fn a_fourth_relay_joining_mid_drain_takes_partitions_without_duplicates() 
 
 #[tokio::test]
 async fn the_sql_partition_function_agrees_with_the_relay() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let db = TestDb::new().await;
     let ids: Vec<uuid::Uuid> = (0..200).map(|_| uuid::Uuid::now_v7()).collect();
     let keys: Vec<Option<String>> = (0..200)
@@ -291,6 +294,7 @@ fn cli(config: &Path, args: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_stored_with_other_partitions_is_refused_at_start() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);
@@ -314,6 +318,7 @@ async fn a_group_stored_with_other_partitions_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repartitioning_mid_drain_four_to_eight_to_one_to_four_delivers_each_once_in_key_order() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let dir = TempDir::new(&db.name);

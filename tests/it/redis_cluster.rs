@@ -11,9 +11,9 @@ use rand::Rng;
 use crate::harness::TestDb;
 use crate::harness::cli::{outbox_relay, run};
 use crate::harness::cluster::PrivateCluster;
-use crate::harness::eventually;
 use crate::harness::redis::TestRedis;
 use crate::harness::relay::{RelayProcess, TempDir};
+use crate::harness::{eventually, watchdog};
 
 /// Topics `t0` … `t{streams-1}`, each forwarded to stream `s.<topic>`.
 const KEYS: u64 = 50;
@@ -125,6 +125,7 @@ async fn wait_for_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_streams_over_three_masters_survive_five_relay_kills_exactly_once_in_key_order() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -199,6 +200,7 @@ async fn twenty_streams_over_three_masters_survive_five_relay_kills_exactly_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_mid_drain_fails_over_to_its_replica_and_the_repair_heals_the_loss() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -283,6 +285,7 @@ async fn a_master_killed_mid_drain_fails_over_to_its_replica_and_the_repair_heal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_that_moves_while_the_relay_appends_to_it_keeps_every_message_once_in_order() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -367,6 +370,7 @@ async fn a_slot_that_moves_while_the_relay_appends_to_it_keeps_every_message_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_status_and_replay_work_against_a_cluster() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -408,6 +412,7 @@ async fn demo_status_and_replay_work_against_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_setting_that_does_not_match_the_server_is_an_error_naming_it() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -449,6 +454,7 @@ async fn a_cluster_setting_that_does_not_match_the_server_is_an_error_naming_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_drain_spreads_its_streams_over_the_cluster_and_cleans_up_every_master() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -494,6 +500,7 @@ async fn bench_drain_spreads_its_streams_over_the_cluster_and_cleans_up_every_ma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_red_while_a_slot_has_no_master() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -530,6 +537,7 @@ async fn readiness_is_red_while_a_slot_has_no_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_replicas_waits_on_each_streams_master() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -557,6 +565,7 @@ async fn wait_replicas_waits_on_each_streams_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_name_that_cannot_keep_its_watermark_in_its_slot_fails_its_messages_not_the_others()
  {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -607,6 +616,7 @@ async fn a_stream_name_that_cannot_keep_its_watermark_in_its_slot_fails_its_mess
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_paused_past_its_lease_is_fenced_on_every_master() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -656,6 +666,7 @@ async fn a_relay_paused_past_its_lease_is_fenced_on_every_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_stops_acknowledging_holds_the_cursor_until_it_comes_back() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -730,6 +741,7 @@ async fn a_replica_that_stops_acknowledging_holds_the_cursor_until_it_comes_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_copies_go_through_a_failover_of_their_master_exactly_once() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let mut cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();
@@ -786,6 +798,7 @@ async fn dead_letter_copies_go_through_a_failover_of_their_master_exactly_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_the_masters_close_as_idle_cost_no_failed_step() {
+    let _watchdog = watchdog(Duration::from_secs(600));
     let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
         .await
         .unwrap();

@@ -24,7 +24,10 @@ impl PrivateCluster {
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port))
             .collect();
-        let output = Command::new("redis-cli")
+        // Bounded: it waits for the nodes to agree, which a node that never does would make
+        // endless.
+        let output = Command::new("timeout")
+            .args(["120", "redis-cli"])
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -53,11 +56,7 @@ impl PrivateCluster {
 
     /// `redis-cli -p <port> <args>`, its output (panics when it fails).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
+        let output = redis_cli(port).args(args).output().expect("run redis-cli");
         assert!(output.status.success(), "redis-cli {args:?} failed");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
@@ -198,7 +197,12 @@ impl PrivateCluster {
             &["cluster", "setslot", &slot, "migrating", &target_id],
         );
         let mut moved = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} still has keys on {source} after moving {moved}"
+            );
             let keys = cli_output(source, &["cluster", "getkeysinslot", &slot, "1"]);
             let Some(next) = keys.lines().next().filter(|k| !k.is_empty()) else {
                 break;
@@ -280,9 +284,16 @@ impl PrivateCluster {
     }
 }
 
+/// `redis-cli -p <port>`, ended after 30 s (`timeout`): a node that never answers fails the
+/// call instead of hanging the test.
+fn redis_cli(port: u16) -> Command {
+    let mut command = Command::new("timeout");
+    command.args(["30", "redis-cli", "-p", &port.to_string()]);
+    command
+}
+
 fn cli_output(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
+    redis_cli(port)
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())

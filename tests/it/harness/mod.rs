@@ -248,6 +248,30 @@ where
     }
 }
 
+/// Ends the whole test run (abort, naming the test) if the test that holds it is still
+/// running after `limit`: a test that hangs (a server that never answers, a loop that never
+/// ends) then fails CI at once, saying which, instead of running until CI's own timeout.
+/// Dropping it (the test ended, passed or panicked) disarms it.
+#[must_use = "the watchdog is disarmed when dropped"]
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+pub fn watchdog(limit: Duration) -> Watchdog {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an unnamed test")
+        .to_owned();
+    let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+            eprintln!("WATCHDOG: {test} is still running after {limit:?}: aborting the test run");
+            std::process::abort();
+        }
+    });
+    Watchdog { _disarm: disarm }
+}
+
 /// Serves `app` on a free local port in the background (a webhook for `http` routes); returns
 /// its address.
 pub async fn serve_http(app: axum::Router) -> std::net::SocketAddr {
