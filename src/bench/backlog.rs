@@ -146,3 +146,23 @@ pub(super) async fn slowest_cursor(
     }
     Ok(slowest.unwrap_or_default())
 }
+
+/// An error if any message of `groups` failed (and so was called more than once, or is dead):
+/// the figures are for a backlog handled once.
+pub(super) async fn check_none_failed(pool: &PgPool, groups: &[String]) -> Result<(), BenchError> {
+    let (failed, error): (i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*), min(d.last_error) FROM outbox.deliveries d WHERE d.group_name = ANY($1)",
+    )
+    .bind(groups)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| phase("count delivery rows", e))?;
+    if failed > 0 {
+        let error = error.unwrap_or_default();
+        return Err(phase(
+            "check",
+            format!("{failed} message(s) failed, e.g.: {error}"),
+        ));
+    }
+    Ok(())
+}

@@ -269,14 +269,7 @@ impl DrainBench {
         let metrics_scraped = metrics.is_some();
         let stages = metrics.and_then(|text| StageBreakdown::parse(&text));
         relay.stop().await?;
-        let mut appended = 0u64;
-        for stream in &streams {
-            appended += redis::cmd("XLEN")
-                .arg(format!("{}{stream}", redis.prefix))
-                .query_async::<u64>(&mut redis.connection)
-                .await
-                .map_err(|e| phase("count the streams", e))?;
-        }
+        let appended: u64 = redis.stream_lengths(&streams).await?.iter().sum();
         if appended != self.messages {
             return Err(phase(
                 "check",

@@ -268,14 +268,8 @@ impl FanoutBench {
         scratch: &mut RelayScratch,
         names: &[String],
     ) -> Result<(), BenchError> {
-        let redis = &mut scratch.redis;
-        for name in names {
-            let key = format!("{}{name}", redis.prefix);
-            let len: u64 = redis::cmd("XLEN")
-                .arg(&key)
-                .query_async(&mut redis.connection)
-                .await
-                .map_err(|e| phase("count a stream", e))?;
+        let lengths = scratch.redis.stream_lengths(names).await?;
+        for (name, len) in names.iter().zip(lengths) {
             if len != self.messages {
                 return Err(phase(
                     "check",
@@ -285,13 +279,8 @@ impl FanoutBench {
                     ),
                 ));
             }
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<()>(&mut redis.connection)
-                .await
-                .map_err(|e| phase("delete a stream", e))?;
         }
-        Ok(())
+        scratch.redis.delete_streams(names).await
     }
 }
 

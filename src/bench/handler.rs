@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::backlog::{Backlog, slowest_cursor};
+use super::backlog::{Backlog, check_none_failed, slowest_cursor};
 use super::relay_process::{RelayScratch, phase};
-use super::slow_endpoint::{CallCount, SlowEndpoint};
+use super::slow_endpoint::{CallCount, END_POLL, SlowEndpoint, wait_for_calls};
 use super::summary::{Line, Machine, Summary};
 use super::{BenchError, Comparison, Measurement, Progress};
 use outbox_relay::Position;
@@ -38,10 +38,6 @@ use outbox_relay::store;
 const TOPIC: &str = "bench.handler";
 const HTTP_GROUP: &str = "bench-handler-http";
 const RUST_GROUP: &str = "bench-handler-rust";
-
-/// How often the end of a run is looked for: the call count is two atomics, and the cursor
-/// is read only once every call was answered, so a fine poll costs the relay nothing.
-const END_POLL: Duration = Duration::from_millis(2);
 
 /// Defaults: 5,000 messages over 500 keys, 20 ms per call, the group's default max_in_flight.
 #[derive(Debug, Clone)]
@@ -261,7 +257,7 @@ impl HandlerBench {
         let peak_rss = relay.peak_rss_bytes();
         relay.stop().await?;
         let ended = done?;
-        self.check_none_failed(pool, HTTP_GROUP).await?;
+        check_none_failed(pool, &[HTTP_GROUP.to_owned()]).await?;
         Ok(HandlerRun {
             relay_peak_rss: peak_rss,
             ..self.measured(count, started, ended)
@@ -349,7 +345,7 @@ impl HandlerBench {
             }
         }
         let ended = done?;
-        self.check_none_failed(pool, RUST_GROUP).await?;
+        check_none_failed(pool, &[RUST_GROUP.to_owned()]).await?;
         Ok(self.measured(&count, started, ended))
     }
 
@@ -377,15 +373,7 @@ impl HandlerBench {
         mut check_alive: impl FnMut() -> Result<(), BenchError>,
         progress: &dyn Progress,
     ) -> Result<Instant, BenchError> {
-        loop {
-            let calls = count.calls();
-            progress.advance_to(calls.min(self.messages));
-            if calls >= self.messages && count.running() == 0 {
-                break;
-            }
-            check_alive()?;
-            tokio::time::sleep(END_POLL).await;
-        }
+        wait_for_calls(count, self.messages, &mut check_alive, progress).await?;
         let groups = [group.to_owned()];
         loop {
             if slowest_cursor(pool, &groups).await? >= last {
@@ -394,26 +382,6 @@ impl HandlerBench {
             check_alive()?;
             tokio::time::sleep(END_POLL).await;
         }
-    }
-
-    /// An error if any message of `group` failed (and so was called more than once, or is
-    /// dead): the figures are for a backlog handled once.
-    async fn check_none_failed(&self, pool: &PgPool, group: &str) -> Result<(), BenchError> {
-        let (failed, error): (i64, Option<String>) = sqlx::query_as(
-            "SELECT count(*), min(d.last_error) FROM outbox.deliveries d WHERE d.group_name = $1",
-        )
-        .bind(group)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| phase("count delivery rows", e))?;
-        if failed > 0 {
-            let error = error.unwrap_or_default();
-            return Err(phase(
-                "check",
-                format!("{failed} message(s) of group {group} failed, e.g.: {error}"),
-            ));
-        }
-        Ok(())
     }
 }
 

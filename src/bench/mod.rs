@@ -2,13 +2,14 @@
 //! taken in the same run against the configured Postgres, in a scratch database that is
 //! created for the run and dropped after it.
 //!
-//! One module per scenario (`publish`, `drain`, `latency`, `fanout`, `retry`, `handler`);
-//! the relay scenarios share a [`RelayScratch`] (database + key prefix), a real relay
-//! process, a backlog filler, and Postgres' own counters ([`pg_activity`]). Every report
+//! One module per scenario (`publish`, `drain`, `latency`, `fanout`, `retry`, `handler`,
+//! `scale`); the relay scenarios share a [`RelayScratch`] (database + key prefix), real relay
+//! processes, a backlog filler, and Postgres' own counters ([`pg_activity`]). Every report
 //! turns into a [`Summary`]: the lines of the summary table and the `--json` document.
 
 mod backlog;
 mod c_tools;
+mod cpu;
 mod drain;
 mod fanout;
 mod flaky_endpoint;
@@ -19,6 +20,7 @@ mod progress;
 mod publish;
 mod relay_process;
 mod retry;
+mod scale;
 mod slow_endpoint;
 mod stages;
 mod summary;
@@ -38,6 +40,7 @@ pub use progress::Progress;
 pub use publish::{PublishBench, PublishBenchReport};
 pub use relay_process::RelayScratch;
 pub use retry::{RetryBench, RetryBenchReport};
+pub use scale::{ScaleBench, ScaleBenchReport, ScaleHandler};
 pub use summary::Summary;
 
 use outbox_relay::config::ConnectionUrl;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::BenchError;
+use super::cpu::process_cpu_seconds;
 use super::relay_process::phase;
 use outbox_relay::store::APPLICATION_NAME;
 
@@ -100,7 +101,7 @@ pub async fn idle_cost(
     window: Duration,
 ) -> Result<IdleCost, BenchError> {
     let backends = relay_backends(admin, database, relay_pid).await?;
-    let cpu_before = cpu_seconds(&backends);
+    let cpu_before = process_cpu_seconds(&backends);
     let started = Instant::now();
     let mut samples = vec![(
         Duration::ZERO,
@@ -112,7 +113,7 @@ pub async fn idle_cost(
         samples.push((started.elapsed(), count));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&backends) - cpu_before;
+    let cpu = process_cpu_seconds(&backends) - cpu_before;
     Ok(IdleCost {
         seconds: elapsed,
         transactions_per_second: rate_between_flushes(&samples, elapsed),
@@ -227,47 +228,9 @@ fn tcp_ports_of(table: &str, inodes: &HashSet<String>) -> Vec<u16> {
         .collect()
 }
 
-/// utime + stime of `pids`, in seconds (processes that have gone count nothing).
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks_per_second = clock_ticks_per_second();
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| cpu_ticks(&stat))
-        .sum::<u64>() as f64
-        / ticks_per_second
-}
-
-/// Fields 14 and 15 of /proc/<pid>/stat (after the parenthesised command name).
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let (_, after_name) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// `getconf CLK_TCK` (100 on Linux nearly always, which is also the fallback).
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse::<f64>().ok())
-        .filter(|ticks| *ticks > 0.0)
-        .unwrap_or(100.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_ticks_are_utime_plus_stime() {
-        let stat = "1234 (postgres: x (y)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
-        assert_eq!(cpu_ticks(stat), Some(300));
-    }
 
     #[test]
     fn tcp_table_ports_by_inode() {

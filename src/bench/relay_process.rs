@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -63,6 +64,32 @@ impl ScratchRedis {
     pub fn relay_section(&self) -> String {
         let cluster = if self.cluster { "cluster = true\n" } else { "" };
         format!("[redis]\nkey_prefix = \"{}\"\n{cluster}", self.prefix)
+    }
+
+    /// The entries in each of `streams` (names under the prefix).
+    pub async fn stream_lengths(&mut self, streams: &[String]) -> Result<Vec<u64>, BenchError> {
+        let mut lengths = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let length: u64 = redis::cmd("XLEN")
+                .arg(format!("{}{stream}", self.prefix))
+                .query_async(&mut self.connection)
+                .await
+                .map_err(|e| phase("count a stream", e))?;
+            lengths.push(length);
+        }
+        Ok(lengths)
+    }
+
+    /// Deletes `streams` (names under the prefix), one at a time (a cluster routes by key).
+    pub async fn delete_streams(&mut self, streams: &[String]) -> Result<(), BenchError> {
+        for stream in streams {
+            redis::cmd("DEL")
+                .arg(format!("{}{stream}", self.prefix))
+                .query_async::<()>(&mut self.connection)
+                .await
+                .map_err(|e| phase("delete a stream", e))?;
+        }
+        Ok(())
     }
 
     /// Deletes every key under the prefix; a failure is logged, not returned.
@@ -151,7 +178,13 @@ impl RelayProcess {
         toml: &str,
         http: Option<SocketAddr>,
     ) -> Result<Self, BenchError> {
-        let dir = std::env::temp_dir().join(format!("outbox-bench-{}", std::process::id()));
+        // A directory per relay: `bench scale` runs several at once, each with its own log.
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "outbox-bench-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| phase("write the relay config", e))?;
         let config = dir.join("relay.toml");
         std::fs::write(&config, toml).map_err(|e| phase("write the relay config", e))?;

@@ -13,8 +13,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::post;
 
-use super::BenchError;
 use super::webhook::LocalWebhook;
+use super::{BenchError, Progress};
 
 /// Calls of a handler: how many, how many at once, and when the first began. Atomics only,
 /// so taking it on every call costs nothing measurable.
@@ -56,6 +56,29 @@ impl CallCount {
     /// When the first call began.
     pub fn first_began(&self) -> Option<Instant> {
         self.first_began.get().copied()
+    }
+}
+
+/// How often the end of a run is looked for: the call count is two atomics, so a fine poll
+/// costs the relay nothing.
+pub(super) const END_POLL: Duration = Duration::from_millis(2);
+
+/// Waits until `expected` calls were made and none is running; `check_alive` fails when the
+/// relay making them has stopped.
+pub(super) async fn wait_for_calls(
+    count: &CallCount,
+    expected: u64,
+    mut check_alive: impl FnMut() -> Result<(), BenchError>,
+    progress: &dyn Progress,
+) -> Result<(), BenchError> {
+    loop {
+        let calls = count.calls();
+        progress.advance_to(calls.min(expected));
+        if calls >= expected && count.running() == 0 {
+            return Ok(());
+        }
+        check_alive()?;
+        tokio::time::sleep(END_POLL).await;
     }
 }
 

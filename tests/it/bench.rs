@@ -436,3 +436,80 @@ async fn bench_handler_calls_every_message_once_within_max_in_flight() {
         assert_cleaned_up(&db, &redis, &out).await;
     }
 }
+
+#[tokio::test]
+async fn bench_scale_runs_one_partitioned_group_on_several_relays() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let (out, json) = bench_json(
+        &db,
+        &redis,
+        &[
+            "scale",
+            "--messages",
+            "400",
+            "--partitions",
+            "4",
+            "--relays",
+            "2,1",
+            "--keys",
+            "40",
+            "--latency-ms",
+            "2",
+            "--max-in-flight",
+            "3",
+        ],
+    );
+    assert_summary(&out, &json, "scale");
+    let details = &json["details"];
+    // 40 keys, 4 partitions × 3 calls: at most 12 at once.
+    assert_eq!(details["webhook_concurrency"], 12, "{json}");
+    let runs = details["runs"].as_array().unwrap();
+    let shape: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["handler"].as_str().unwrap().to_owned(),
+                r["relays"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("forward", 1),
+        ("forward", 2),
+        ("webhook", 1),
+        ("webhook", 2),
+    ];
+    assert_eq!(
+        shape,
+        expected.map(|(h, r)| (h.to_owned(), r)).to_vec(),
+        "{json}"
+    );
+    for run in runs {
+        let relays = run["relays"].as_u64().unwrap();
+        assert_eq!(run["deliveries"], 400, "{run}");
+        // Every message is read at least once; each relay reads the shared tail.
+        assert!(run["rows_read"].as_i64().unwrap() >= 400, "{run}");
+        let holding = run["relays_holding_partitions"].as_u64().unwrap();
+        assert!((1..=relays).contains(&holding), "{run}");
+        assert!(run["relay_cpu_seconds"].as_f64().unwrap() > 0.0, "{run}");
+        if run["handler"] == "webhook" {
+            assert_eq!(
+                run["webhook_calls"], 400,
+                "every message called once: {run}"
+            );
+            let peak = run["peak_in_flight"].as_u64().unwrap();
+            assert!((1..=12).contains(&peak), "{run}");
+        } else {
+            assert!(run["webhook_calls"].is_null(), "{run}");
+        }
+    }
+    // The fewest relays are the base of linear scaling.
+    let base = json_line(&json, "forward, 1 relay(s): deliveries vs linear");
+    assert!(
+        (base["ratio"].as_f64().unwrap() - 1.0).abs() < 1e-6,
+        "{base}"
+    );
+    assert!(line(&out, "webhook latency bound").contains("12 calls at once"));
+    assert_cleaned_up(&db, &redis, &out).await;
+}

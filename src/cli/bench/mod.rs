@@ -8,6 +8,7 @@ mod handler;
 mod latency;
 mod publish;
 mod retry;
+mod scale;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,14 @@ pub enum Scenario {
     ///
     /// Example: outbox-relay bench handler --messages 5000 --keys 500 --latency-ms 20 --max-in-flight 16
     Handler(handler::Args),
+    /// One partitioned group ([[groups]] partitions = N) run by 1, 2 and 4 `outbox-relay run`
+    /// processes at once, through a forward route and through an http route to a local
+    /// webhook that answers after --latency-ms: deliveries/s next to linear scaling from the
+    /// fewest relays, Postgres rows read per delivery, the relays' CPU time and how busy the
+    /// machine's cores were (what bounds it).
+    ///
+    /// Example: outbox-relay bench scale --messages 100000 --partitions 8 --relays 1,2,4
+    Scale(scale::Args),
 }
 
 /// `--json FILE`, common to every scenario.
@@ -79,6 +88,7 @@ pub async fn run(config: &outbox_relay::config::Config, scenario: Scenario) -> a
         Scenario::Fanout(args) => fanout::run(config, args).await,
         Scenario::Retry(args) => retry::run(config, args).await,
         Scenario::Handler(args) => handler::run(config, args).await,
+        Scenario::Scale(args) => scale::run(config, args).await,
     }
 }
 
