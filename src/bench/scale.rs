@@ -11,7 +11,9 @@
 //! is at the end of the backlog. Per run: deliveries per second next to linear scaling (the
 //! fewest relays' rate × relays / fewest), the Postgres rows read from `outbox.messages` per
 //! delivery, the relays' CPU time, how busy the machine's cores were (all of them: relays,
-//! Postgres, Redis and the bench together), and how many relays held partitions at the end.
+//! Postgres, Redis and the bench together), how long until every relay held a partition (the
+//! relays start together; the first to heartbeat takes every partition until it learns of the
+//! others), and how many relays held partitions at the end.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -104,6 +106,10 @@ pub struct ScaleRun {
     pub machine_busy: Option<f64>,
     /// Relays holding at least one partition's lease at the end of the run.
     pub relays_holding_partitions: u32,
+    /// From the first relay's start until every relay held a partition (as many as there are
+    /// partitions); `None` when that was not seen before the end.
+    #[serde(skip)]
+    pub spread_after: Option<Duration>,
     /// Webhook calls made (webhook only): one per message, none failed.
     pub webhook_calls: Option<u64>,
     /// The most webhook calls that ran at once (webhook only).
@@ -181,6 +187,14 @@ impl ScaleBenchReport {
                     "%",
                 ));
             }
+            if let Some(after) = run.spread_after.filter(|_| run.relays > 1) {
+                lines.push(Line::figure(
+                    "scale",
+                    what("every relay holding a partition after"),
+                    after.as_secs_f64(),
+                    "s",
+                ));
+            }
             if let Some(peak) = run.peak_in_flight {
                 lines.push(Line::figure(
                     "scale",
@@ -221,6 +235,7 @@ impl ScaleBenchReport {
                     "relay_cpu_seconds": r.relay_cpu_seconds,
                     "machine_busy": r.machine_busy,
                     "relays_holding_partitions": r.relays_holding_partitions,
+                    "spread_after_seconds": r.spread_after.map(|d| d.as_secs_f64()),
                     "webhook_calls": r.webhook_calls,
                     "peak_in_flight": r.peak_in_flight,
                 })).collect::<Vec<_>>(),
@@ -373,10 +388,18 @@ impl ScaleBench {
         for _ in 0..relays {
             processes.push(scratch.start_relay(&self.relay_exe, &toml)?);
         }
+        let spread = tokio::spawn(watch_spread(
+            pool.clone(),
+            partitions.clone(),
+            relays.min(self.partitions),
+            started,
+        ));
         let done = self
             .wait_until_handled(pool, &partitions, last, endpoint, &mut processes, progress)
             .await;
         let elapsed = started.elapsed();
+        spread.abort();
+        let spread_after = spread.await.ok();
         let machine_busy = MachineCpu::now()
             .zip(cpu_before)
             .and_then(|(after, before)| after.busy_since(before));
@@ -402,6 +425,7 @@ impl ScaleBench {
             relay_cpu_seconds,
             machine_busy,
             relays_holding_partitions: holding,
+            spread_after,
             webhook_calls: None,
             peak_in_flight: None,
         })
@@ -423,6 +447,25 @@ impl ScaleBench {
             wait_for_calls(endpoint.count(), self.messages, &mut check_alive, progress).await?;
         }
         wait_until_passed(pool, partitions, last, check_alive, progress).await
+    }
+}
+
+/// Waits until `relays` distinct relays hold leases of `partitions`; returns how long after
+/// `started` that was seen. Looks every 50 ms (a query the relays do not wait for).
+async fn watch_spread(
+    pool: PgPool,
+    partitions: Vec<String>,
+    relays: u32,
+    started: Instant,
+) -> Duration {
+    loop {
+        if relays_holding(&pool, &partitions)
+            .await
+            .is_ok_and(|holding| holding >= relays)
+        {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -471,6 +514,7 @@ mod tests {
             relay_cpu_seconds: 0.5,
             machine_busy: Some(0.9),
             relays_holding_partitions: relays,
+            spread_after: None,
             webhook_calls: None,
             peak_in_flight: None,
         }

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
 use super::active::{Active, Lease};
 use super::dispatcher::Dispatcher;
-use super::membership::Seat;
+use super::membership::{Assigned, Seat};
 use super::partition::Partition;
 use super::plan::Tally;
 use super::tail::SharedTail;
@@ -72,6 +73,9 @@ pub(super) struct GroupWorker {
     /// Whether this worker said (once, at INFO) that it stands by for a lease held elsewhere;
     /// cleared when it takes the lease, so the next wait is said again.
     pub said_standing_by: bool,
+    /// For a partition: its member's assignment, watched so that a worker waiting (standing
+    /// by, or idle) steps as soon as the partition is assigned to it or taken away.
+    pub assignment: Option<watch::Receiver<Assigned>>,
 }
 
 /// Standby, or holding the lease with everything in flight under it (see `active`).
@@ -123,7 +127,9 @@ pub enum Step {
 impl GroupWorker {
     /// A worker for `group`, standing by until its first step takes the lease.
     pub fn new(group: Group, wakeup: Wakeup, health: Health) -> GroupWorker {
+        let assignment = group.seat.as_ref().map(|seat| seat.assigned.clone());
         GroupWorker {
+            assignment,
             group,
             state: State::Standby,
             wakeup,
@@ -189,11 +195,23 @@ impl GroupWorker {
                     Pause::UntilWoken(idle) => self.wakeup.wait(idle).await,
                 }
             };
+            let assignment_changed = async {
+                let changed = match &mut self.assignment {
+                    Some(assignment) => assignment.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    // Not a partition, or its membership has ended (shutdown follows).
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wait => {}
                 // The keeper found the lease gone: the next step stands by at once.
                 () = lease_lost => {}
+                // Assigned to this member (take it now) or taken away (hand it over now).
+                () = assignment_changed => {}
             }
         }
         let grace_ends = grace_ends.unwrap_or_else(|| Instant::now() + settings.shutdown_grace);

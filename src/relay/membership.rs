@@ -1,6 +1,6 @@
 //! Membership of partitioned groups: each relay process running a group split into N
-//! partitions heartbeats a row in `outbox.group_members` (every `lease_ttl / 3`, alive for
-//! `lease_ttl`), reads who else is alive, and runs the partitions assigned to it: partition p
+//! partitions heartbeats a row in `outbox.group_members` (every `lease_ttl / 3`, at most a
+//! second apart, alive for `lease_ttl`), reads who else is alive, and runs the partitions assigned to it: partition p
 //! goes to the (p mod M)-th of the M live members in name order, which spreads them evenly.
 //!
 //! ```text
@@ -100,7 +100,10 @@ impl Membership {
     /// Heartbeats until `shutdown`; the caller then calls [`Membership::leave`] once the
     /// workers released their leases.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let interval = (self.lease_ttl / 3).max(Duration::from_millis(10));
+        // At most a second apart whatever the lease: the members running a group learn of one
+        // that joins at their next heartbeat, and until then it has nothing to run (with the
+        // default 10 s lease, every 3.3 s left a joining relay idle for most of a short drain).
+        let interval = heartbeat_interval(self.lease_ttl);
         loop {
             self.beat().await;
             tokio::select! {
@@ -153,6 +156,11 @@ impl Membership {
     }
 }
 
+/// How often a member heartbeats: `lease_ttl / 3`, between 10 ms and 1 s.
+fn heartbeat_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +178,13 @@ mod tests {
         assert_eq!(Assigned::of(&members, "z", 8), Assigned::default());
         let alone = Assigned::of(&names(&["b"]), "b", 4);
         assert_eq!((alone.partitions, alone.members), (vec![0, 1, 2, 3], 1));
+    }
+
+    #[test]
+    fn heartbeats_are_a_third_of_the_lease_and_at_most_a_second_apart() {
+        let ms = Duration::from_millis;
+        assert_eq!(heartbeat_interval(ms(900)), ms(300));
+        assert_eq!(heartbeat_interval(ms(10_000)), ms(1_000));
+        assert_eq!(heartbeat_interval(ms(15)), ms(10));
     }
 }

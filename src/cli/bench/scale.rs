@@ -114,12 +114,19 @@ fn print_report(report: &ScaleBenchReport) {
             .machine_busy
             .map(|busy| format!(", machine {:.0} % busy", busy * 100.0))
             .unwrap_or_default();
+        let spread = match run.spread_after {
+            Some(after) => format!(
+                "every relay held a partition after {:.2} s",
+                after.as_secs_f64()
+            ),
+            None => "not every relay held a partition before the end".to_owned(),
+        };
         let peak = run
             .peak_in_flight
             .map(|peak| format!(", peak {peak} calls at once"))
             .unwrap_or_default();
         outln!(
-            "{} on {} relay(s): {:.0} msg/s in {:.3} s, {:.3}× linear ({:.0} msg/s); {:.3} rows read per delivery; relays' CPU {:.1} ms per 1000{busy}{peak}; {} relay(s) held partitions at the end",
+            "{} on {} relay(s): {:.0} msg/s in {:.3} s, {:.3}× linear ({:.0} msg/s); {:.3} rows read per delivery; relays' CPU {:.1} ms per 1000{busy}{peak}; {spread}, {} at the end",
             run.handler.name(),
             run.relays,
             comparison.ours.per_second(),
