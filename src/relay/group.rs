@@ -102,6 +102,10 @@ enum Pause {
 /// The pause after a read that found some messages but not a full batch.
 const TRICKLE_PAUSE: Duration = Duration::from_millis(1);
 
+/// How often a worker tries to take a partition assigned to it that another member still
+/// holds (one conditional UPDATE each; the other member releases it after committing).
+const HANDOVER_POLL: Duration = Duration::from_millis(100);
+
 /// When polling, how long the `streak`-th empty read in a row waits (capped by
 /// `idle_poll_ms`): 1 ms right after activity, doubling while nothing arrives. Under load a
 /// read that finds nothing (an older transaction still open) is followed by a short wait, not
@@ -294,9 +298,17 @@ impl GroupWorker {
                 }
                 State::Standby => settings.idle_poll,
             }),
-            Step::Standby => Pause::For(
-                (settings.lease_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)),
-            ),
+            Step::Standby => {
+                let standby = (settings.lease_ttl / 4)
+                    .clamp(Duration::from_millis(20), Duration::from_secs(1));
+                if self.group.seat.is_some() && self.group.is_assigned() {
+                    // A partition assigned here and still held by its last member, which lets
+                    // it go once its work in flight is committed: take it soon after.
+                    Pause::For(standby.min(HANDOVER_POLL))
+                } else {
+                    Pause::For(standby)
+                }
+            }
         }
     }
 
