@@ -362,9 +362,11 @@ impl ScaleBench {
     ) -> Result<ScaleRun, BenchError> {
         let pool = &scratch.database.pool;
         let group = format!("scale-{}-{relays}", handler.name());
-        let partitions: Vec<String> = (0..self.partitions)
-            .map(|p| format!("{group}/{p}"))
-            .collect();
+        // The consumer_groups rows: `<group>/<p>`, or the group's own with one partition.
+        let partitions: Vec<String> = match self.partitions {
+            0 | 1 => vec![group.clone()],
+            n => (0..n).map(|p| format!("{group}/{p}")).collect(),
+        };
         let max_in_flight = self
             .max_in_flight
             .map(|n| format!("max_in_flight = {n}\n"))

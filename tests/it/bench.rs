@@ -512,4 +512,27 @@ async fn bench_scale_runs_one_partitioned_group_on_several_relays() {
     );
     assert!(line(&out, "webhook latency bound").contains("12 calls at once"));
     assert_cleaned_up(&db, &redis, &out).await;
+
+    // One partition is an unpartitioned group (its row is the group's own): one relay holds
+    // it, the other stands by.
+    let (out, json) = bench_json(
+        &db,
+        &redis,
+        &[
+            "scale",
+            "--messages",
+            "200",
+            "--partitions",
+            "1",
+            "--relays",
+            "2",
+            "--handlers",
+            "forward",
+        ],
+    );
+    assert_summary(&out, &json, "scale");
+    let run = &json["details"]["runs"][0];
+    assert_eq!(run["deliveries"], 200, "{json}");
+    assert_eq!(run["relays_holding_partitions"], 1, "{json}");
+    assert_cleaned_up(&db, &redis, &out).await;
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::bench::{RelayScratch, ScaleBench, ScaleBenchReport, ScaleHandler};
-use outbox_relay::config::Config;
+use outbox_relay::config::{Config, MAX_PARTITIONS};
 
 use super::{JsonOut, TerminalProgress, conclude, relay_exe};
 
@@ -21,8 +21,8 @@ pub struct Args {
     /// Messages in the backlog (every run handles all of them).
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
-    /// The group's partitions.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// The group's partitions (1: not partitioned, one relay at a time runs the group).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_PARTITIONS as i64))]
     partitions: u32,
     /// Relay process counts, one run each per handler.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
