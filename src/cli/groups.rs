@@ -1,13 +1,10 @@
 //! `outbox-relay groups list|pause|resume|reset`
 
-use std::collections::HashSet;
-
 use outbox_relay::config::{Config, MAX_PARTITIONS};
-use outbox_relay::relay::route::route_for;
-use outbox_relay::relay::{OrderingMode, Partition, partition_of};
-use outbox_relay::store::{self, GroupStatus, NewSplit};
+use outbox_relay::store::{self, GroupStatus};
 
 use super::cursor_move::{self, Target};
+use super::repartition;
 
 /// Consumer groups: list them, pause and resume them, reset their cursor.
 ///
@@ -84,7 +81,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
                 )));
             }
             let dry_run = confirm.dry_run("groups repartition rewrites the group's rows")?;
-            repartition(config, &group, partitions as u32, dry_run).await
+            repartition::repartition(config, &group, partitions as u32, dry_run).await
         }
         Command::Reset {
             group,
@@ -209,127 +206,6 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
         (false, true) => {
             outln!("group `{group}` resumed; a relay takes it at its next lease attempt")
         }
-    }
-    Ok(())
-}
-
-/// `groups repartition`: one transaction (see `store::repartition`).
-async fn repartition(
-    config: &Config,
-    group: &str,
-    partitions: u32,
-    dry_run: bool,
-) -> anyhow::Result<()> {
-    // The group's routes say which messages it handles at all (a message of a topic it does
-    // not route is passed over, not handed to the retry path, which would dead-letter it);
-    // blocked rows follow its ordering (`none`: nothing waits; `key` and `strict`: a key's
-    // later messages wait behind its earlier ones).
-    let Some(configured) = config.groups.iter().find(|g| g.name == group) else {
-        return Err(super::usage(format!(
-            "the configuration has no [[groups]] named `{group}`: repartition reads its routes and ordering from it (pass the relays' --config)"
-        )));
-    };
-    let ordering = configured.ordering;
-    let pool = store::connect(&config.database_url, 1).await?;
-    let mut tx = pool.begin().await?;
-    let rows = store::consumer_groups_lock_all(&mut tx, group).await?;
-    let current: Vec<_> = rows.iter().filter(|r| !r.retired).collect();
-    let Some(first) = current.first() else {
-        let known = store::consumer_groups_names(&mut *tx).await?;
-        return Err(super::unknown_group(group, &known));
-    };
-    let before = first.partitions as u32;
-    if before == partitions {
-        outln!("group `{group}` has {partitions} partition(s) already; nothing to do");
-        return Ok(());
-    }
-    // Only a relay that stopped cleanly (SIGTERM) has landed everything it appended: one that
-    // died may have appended entries its cursor does not show, which the old partition's
-    // watermark would skip but a new partition would send again.
-    if let Some(held) = current.iter().find(|r| r.lease_owner.is_some()) {
-        let how = if held.leased {
-            "holds"
-        } else {
-            "did not release (it died, or is still stopping)"
-        };
-        return Err(super::usage(format!(
-            "relay {} {how} the lease of `{}`: stop every relay running group `{group}` with SIGTERM; one that died must be started again with `partitions = {before}` and stopped cleanly, so what it appended is committed",
-            held.lease_owner.as_deref().unwrap_or("?"),
-            held.name
-        )));
-    }
-    let cursor = current.iter().map(|r| r.cursor).max().unwrap_or_default();
-    let names: Vec<String> = if partitions == 1 {
-        vec![group.to_owned()]
-    } else {
-        (0..partitions)
-            .map(|index| {
-                Partition {
-                    index,
-                    count: partitions,
-                }
-                .row_name(group)
-            })
-            .collect()
-    };
-    let row_of = |id: uuid::Uuid, key: Option<&str>| -> &str {
-        &names[partition_of(key, id, partitions) as usize]
-    };
-    let deliveries = store::deliveries_of_group(&mut tx, group).await?;
-    let mut parked: HashSet<&str> = deliveries
-        .iter()
-        .filter(|(_, _, status)| status != "dead")
-        .filter_map(|(_, key, _)| key.as_deref())
-        .collect();
-    let not_reached = store::messages_not_reached(&mut tx, group, cursor).await?;
-    let mut split = NewSplit {
-        partitions,
-        cursor,
-        paused: current.iter().any(|r| r.paused),
-        moves: deliveries
-            .iter()
-            .map(|(id, key, _)| (*id, row_of(*id, key.as_deref())))
-            .collect(),
-        not_reached: Vec::with_capacity(not_reached.len()),
-    };
-    let routed = not_reached
-        .iter()
-        .filter(|(_, _, topic)| route_for(&configured.routes, topic).is_some());
-    for (id, key, _) in routed {
-        let waits =
-            ordering != OrderingMode::None && key.as_deref().is_some_and(|key| !parked.insert(key));
-        let status = if waits { "blocked" } else { "retrying" };
-        split
-            .not_reached
-            .push((*id, row_of(*id, key.as_deref()), status));
-    }
-    store::consumer_groups_repartition(&mut tx, group, &split).await?;
-    if dry_run {
-        tx.rollback().await?;
-    } else {
-        tx.commit().await?;
-    }
-    pool.close().await;
-    let blocked = split
-        .not_reached
-        .iter()
-        .filter(|n| n.2 == "blocked")
-        .count();
-    let verb = if dry_run { "would split" } else { "split" };
-    outln!(
-        "group `{group}`: {verb} into {partitions} partition(s) (was {before}), every one starting at {cursor}"
-    );
-    outln!(
-        "  {} message(s) not reached by their old partition become delivery rows of their new one ({} due now, {blocked} blocked behind an earlier message of their key)",
-        split.not_reached.len(),
-        split.not_reached.len() - blocked
-    );
-    outln!(
-        "  {} retrying/blocked/dead delivery row(s) moved to their new partition",
-        split.moves.len()
-    );
-    if !dry_run {
-        outln!("  now start the relays of `{group}` with `partitions = {partitions}`");
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod migrate;
 mod notify;
 mod prune;
 mod publish;
+mod repartition;
 mod replay;
 mod retry;
 mod run;

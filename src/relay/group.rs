@@ -30,7 +30,7 @@ use crate::position::Position;
 use crate::registry::RegistryError;
 use crate::relay::RelaySettings;
 use crate::sink::{Sink, SinkError, WrongType};
-use crate::store::{self, GroupCursor, LeaseHolder};
+use crate::store::{self, LeaseAttempt, LeaseHolder, LeaseRefusal};
 use crate::telemetry::{self, Health, WorkerHealth};
 
 pub use super::active::RETRY_SCAN_INTERVAL;
@@ -70,9 +70,9 @@ pub(super) struct GroupWorker {
     pub idle_streak: u32,
     /// The state last reported (written again only when it changes).
     pub reported: WorkerHealth,
-    /// Whether this worker said (once, at INFO) that it stands by for a lease held elsewhere;
+    /// Why this worker last said it stands by (said once per reason, not at every attempt);
     /// cleared when it takes the lease, so the next wait is said again.
-    pub said_standing_by: bool,
+    pub said_standing_by: Option<LeaseRefusal>,
     /// For a partition: its member's assignment, watched so that a worker waiting (standing
     /// by, or idle) steps as soon as the partition is assigned to it or taken away.
     pub assignment: Option<watch::Receiver<Assigned>>,
@@ -141,7 +141,7 @@ impl GroupWorker {
             health,
             idle_streak: 0,
             reported: WorkerHealth::Starting,
-            said_standing_by: false,
+            said_standing_by: None,
         }
     }
 
@@ -153,12 +153,15 @@ impl GroupWorker {
         let mut backoff = super::backoff(settings.max_backoff);
         // Set when shutdown began during a step: the end of its grace.
         let mut grace_ends = None;
+        // Set when that step outlived its grace and was dropped.
+        let mut abandoned = false;
         while !shutdown.is_cancelled() {
             // A notification from now on ends the idle wait after this step.
             self.notified_tx_id = self.wakeup.mark_seen();
             let Some(stepped) = self.step_within_grace(&shutdown, &mut grace_ends).await else {
-                // Abandoned: the calls still running go with it.
-                self.state = State::Standby;
+                // The calls still running went with it; the lease is still released below
+                // (fenced by its epoch as ever), so the next owner need not wait it out.
+                abandoned = true;
                 break;
             };
             let pause = match stepped {
@@ -219,7 +222,7 @@ impl GroupWorker {
             }
         }
         let grace_ends = grace_ends.unwrap_or_else(|| Instant::now() + settings.shutdown_grace);
-        if let State::Active(active) = &mut self.state {
+        if let (State::Active(active), false) = (&mut self.state, abandoned) {
             active.finish_window(&self.group, grace_ends).await;
         }
         if tokio::time::timeout(RELEASE_TIMEOUT, self.release())
@@ -337,17 +340,21 @@ impl GroupWorker {
             &group.name,
             &group.owner,
             group.settings.lease_ttl,
+            group.partition().map_or(1, |partition| partition.count),
         )
         .await
         .map_err(group.store_error("acquire the lease"))?;
-        let Some(acquired) = acquired else {
-            if !self.said_standing_by {
-                self.said_standing_by = true;
-                say_standing_by(group).await;
+        let acquired = match acquired {
+            LeaseAttempt::Acquired(acquired) => acquired,
+            LeaseAttempt::Refused(refusal) => {
+                if self.said_standing_by.as_ref() != Some(&refusal) {
+                    say_standing_by(group, &refusal);
+                    self.said_standing_by = Some(refusal);
+                }
+                return Ok(Step::Standby);
             }
-            return Ok(Step::Standby);
         };
-        self.said_standing_by = false;
+        self.said_standing_by = None;
         tracing::info!(group = %group.name, epoch = acquired.epoch, position = %acquired.cursor, owner = %group.owner,
             "lease acquired; forwarding");
         let lease = Lease {
@@ -355,9 +362,26 @@ impl GroupWorker {
             replay_generation: acquired.replay_generation,
             cursor: acquired.cursor,
         };
-        let mut active = Box::new(Active::take_over(group, lease).await?);
-        // Redis may have lost appends while no relay held the group.
-        let repaired = active.check_stream_marks(group, true).await?;
+        let taken = async {
+            let mut active = Box::new(Active::take_over(group, lease).await?);
+            // Redis may have lost appends while no relay held the group.
+            let repaired = active.check_stream_marks(group, true).await?;
+            Ok::<_, RelayError>((active, repaired))
+        };
+        let (active, repaired) = match taken.await {
+            Ok(taken) => taken,
+            Err(error) => {
+                // Not left held by a worker that stands by: another member, or this one at
+                // its next step, takes it at once instead of after the lease time.
+                let holder = group.holder(lease.epoch);
+                if let Err(release) =
+                    store::consumer_groups_lease_release(&group.pool, holder).await
+                {
+                    tracing::warn!(group = %group.name, error = %release, "could not release the lease; it will expire");
+                }
+                return Err(error);
+            }
+        };
         if repaired == Some(Step::Standby) {
             return Ok(Step::Standby);
         }
@@ -388,23 +412,21 @@ impl GroupWorker {
     }
 }
 
-/// One INFO line when a worker starts waiting for a lease it could not take: who holds it,
-/// or that the group is paused. Not repeated at every attempt.
-async fn say_standing_by(group: &Group) {
-    let row = store::consumer_groups_cursor(&group.pool, &group.name).await;
-    match row {
-        Ok(Some(GroupCursor {
-            lease_owner: Some(holder),
-            ..
-        })) => tracing::info!(group = %group.name,
-            holder = %holder, owner = %group.owner,
+/// One line when a worker starts waiting for a lease it could not take, and again when the
+/// reason changes: who holds it, or that the group is paused (INFO); an ERROR when the group
+/// was split otherwise since this relay started (it takes nothing until restarted).
+fn say_standing_by(group: &Group, refusal: &LeaseRefusal) {
+    let (name, owner) = (&group.name, &group.owner);
+    match refusal {
+        LeaseRefusal::HeldBy(holder) => tracing::info!(group = %name, %holder, %owner,
             "standing by: another relay holds the lease; taking over when it releases it or it expires"),
-        Ok(Some(GroupCursor {
-            lease_owner: None, ..
-        })) => tracing::info!(group = %group.name,
-            owner = %group.owner, "standing by: the group is paused (outbox-relay groups resume)"),
-        _ => tracing::info!(group = %group.name, owner = %group.owner,
-            "standing by: the lease is not free"),
+        LeaseRefusal::Paused => tracing::info!(group = %name, %owner,
+            "standing by: the group is paused (outbox-relay groups resume)"),
+        LeaseRefusal::Repartitioned { stored, retired } => tracing::error!(group = %name, %owner,
+            configured_partitions = group.partition().map_or(1, |p| p.count), stored_partitions = stored,
+            retired, "standing by for good: `groups repartition` split the group otherwise since this relay started; restart it with the partitions the group has now"),
+        LeaseRefusal::NoRow => tracing::warn!(group = %name, %owner,
+            "standing by: the group's row is gone (deleted while this relay ran)"),
     }
 }
 

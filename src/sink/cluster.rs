@@ -191,6 +191,18 @@ impl Cluster {
         super::client(&url, self.certificates.clone())
     }
 
+    /// A connection of its own to one master, for commands that go to every master (SCAN).
+    pub(super) async fn master_connection(
+        &self,
+        node: &NodeAddress,
+    ) -> Result<redis::aio::MultiplexedConnection, super::SinkError> {
+        let client = self.client_for(node).map_err(super::SinkError::Redis)?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(super::SinkError::Redis)
+    }
+
     /// The master of `key`'s slot, as the map says now.
     pub(super) fn master_of(&self, key: &str) -> Option<NodeAddress> {
         let slot = hash_slot(key);

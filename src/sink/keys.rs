@@ -29,6 +29,42 @@ pub fn late_token_key(prefix: &str, stream: &str, group: &str, token: &str) -> S
     beside_stream(prefix, stream, &format!("outbox-sent:{group}:{token}"))
 }
 
+/// A SCAN pattern for every watermark of `group` under `prefix`, whatever the stream.
+pub fn watermark_pattern(prefix: &str, group: &str) -> String {
+    format!(
+        "{}*:outbox-watermark:{}",
+        glob_escape(prefix),
+        glob_escape(group)
+    )
+}
+
+/// A SCAN pattern for every late-entry token of `group` under `prefix`, whatever the stream.
+pub fn late_token_pattern(prefix: &str, group: &str) -> String {
+    format!(
+        "{}*:outbox-sent:{}:*",
+        glob_escape(prefix),
+        glob_escape(group)
+    )
+}
+
+/// The token of a [`late_token_key`] of `group`: what follows `:outbox-sent:<group>:`.
+pub fn late_token_of<'a>(key: &'a str, group: &str) -> Option<&'a str> {
+    let marker = format!(":outbox-sent:{group}:");
+    key.rfind(&marker).map(|at| &key[at + marker.len()..])
+}
+
+/// `text` with Redis' glob characters (`*?[]\`) escaped, to match literally in a pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// A bookkeeping key named `<stream key>:<suffix>`, in the stream's hash slot.
 fn beside_stream(prefix: &str, stream: &str, suffix: &str) -> String {
     let stream_key = format!("{prefix}{stream}");
@@ -66,6 +102,20 @@ mod tests {
                 );
                 assert!(key.starts_with(prefix), "{key:?} is under the prefix");
             }
+        }
+    }
+
+    #[test]
+    fn patterns_escape_the_prefix_and_tokens_come_back_from_their_keys() {
+        assert_eq!(
+            watermark_pattern("app[1]*:", "g/1"),
+            "app\\[1\\]\\*:*:outbox-watermark:g/1"
+        );
+        assert_eq!(late_token_pattern("", "g"), "*:outbox-sent:g:*");
+        for (stream, token) in [("events", "0193a1b2:0"), ("{o}.x", "r2:dead:0193a1b2:3")] {
+            let key = late_token_key("app:", stream, "g/3", token);
+            assert_eq!(late_token_of(&key, "g/3"), Some(token));
+            assert_eq!(late_token_of(&key, "g/30"), None);
         }
     }
 

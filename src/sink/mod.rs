@@ -683,6 +683,49 @@ impl Sink {
             .iter()
             .map(|stream| watermark_key(&self.key_prefix, stream, group))
             .collect();
+        self.read_watermarks(&keys).await
+    }
+
+    /// Every watermark `group` (a group's row) has under the key prefix, whatever the stream,
+    /// by key — found by SCAN, for `groups repartition`, not for the hot path.
+    pub async fn watermarks_of_group(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, DedupeMark)>, SinkError> {
+        let keys = self
+            .scan(&keys::watermark_pattern(&self.key_prefix, group))
+            .await?;
+        let marks = self.read_watermarks(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(marks)
+            .filter_map(|(key, mark)| Some((key, mark?)))
+            .collect())
+    }
+
+    /// Every late-entry token `group` (a group's row) has under the key prefix (they expire
+    /// after a day), as `(key, token)` — found by SCAN, for `groups repartition`.
+    pub async fn late_tokens_of_group(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, String)>, SinkError> {
+        let keys = self
+            .scan(&keys::late_token_pattern(&self.key_prefix, group))
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let token = keys::late_token_of(&key, group)?.to_owned();
+                Some((key, token))
+            })
+            .collect())
+    }
+
+    /// What the watermark hashes `keys` hold (`None`: no such key).
+    async fn read_watermarks(&self, keys: &[String]) -> Result<Vec<Option<DedupeMark>>, SinkError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let texts: Vec<Option<String>> = if self.is_cluster() {
             // One command per key: a pipeline cannot span slots.
             let reads = keys.iter().map(|key| {
@@ -702,7 +745,7 @@ impl Sink {
                 .map_err(SinkError::Redis)?
         } else {
             let mut pipe = redis::pipe();
-            for key in &keys {
+            for key in keys {
                 pipe.cmd("HGET").arg(key).arg("position");
             }
             pipe.query_async(&mut self.connection())
@@ -711,7 +754,7 @@ impl Sink {
         };
         texts
             .into_iter()
-            .zip(&keys)
+            .zip(keys)
             .map(|(text, key)| {
                 text.map(|text| watermark::parse_watermark(key, text))
                     .transpose()
@@ -732,16 +775,33 @@ impl Sink {
             Backend::Cluster(cluster) => {
                 let mut deleted = 0;
                 for master in cluster.masters() {
-                    let client = cluster.client_for(&master).map_err(SinkError::Redis)?;
-                    let mut connection = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(SinkError::Redis)?;
+                    let mut connection = cluster.master_connection(&master).await?;
                     deleted += delete_keys_with_prefix(&mut connection, prefix)
                         .await
                         .map_err(SinkError::Redis)?;
                 }
                 Ok(deleted)
+            }
+        }
+    }
+
+    /// Every key matching the glob `pattern` (SCAN; on a cluster, on every master).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, SinkError> {
+        match &self.backend {
+            Backend::Single { connection, .. } => scan_keys(&mut connection.clone(), pattern)
+                .await
+                .map_err(SinkError::Redis),
+            Backend::Cluster(cluster) => {
+                let mut keys = Vec::new();
+                for master in cluster.masters() {
+                    let mut connection = cluster.master_connection(&master).await?;
+                    keys.extend(
+                        scan_keys(&mut connection, pattern)
+                            .await
+                            .map_err(SinkError::Redis)?,
+                    );
+                }
+                Ok(keys)
             }
         }
     }
@@ -862,6 +922,19 @@ fn is_no_script(reply: &redis::Value) -> bool {
     matches!(reply, redis::Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
 }
 
+/// Every key on one server that matches the glob `pattern` (SCAN).
+async fn scan_keys<C>(connection: &mut C, pattern: &str) -> Result<Vec<String>, RedisError>
+where
+    C: redis::aio::ConnectionLike + Send + Sync,
+{
+    let mut iter = redis::AsyncCommands::scan_match::<_, String>(connection, pattern).await?;
+    let mut keys = Vec::new();
+    while let Some(key) = iter.next_item().await {
+        keys.push(key?);
+    }
+    Ok(keys)
+}
+
 /// Deletes every key on one server that starts with `prefix` (SCAN, then UNLINK one key at a
 /// time in a pipeline, so keys of different cluster slots mix) and says how many there were.
 /// [`Sink::delete_keys_with_prefix`] does it on every master of a cluster.
@@ -872,15 +945,7 @@ pub async fn delete_keys_with_prefix<C>(
 where
     C: redis::aio::ConnectionLike + Send + Sync,
 {
-    let keys: Vec<String> = {
-        let mut iter =
-            redis::AsyncCommands::scan_match::<_, String>(connection, format!("{prefix}*")).await?;
-        let mut keys = Vec::new();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
-        }
-        keys
-    };
+    let keys = scan_keys(connection, &format!("{prefix}*")).await?;
     if !keys.is_empty() {
         let mut pipe = redis::pipe();
         for key in &keys {

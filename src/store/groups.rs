@@ -128,29 +128,75 @@ pub async fn consumer_groups_delete(pool: &PgPool, group: &str) -> Result<bool, 
     Ok(deleted.rows_affected() > 0)
 }
 
-/// Takes the lease if free, expired or ours (and the group is not paused).
+/// What an attempt to take a group row's lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAttempt {
+    /// Taken: ours until it expires.
+    Acquired(AcquiredLease),
+    /// Not taken, and why.
+    Refused(LeaseRefusal),
+}
+
+/// Why a lease was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRefusal {
+    /// Another relay holds it and it has not expired.
+    HeldBy(String),
+    /// The group is paused (`groups pause`).
+    Paused,
+    /// `groups repartition` split the group otherwise than the relay was started with: the
+    /// row now says `stored` partitions, or was retired.
+    Repartitioned { stored: u32, retired: bool },
+    /// No such row (deleted while the relay ran).
+    NoRow,
+}
+
+/// Takes the lease if free, expired or ours, the group is not paused, and the row is split
+/// into `partitions` as the relay expects (and not retired); otherwise says why not.
 pub async fn consumer_groups_lease_acquire(
     pool: &PgPool,
     group: &str,
     owner: &str,
     ttl: Duration,
-) -> Result<Option<AcquiredLease>, sqlx::Error> {
-    let row: Option<(i64, String, i64, i64)> =
-        sqlx::query_as(include_str!("sql/consumer_groups_lease_acquire.sql"))
-            .bind(group)
-            .bind(owner)
-            .bind(millis(ttl))
-            .fetch_optional(pool)
-            .await?;
-    row.map(|(epoch, tx_id, seq, replay_generation)| {
-        let tx_id = super::decode_tx_id(&tx_id)?;
-        Ok(AcquiredLease {
+    partitions: u32,
+) -> Result<LeaseAttempt, sqlx::Error> {
+    type Row = (
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        bool,
+        bool,
+        i32,
+        Option<String>,
+    );
+    let row: Option<Row> = sqlx::query_as(include_str!("sql/consumer_groups_lease_acquire.sql"))
+        .bind(group)
+        .bind(owner)
+        .bind(millis(ttl))
+        .bind(partitions as i32)
+        .fetch_optional(pool)
+        .await?;
+    let Some((epoch, tx_id, seq, replay_generation, paused, retired, stored, holder)) = row else {
+        return Ok(LeaseAttempt::Refused(LeaseRefusal::NoRow));
+    };
+    if let (Some(epoch), Some(tx_id), Some(seq), Some(replay_generation)) =
+        (epoch, tx_id, seq, replay_generation)
+    {
+        return Ok(LeaseAttempt::Acquired(AcquiredLease {
             epoch,
-            cursor: Position::new(tx_id, seq),
+            cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
             replay_generation,
-        })
-    })
-    .transpose()
+        }));
+    }
+    let stored = stored as u32;
+    Ok(LeaseAttempt::Refused(if retired || stored != partitions {
+        LeaseRefusal::Repartitioned { stored, retired }
+    } else if paused {
+        LeaseRefusal::Paused
+    } else {
+        LeaseRefusal::HeldBy(holder.unwrap_or_default())
+    }))
 }
 
 /// Extends the lease; false when it is no longer ours (or the group was paused).

@@ -22,14 +22,14 @@ pub struct GroupMember {
 }
 
 /// The members of `group` (every partitioned group when `None`), by group and name.
-pub async fn group_members_list(
-    pool: &PgPool,
+pub async fn group_members_list<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     group: Option<&str>,
 ) -> Result<Vec<GroupMember>, sqlx::Error> {
     type Row = (String, String, Timestamp, Timestamp, bool);
     let rows: Vec<Row> = sqlx::query_as(include_str!("sql/group_members_list.sql"))
         .bind(group)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(rows
         .into_iter()

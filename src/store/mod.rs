@@ -45,8 +45,8 @@ pub use groups::{
     consumer_groups_partitions, consumer_groups_pause,
 };
 pub(crate) use groups::{
-    LeaseHolder, consumer_groups_cursor_advance, consumer_groups_lease_acquire,
-    consumer_groups_lease_release, consumer_groups_lease_renew,
+    LeaseAttempt, LeaseHolder, LeaseRefusal, consumer_groups_cursor_advance,
+    consumer_groups_lease_acquire, consumer_groups_lease_release, consumer_groups_lease_renew,
 };
 pub(crate) use inspect::{Blockage, messages_held_back};
 pub use inspect::{
@@ -70,8 +70,8 @@ pub use notify::{
 };
 pub use prune::{Horizon, PruneBatch, consumer_groups_slowest, messages_prune_batch};
 pub use repartition::{
-    GroupRow, NewSplit, consumer_groups_lock_all, consumer_groups_repartition, deliveries_of_group,
-    messages_not_reached,
+    GroupDelivery, GroupRow, NewSplit, consumer_groups_lock_all, consumer_groups_repartition,
+    deliveries_of_group, messages_not_reached,
 };
 pub use roles::{GrantError, RoleKind, quote_ident, roles_grant, roles_grant_sql};
 pub use schemas::StoredSchema;

@@ -30,6 +30,8 @@ pub struct GroupRow {
     pub paused: bool,
     /// Left behind by an earlier repartition.
     pub retired: bool,
+    /// Its replay generation (the sink's duplicate filter is per generation).
+    pub replay_generation: i64,
 }
 
 /// Every row of `group`, retired ones included, locked until `tx` ends.
@@ -53,6 +55,7 @@ pub async fn consumer_groups_lock_all(
                 lease_owner: row.try_get("lease_owner")?,
                 paused: row.try_get("paused")?,
                 retired: row.try_get("retired")?,
+                replay_generation: row.try_get("replay_generation")?,
             })
         })
         .collect()
@@ -73,11 +76,35 @@ pub async fn messages_not_reached(
         .await
 }
 
-/// Every delivery row of `group` (id, key, status), position order.
+/// One delivery row of a group, as `groups repartition` moves it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GroupDelivery {
+    /// The message.
+    #[sqlx(rename = "message_id")]
+    pub id: Uuid,
+    /// Its key.
+    #[sqlx(rename = "message_key")]
+    pub key: Option<String>,
+    /// `retrying`, `blocked` or `dead`.
+    pub status: String,
+    /// The group row it belongs to (`<group>` or `<group>/<partition>`).
+    pub group_name: String,
+    /// For a dead row: its dead-letter copy is still to be appended.
+    pub dead_letter_pending: bool,
+}
+
+impl GroupDelivery {
+    /// Whether the relay still has something to append for it: a retry, or a dead-letter copy.
+    pub fn appends_pending(&self) -> bool {
+        self.status != "dead" || self.dead_letter_pending
+    }
+}
+
+/// Every delivery row of `group`, position order.
 pub async fn deliveries_of_group(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
-) -> Result<Vec<(Uuid, Option<String>, String)>, sqlx::Error> {
+) -> Result<Vec<GroupDelivery>, sqlx::Error> {
     sqlx::query_as(include_str!("sql/deliveries_of_group.sql"))
         .bind(group)
         .fetch_all(&mut **tx)

@@ -240,7 +240,8 @@ async fn bench_latency_accounts_for_every_message_with_either_wakeup() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     // poll without warm-up: exactly the 200 messages published are measured; notify with half
-    // a second of warm-up first: about 200 (those committed after it), all delivered.
+    // a second of warm-up first: those committed after it, all delivered — about 200, up to
+    // all 300 when a loaded machine (the suite in parallel) makes the warm-up's commits late.
     for (wakeup, warmup, shown) in [("poll", "0", "0.0"), ("notify", "0.5", "0.5")] {
         let (out, json) = bench_json(
             &db,
@@ -263,7 +264,7 @@ async fn bench_latency_accounts_for_every_message_with_either_wakeup() {
         if warmup == "0" {
             assert_eq!(published, 200);
         } else {
-            assert!((180..=220).contains(&published), "{published}");
+            assert!((180..=300).contains(&published), "{published}");
         }
         let summary = line(&out, &format!("published {published} messages"));
         assert!(

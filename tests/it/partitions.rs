@@ -396,3 +396,178 @@ async fn repartitioning_mid_drain_four_to_eight_to_one_to_four_delivers_each_onc
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("g/3") && !text.contains("g/4"), "{text}");
 }
+
+/// Group row `name`'s cursor, as text `(tx_id,seq)`.
+async fn cursor_of(db: &TestDb, name: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT format('(%s,%s)', cursor_tx_id, cursor_seq) FROM outbox.consumer_groups WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// A group `g` of 4 partitions that a relay (returned, still running) has forwarded
+/// `messages` messages of; the config is `relay.toml` in the directory.
+async fn drained_on_four_partitions(
+    messages: usize,
+) -> (TestDb, TestRedis, TempDir, std::path::PathBuf, RelayProcess) {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    let dir = TempDir::new(&db.name);
+    let four = partitioned_config(&dir, &db, &redis, 4);
+    publish_keyed(&db, 0, messages).await;
+    let relay = RelayProcess::start(&four, "first");
+    wait_for_all(&redis, messages, std::slice::from_ref(&relay)).await;
+    (db, redis, dir, four, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartition_waits_for_appends_redis_holds_uncommitted_and_for_running_members() {
+    let _watchdog = watchdog(Duration::from_secs(600));
+    let (db, redis, dir, four, relay) = drained_on_four_partitions(2000).await;
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+
+    // A relay's append landed and its cursor update did not (it stopped past its grace, or
+    // the update failed): g/1's cursor back before its last entries, its watermark where it was.
+    let end = cursor_of(&db, "g/1").await;
+    sqlx::query(
+        "UPDATE outbox.consumer_groups g SET cursor_tx_id = m.tx_id, cursor_seq = m.seq
+           FROM (SELECT tx_id, seq FROM outbox.messages ORDER BY tx_id, seq OFFSET 500 LIMIT 1) m
+          WHERE g.name = 'g/1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let repartition = ["groups", "repartition", "g", "--partitions", "8", "--yes"];
+    for args in [
+        &repartition[..],
+        &[
+            "groups",
+            "repartition",
+            "g",
+            "--partitions",
+            "8",
+            "--dry-run",
+        ],
+    ] {
+        let (code, text) = cli(&four, args);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.contains("`g/1` appended to Redis past its cursor")
+                && text.contains("outbox-watermark:g/1")
+                && text.contains("with `partitions = 4` again"),
+            "{text}"
+        );
+    }
+
+    // As the message says: a relay with the old split catches up, skipping what Redis holds.
+    let relay = RelayProcess::start(&four, "settle");
+    eventually(Duration::from_secs(20), "g/1 back at its end", || async {
+        (cursor_of(&db, "g/1").await == end).then_some(())
+    })
+    .await;
+    assert_eq!(redis.stream_len("all").await, 2000, "nothing sent twice");
+
+    // A retry's entry landed and its delivery row was not updated: the row still retrying,
+    // the entry's token in Redis.
+    let (id, tx_id, seq): (uuid::Uuid, String, i64) = sqlx::query_as(
+        "SELECT id, tx_id::text, seq FROM outbox.messages
+          WHERE outbox.partition_of(key, id, 4) = 2 ORDER BY tx_id, seq LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox.deliveries (group_name, message_id, status, attempts, next_attempt_at,
+                                        message_tx_id, message_seq)
+         VALUES ('g/2', $1, 'retrying', 1, now() + interval '1 hour', $2::xid8, $3)",
+    )
+    .bind(id)
+    .bind(&tx_id)
+    .bind(seq)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let token = outbox_relay::sink::late_token_key(&redis.prefix, "all", "g/2", &format!("{id}:0"));
+    let mut connection = redis.connection().await;
+    let () = redis::AsyncCommands::set(&mut connection, &token, "1")
+        .await
+        .unwrap();
+
+    // A member still running (its group paused: no lease held) is refused too.
+    let (code, text) = cli(&four, &["groups", "pause", "g"]);
+    assert_eq!(code, 0, "{text}");
+    eventually(Duration::from_secs(10), "no lease held", || async {
+        owners(&db).await.iter().all(Option::is_none).then_some(())
+    })
+    .await;
+    let (code, text) = cli(&four, &repartition);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("are running group `g`") && text.contains(&format!(":{}:", relay.pid())),
+        "{text}"
+    );
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    let (code, text) = cli(&four, &repartition);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("`g/2` appended message {id} to Redis"))
+            && text.contains(&format!("outbox-relay retry {id}")),
+        "{text}"
+    );
+    // (Here the message was delivered by the forward pass already: the row goes.)
+    sqlx::query("DELETE FROM outbox.deliveries")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let (code, text) = cli(&four, &repartition);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(&four, &["groups", "resume", "g"]);
+    assert_eq!(code, 0, "{text}");
+    publish_keyed(&db, 2000, 1000).await;
+    let eight = partitioned_config(&dir, &db, &redis, 8);
+    let relay = RelayProcess::start(&eight, "after");
+    wait_for_all(&redis, 3000, std::slice::from_ref(&relay)).await;
+    assert_exactly_once_in_key_order(&redis, 3000).await;
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_configured_with_the_old_split_takes_no_row_of_the_new_one() {
+    let _watchdog = watchdog(Duration::from_secs(600));
+    let (db, redis, _dir, four, relay) = drained_on_four_partitions(100).await;
+    let (code, text) = cli(&four, &["groups", "pause", "g"]);
+    assert_eq!(code, 0, "{text}");
+    // Split behind its back (what `groups repartition` writes, without its checks): the rows
+    // now say 8 partitions.
+    sqlx::query(
+        "INSERT INTO outbox.consumer_groups (name, partitions, partition, cursor_tx_id, cursor_seq)
+         SELECT 'g/' || p, 8, p, c.cursor_tx_id, c.cursor_seq
+           FROM generate_series(0, 7) p,
+                (SELECT cursor_tx_id, cursor_seq FROM outbox.consumer_groups WHERE name = 'g/0') c
+             ON CONFLICT (name) DO UPDATE SET partitions = 8, partition = excluded.partition",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, text) = cli(&four, &["groups", "resume", "g"]);
+    assert_eq!(code, 0, "{text}");
+    publish_keyed(&db, 100, 100).await;
+    eventually(Duration::from_secs(10), "the error logged", || async {
+        relay
+            .log()
+            .contains("`groups repartition` split the group otherwise")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        owners(&db).await.iter().all(Option::is_none),
+        "a lease was taken"
+    );
+    assert_eq!(redis.stream_len("all").await, 100);
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}

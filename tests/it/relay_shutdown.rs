@@ -234,3 +234,43 @@ async fn an_http_call_that_answers_within_the_grace_is_delivered_before_exit() {
     );
     assert_eq!(lease_owner(&db).await, None, "lease released");
 }
+
+#[tokio::test]
+async fn a_step_that_outlives_the_grace_is_abandoned_and_the_lease_still_released() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new());
+    let hook = Hook::hanging();
+    let addr = hook.start().await;
+    let dir = TempDir::new("shutdown-abandoned-step");
+    // A lease of a minute: only a release frees it within the test.
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(
+            &db,
+            &redis,
+            "idle_poll_ms = 5\nlease_ttl_ms = 60000\nshutdown_grace_ms = 1000",
+            &http_group(addr),
+        ),
+    );
+    let relay = RelayProcess::start(&config, "a");
+    let owner = wait_for_lease_owner(&db).await;
+    // The relay's next read of the outbox waits behind this lock: the step in flight at
+    // SIGTERM cannot finish within the grace, whatever it was doing.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox.messages IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, took) = terminate_timed(relay).await;
+    let after_exit = lease_owner(&db).await;
+    lock.rollback().await.unwrap();
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    assert!(
+        took <= Duration::from_millis(2500),
+        "SIGTERM took {took:?} with a 1 s grace"
+    );
+    assert_eq!(
+        after_exit, None,
+        "the lease of {owner} was left to expire after the abandoned step"
+    );
+}
