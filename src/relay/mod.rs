@@ -227,6 +227,7 @@ impl Relay {
         );
         let mut workers = tokio::task::JoinSet::new();
         let mut memberships = Vec::new();
+        let mut heartbeats = tokio::task::JoinSet::new();
         let beats = CancellationToken::new();
         for group in std::mem::take(&mut self.groups) {
             let (seats, membership) = self.seats(&group);
@@ -234,7 +235,7 @@ impl Relay {
                 let membership = Arc::new(membership);
                 let beating = Arc::clone(&membership);
                 let beats = beats.clone();
-                tokio::spawn(async move { beating.run(beats).await });
+                heartbeats.spawn(async move { beating.run(beats).await });
                 memberships.push(membership);
             }
             for seat in seats {
@@ -276,6 +277,15 @@ impl Relay {
         }
         while workers.join_next().await.is_some() {}
         beats.cancel();
+        // A heartbeat in flight ends first (landing after `leave`, it would bring the member
+        // back until its row expired); one stuck on an unreachable Postgres is dropped.
+        let ended = async { while heartbeats.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), ended)
+            .await
+            .is_err()
+        {
+            heartbeats.abort_all();
+        }
         // Once the leases are released: the others take this relay's partitions at once.
         for membership in memberships {
             membership.leave().await;
