@@ -188,29 +188,30 @@ async fn refuse_uncommitted_appends(
             .or_default()
             .insert(delivery.id);
     }
-    for row in current {
-        let committed = (row.replay_generation, row.cursor);
-        for (key, mark) in sink.watermarks_of_group(&row.name).await? {
-            if (mark.replay_generation, mark.position) > committed {
-                return Err(super::usage(format!(
-                    "`{}` appended to Redis past its cursor: watermark `{key}` is at {}, the cursor at {} (its last relay stopped before committing that batch): {restart}",
-                    row.name, mark.position, row.cursor
-                )));
-            }
+    let rows: HashMap<&str, &GroupRow> = current.iter().map(|r| (r.name.as_str(), *r)).collect();
+    for (row, key, mark) in sink.watermarks_of_group(group).await? {
+        let Some(row) = rows.get(row.as_str()) else {
+            continue; // a retired row: revived, it gets a new replay generation
+        };
+        if (mark.replay_generation, mark.position) > (row.replay_generation, row.cursor) {
+            return Err(super::usage(format!(
+                "`{}` appended to Redis past its cursor: watermark `{key}` is at {}, the cursor at {} (its last relay stopped before committing that batch): {restart}",
+                row.name, mark.position, row.cursor
+            )));
         }
-        let Some(waiting) = pending.get(row.name.as_str()) else {
+    }
+    for (row, key, token) in sink.late_tokens_of_group(group).await? {
+        let (Some(row), Some((generation, message))) =
+            (rows.get(row.as_str()), token_message(&token))
+        else {
             continue;
         };
-        for (key, token) in sink.late_tokens_of_group(&row.name).await? {
-            let Some((generation, message)) = token_message(&token) else {
-                continue;
-            };
-            if generation == row.replay_generation && waiting.contains(&message) {
-                return Err(super::usage(format!(
-                    "`{}` appended message {message} to Redis (`{key}`) but its delivery row does not say so (its last relay stopped before updating it): {restart}; `outbox-relay retry {message}` makes its retry due now",
-                    row.name
-                )));
-            }
+        let waiting = pending.get(row.name.as_str());
+        if generation == row.replay_generation && waiting.is_some_and(|w| w.contains(&message)) {
+            return Err(super::usage(format!(
+                "`{}` appended message {message} to Redis (`{key}`) but its delivery row does not say so (its last relay stopped before updating it): {restart}; `outbox-relay retry {message}` makes its retry due now",
+                row.name
+            )));
         }
     }
     Ok(())

@@ -29,29 +29,47 @@ pub fn late_token_key(prefix: &str, stream: &str, group: &str, token: &str) -> S
     beside_stream(prefix, stream, &format!("outbox-sent:{group}:{token}"))
 }
 
-/// A SCAN pattern for every watermark of `group` under `prefix`, whatever the stream.
+/// A SCAN pattern for every watermark of `group`'s rows (`<group>`, `<group>/<p>`) under
+/// `prefix`, whatever the stream; it also matches groups whose name starts the same (see
+/// [`row_of_group`]).
 pub fn watermark_pattern(prefix: &str, group: &str) -> String {
     format!(
-        "{}*:outbox-watermark:{}",
+        "{}*{WATERMARK_MARKER}{}*",
         glob_escape(prefix),
         glob_escape(group)
     )
 }
 
-/// A SCAN pattern for every late-entry token of `group` under `prefix`, whatever the stream.
+/// A SCAN pattern for every late-entry token of `group`'s rows under `prefix`, whatever the
+/// stream (with the same caveat as [`watermark_pattern`]).
 pub fn late_token_pattern(prefix: &str, group: &str) -> String {
     format!(
-        "{}*:outbox-sent:{}:*",
+        "{}*{TOKEN_MARKER}{}*",
         glob_escape(prefix),
         glob_escape(group)
     )
 }
 
-/// The token of a [`late_token_key`] of `group`: what follows `:outbox-sent:<group>:`.
-pub fn late_token_of<'a>(key: &'a str, group: &str) -> Option<&'a str> {
-    let marker = format!(":outbox-sent:{group}:");
-    key.rfind(&marker).map(|at| &key[at + marker.len()..])
+/// The group row a [`watermark_key`] belongs to.
+pub fn watermark_row(key: &str) -> Option<&str> {
+    key.rfind(WATERMARK_MARKER)
+        .map(|at| &key[at + WATERMARK_MARKER.len()..])
 }
+
+/// The group row and the token of a [`late_token_key`] (a row's name has no `:`).
+pub fn late_token_parts(key: &str) -> Option<(&str, &str)> {
+    let at = key.rfind(TOKEN_MARKER)?;
+    key[at + TOKEN_MARKER.len()..].split_once(':')
+}
+
+/// Whether `row` is a row of `group`: the group's own, or one of its partitions'.
+pub fn row_of_group(row: &str, group: &str) -> bool {
+    row.strip_prefix(group)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+const WATERMARK_MARKER: &str = ":outbox-watermark:";
+const TOKEN_MARKER: &str = ":outbox-sent:";
 
 /// `text` with Redis' glob characters (`*?[]\`) escaped, to match literally in a pattern.
 fn glob_escape(text: &str) -> String {
@@ -106,17 +124,20 @@ mod tests {
     }
 
     #[test]
-    fn patterns_escape_the_prefix_and_tokens_come_back_from_their_keys() {
+    fn patterns_escape_the_prefix_and_rows_and_tokens_come_back_from_their_keys() {
         assert_eq!(
-            watermark_pattern("app[1]*:", "g/1"),
-            "app\\[1\\]\\*:*:outbox-watermark:g/1"
+            watermark_pattern("app[1]*:", "g"),
+            "app\\[1\\]\\*:*:outbox-watermark:g*"
         );
-        assert_eq!(late_token_pattern("", "g"), "*:outbox-sent:g:*");
+        assert_eq!(late_token_pattern("", "g"), "*:outbox-sent:g*");
         for (stream, token) in [("events", "0193a1b2:0"), ("{o}.x", "r2:dead:0193a1b2:3")] {
             let key = late_token_key("app:", stream, "g/3", token);
-            assert_eq!(late_token_of(&key, "g/3"), Some(token));
-            assert_eq!(late_token_of(&key, "g/30"), None);
+            assert_eq!(late_token_parts(&key), Some(("g/3", token)));
+            let key = watermark_key("app:", stream, "g/3");
+            assert_eq!(watermark_row(&key), Some("g/3"));
         }
+        assert!(row_of_group("g", "g") && row_of_group("g/12", "g"));
+        assert!(!row_of_group("g2", "g") && !row_of_group("g2/1", "g"));
     }
 
     #[test]

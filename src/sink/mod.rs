@@ -686,37 +686,47 @@ impl Sink {
         self.read_watermarks(&keys).await
     }
 
-    /// Every watermark `group` (a group's row) has under the key prefix, whatever the stream,
-    /// by key — found by SCAN, for `groups repartition`, not for the hot path.
+    /// Every watermark of `group`'s rows (`<group>`, `<group>/<p>`) under the key prefix,
+    /// whatever the stream, as `(row, key, mark)` — found by one SCAN, for `groups
+    /// repartition`, not for the hot path.
     pub async fn watermarks_of_group(
         &self,
         group: &str,
-    ) -> Result<Vec<(String, DedupeMark)>, SinkError> {
-        let keys = self
+    ) -> Result<Vec<(String, String, DedupeMark)>, SinkError> {
+        let keys: Vec<String> = self
             .scan(&keys::watermark_pattern(&self.key_prefix, group))
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|key| {
+                keys::watermark_row(key).is_some_and(|row| keys::row_of_group(row, group))
+            })
+            .collect();
         let marks = self.read_watermarks(&keys).await?;
         Ok(keys
             .into_iter()
             .zip(marks)
-            .filter_map(|(key, mark)| Some((key, mark?)))
+            .filter_map(|(key, mark)| {
+                let row = keys::watermark_row(&key)?.to_owned();
+                Some((row, key, mark?))
+            })
             .collect())
     }
 
-    /// Every late-entry token `group` (a group's row) has under the key prefix (they expire
-    /// after a day), as `(key, token)` — found by SCAN, for `groups repartition`.
+    /// Every late-entry token of `group`'s rows under the key prefix (they expire after a
+    /// day), as `(row, key, token)` — found by one SCAN, for `groups repartition`.
     pub async fn late_tokens_of_group(
         &self,
         group: &str,
-    ) -> Result<Vec<(String, String)>, SinkError> {
+    ) -> Result<Vec<(String, String, String)>, SinkError> {
         let keys = self
             .scan(&keys::late_token_pattern(&self.key_prefix, group))
             .await?;
         Ok(keys
-            .into_iter()
+            .iter()
             .filter_map(|key| {
-                let token = keys::late_token_of(&key, group)?.to_owned();
-                Some((key, token))
+                let (row, token) = keys::late_token_parts(key)?;
+                keys::row_of_group(row, group)
+                    .then(|| (row.to_owned(), key.clone(), token.to_owned()))
             })
             .collect())
     }
