@@ -24,7 +24,7 @@ async fn migrate_creates_the_objects_then_is_a_noop() {
         "{}",
         first.stdout
     );
-    assert!(first.stdout.contains("11 applied"), "{}", first.stdout);
+    assert!(first.stdout.contains("12 applied"), "{}", first.stdout);
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('outbox.messages') IS NOT NULL")
         .fetch_one(&db.pool)
         .await
@@ -35,7 +35,7 @@ async fn migrate_creates_the_objects_then_is_a_noop() {
     assert_eq!(second.code, Some(0), "{}", second.stderr);
     assert_eq!(
         second.stdout.trim(),
-        "outbox schema is up to date (11 migrations)"
+        "outbox schema is up to date (12 migrations)"
     );
 }
 

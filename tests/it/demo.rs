@@ -50,7 +50,7 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
     let out = demo(&db, &redis, &["--keep"]);
     assert!(
         out.stdout
-            .contains("migrate: 0 of 11 migrations applied now"),
+            .contains("migrate: 0 of 12 migrations applied now"),
         "{}",
         out.stdout
     );
@@ -108,7 +108,7 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
     tx.commit().await.unwrap();
     let out = demo(&db, &redis, &[]);
     assert!(out.stdout.contains("checked: all "), "{}", out.stdout);
-    assert!(out.stdout.contains("migrate: 0 of 11"), "{}", out.stdout);
+    assert!(out.stdout.contains("migrate: 0 of 12"), "{}", out.stdout);
     assert!(out.stdout.contains("cleaned up: "), "{}", out.stdout);
     assert_eq!(
         redis.keys().await,

@@ -571,3 +571,50 @@ async fn a_relay_configured_with_the_old_split_takes_no_row_of_the_new_one() {
     assert_eq!(redis.stream_len("all").await, 100);
     assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_lag_counts_its_own_messages() {
+    let _watchdog = watchdog(Duration::from_secs(600));
+    let (db, redis, _dir, four, relay) = drained_on_four_partitions(40).await;
+    let (code, text) = cli(&four, &["groups", "pause", "g"]);
+    assert_eq!(code, 0, "{text}");
+    publish_keyed(&db, 40, 400).await;
+    let lags: Vec<(i32, i64, i64, f64)> = sqlx::query_as(
+        "SELECT s.partition, s.lag_messages,
+                (SELECT count(*) FROM outbox.messages m
+                  WHERE (m.tx_id, m.seq) > (s.cursor_tx_id, s.cursor_seq)
+                    AND outbox.partition_of(m.key, m.id, 4) = s.partition),
+                s.lag_seconds
+           FROM outbox.group_status s WHERE s.group_name = 'g' ORDER BY s.partition",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(lags.len(), 4, "{lags:?}");
+    for (partition, lag, own, seconds) in &lags {
+        assert_eq!(lag, own, "partition {partition}: {lags:?}");
+        assert!(
+            *own > 0 && *seconds > 0.0,
+            "partition {partition}: {lags:?}"
+        );
+    }
+    assert_eq!(lags.iter().map(|l| l.1).sum::<i64>(), 400, "{lags:?}");
+    let (code, text) = cli(&four, &["groups", "resume", "g"]);
+    assert_eq!(code, 0, "{text}");
+    wait_for_all(&redis, 440, std::slice::from_ref(&relay)).await;
+    eventually(
+        Duration::from_secs(10),
+        "every partition caught up",
+        || async {
+            let lag: i64 = sqlx::query_scalar(
+                "SELECT sum(lag_messages)::bigint FROM outbox.group_status WHERE group_name = 'g'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (lag == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}
