@@ -134,7 +134,7 @@ impl Probe {
         match statuses {
             Ok(statuses) => statuses
                 .iter()
-                .filter(|status| self.groups.contains(&status.name))
+                .filter(|status| self.groups.contains(&status.group))
                 .for_each(telemetry::group_status),
             Err(error) => telemetry::status_query_failed(&error),
         }

@@ -212,6 +212,46 @@ async fn metrics_count_a_known_workload() {
     );
 }
 
+#[tokio::test]
+async fn a_partitioned_group_has_lag_gauges_per_partition() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new());
+    let dir = TempDir::new("telemetry-partitions");
+    let groups = "[[groups]]\nname = \"p\"\npartitions = 2\n\
+         [[groups.routes]]\ntopics = [\"ok.*\"]\nhandler = \"forward\"\nstream = \"all\"\n";
+    let config = dir.write(
+        "relay.toml",
+        &relay_toml(&db, &redis, "idle_poll_ms = 5", groups),
+    );
+    let messages: Vec<Message> = (0..20)
+        .map(|n| Message::new("ok.a", json!({"n": n})).key(format!("k{n}")))
+        .collect();
+    publish_messages(&db.pool, messages, true).await;
+    let addr = http_addr();
+    let relay = RelayProcess::start_with(&config, "metrics", &[], &["--http", &addr.to_string()]);
+    let metrics = eventually(
+        Duration::from_secs(20),
+        "both partitions' gauges",
+        || async {
+            let (_, body) = http_get(addr, "/metrics").await?;
+            let caught_up = ["p/0", "p/1"].iter().all(|row| {
+                sample(&body, "outbox_lag_messages", &[("group", row)]) == Some(0.0)
+                    && sample(&body, "outbox_lag_seconds", &[("group", row)]) == Some(0.0)
+                    && sample(&body, "outbox_held_back_messages", &[("group", row)]) == Some(0.0)
+            });
+            (caught_up && redis.stream_len("all").await == 20).then_some(body)
+        },
+    )
+    .await;
+    for row in ["p/0", "p/1"] {
+        assert_eq!(
+            sample(&metrics, "outbox_lease_active", &[("group", row)]),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_goes_red_while_redis_is_down_and_green_after() {
     let db = TestDb::new().await;
