@@ -32,11 +32,15 @@ pub enum Target {
 pub struct MoveReport {
     pub group: String,
     pub dry_run: bool,
+    /// The cursor moved from: for a partitioned group, the partition's furthest from `to`.
     pub from: Position,
     pub to: Position,
+    /// Whether any cursor moved (false: every one was already at `to`).
+    pub moved: bool,
     /// `back` (messages are delivered again) or `forward` (messages are skipped).
     pub direction: &'static str,
-    /// Messages between the two cursors.
+    /// Messages the cursor moves over (for a partitioned group, each partition's own between
+    /// its cursor and `to`).
     pub messages: i64,
     /// Of those, in topics the group routes (all of them when the config does not know the
     /// group) and without a delivery row that keeps them: delivered again (back) or skipped
@@ -72,32 +76,28 @@ pub async fn move_cursor(
         let known = store::consumer_groups_names(&mut *tx).await?;
         return Err(super::unknown_group(group, &known));
     };
-    let from = locked.cursor;
-    let to = resolve(&mut tx, target, from).await?;
-    if matches!(
+    let to = resolve(&mut tx, target, locked.cursor).await?;
+    let back_only = matches!(
         target,
         Target::After(_) | Target::Message(_) | Target::Since(_)
-    ) && to > from
-    {
+    );
+    let from = locked.from_for(to);
+    if back_only && to > from {
         return Err(super::usage(format!(
             "{to} is past group `{group}`'s cursor {from}: replay moves a cursor back \
              (to skip messages, use `outbox-relay groups reset {group} --to-end`)"
         )));
     }
-    let (low, high) = if to <= from { (to, from) } else { (from, to) };
-    let by_topic = store::messages_count_between(&mut tx, low, high, group).await?;
+    let moved = locked.moves_to(to, back_only);
+    let by_topic = store::messages_count_between(&mut tx, group, to, back_only).await?;
     let deliveries_deleted = if forget_deliveries {
         store::deliveries_delete_group(&mut tx, group).await?
     } else {
         Vec::new()
     };
-    let replay_generation = if dry_run || to == from && !forget_deliveries {
+    let replay_generation = if dry_run || !moved && !forget_deliveries {
         None
     } else {
-        let back_only = matches!(
-            target,
-            Target::After(_) | Target::Message(_) | Target::Since(_)
-        );
         Some(store::consumer_groups_move_cursor(&mut tx, group, to, back_only).await?)
     };
     if dry_run {
@@ -111,7 +111,7 @@ pub async fn move_cursor(
         config,
         group,
         dry_run,
-        (from, to),
+        (from, to, moved),
         by_topic,
         deliveries_deleted,
         replay_generation,
@@ -152,7 +152,7 @@ fn report(
     config: &Config,
     group: &str,
     dry_run: bool,
-    (from, to): (Position, Position),
+    (from, to, moved): (Position, Position, bool),
     by_topic: Vec<TopicCount>,
     deliveries_deleted: Vec<(String, i64)>,
     replay_generation: Option<i64>,
@@ -186,6 +186,7 @@ fn report(
         dry_run,
         from,
         to,
+        moved,
         direction: if to < from { "back" } else { "forward" },
         messages,
         affected: messages - unrouted - kept,
@@ -212,7 +213,7 @@ pub fn print(report: &MoveReport, verb: &str) {
         report.from,
         report.to
     );
-    if report.from == report.to {
+    if !report.moved && report.deliveries_deleted.is_empty() {
         outln!("nothing to do: the cursor is already there");
         return;
     }

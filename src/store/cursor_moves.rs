@@ -16,11 +16,15 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::position::Position;
 
-/// A group's row, locked for the rest of the transaction.
+/// A group's row (every partition's, for a partitioned group), locked for the rest of the
+/// transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedGroup {
-    /// The group's cursor, before any move: the last position it has passed.
+    /// The group's cursor, before any move: the last position it has passed (the furthest
+    /// partition's).
     pub cursor: Position,
+    /// Every row's cursor (one for an unpartitioned group), furthest first.
+    pub cursors: Vec<Position>,
     /// The relay holding the lease (expired or not); `None` when nobody does.
     pub lease_owner: Option<String>,
 }
@@ -49,15 +53,35 @@ pub async fn consumer_groups_lock(
             .fetch_all(&mut **tx)
             .await?;
     let lease_owner = rows.iter().find_map(|(_, _, owner)| owner.clone());
-    rows.into_iter()
-        .next()
-        .map(|(tx_id, seq, lease_owner_row)| {
-            Ok(LockedGroup {
-                cursor: Position::new(super::decode_tx_id(&tx_id)?, seq),
-                lease_owner: lease_owner.or(lease_owner_row),
-            })
-        })
-        .transpose()
+    let cursors = rows
+        .iter()
+        .map(|(tx_id, seq, _)| Ok(Position::new(super::decode_tx_id(tx_id)?, *seq)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(cursors.first().map(|&cursor| LockedGroup {
+        cursor,
+        cursors: cursors.clone(),
+        lease_owner,
+    }))
+}
+
+impl LockedGroup {
+    /// Whether moving to `to` changes any row's cursor (with `back_only`, only rows past it
+    /// move).
+    pub fn moves_to(&self, to: Position, back_only: bool) -> bool {
+        self.cursors
+            .iter()
+            .any(|&cursor| if back_only { cursor > to } else { cursor != to })
+    }
+
+    /// The cursor a move to `to` starts from, as reports show it: the row furthest from `to`
+    /// (the least cursor when moving forward, the furthest when moving back).
+    pub fn from_for(&self, to: Position) -> Position {
+        if to >= self.cursor {
+            self.cursors.iter().copied().min().unwrap_or(self.cursor)
+        } else {
+            self.cursor
+        }
+    }
 }
 
 /// Sets `group`'s cursor to `to` (every partition's, for a partitioned group; with
@@ -83,19 +107,20 @@ pub async fn consumer_groups_move_cursor(
         .ok_or(sqlx::Error::RowNotFound)
 }
 
-/// Messages in `(after, through]` per topic, with how many have a delivery row in `group`.
+/// What moving `group` to `to` passes over, per topic (for each row that moves — with
+/// `back_only`, those past `to` — the messages of its own partition between its cursor and
+/// `to`), with how many have a delivery row in the group.
 pub async fn messages_count_between(
     conn: &mut PgConnection,
-    after: Position,
-    through: Position,
     group: &str,
+    to: Position,
+    back_only: bool,
 ) -> Result<Vec<TopicCount>, sqlx::Error> {
     let rows = sqlx::query(include_str!("sql/messages_count_between.sql"))
-        .bind(after.tx_id.to_string())
-        .bind(after.seq)
-        .bind(through.tx_id.to_string())
-        .bind(through.seq)
         .bind(group)
+        .bind(to.tx_id.to_string())
+        .bind(to.seq)
+        .bind(back_only)
         .fetch_all(conn)
         .await?;
     rows.iter()

@@ -618,3 +618,118 @@ async fn a_partitions_lag_counts_its_own_messages() {
     .await;
     assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
 }
+
+/// The position (`tx:seq`) of the `n`-th message (from 0), in position order.
+async fn position_of_nth(db: &TestDb, n: i64) -> String {
+    sqlx::query_scalar(
+        "SELECT tx_id::text || ':' || seq FROM outbox.messages ORDER BY tx_id, seq OFFSET $1 LIMIT 1",
+    )
+    .bind(n)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Messages after position `after` (`tx:seq`) whose partition of 4 is (`in_3`) or is not 3.
+async fn count_after(db: &TestDb, after: &str, in_3: bool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox.messages m
+          WHERE (m.tx_id::text::numeric, m.seq) > (split_part($1, ':', 1)::numeric, split_part($1, ':', 2)::bigint)
+            AND (outbox.partition_of(m.key, m.id, 4) = 3) = $2",
+    )
+    .bind(after)
+    .bind(in_3)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_replay_count_and_move_each_partition_from_its_own_cursor() {
+    let _watchdog = watchdog(Duration::from_secs(600));
+    let (db, redis, _dir, four, relay) = drained_on_four_partitions(400).await;
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+    // Partition 3 behind the others (its last entries in Redis, their cursor update lost).
+    let behind = position_of_nth(&db, 99).await;
+    let (tx_id, seq) = behind.split_once(':').unwrap();
+    sqlx::query(
+        "UPDATE outbox.consumer_groups SET cursor_tx_id = $1::xid8, cursor_seq = $2::bigint WHERE name = 'g/3'",
+    )
+    .bind(tx_id)
+    .bind(seq)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let generation_of_3 = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT replay_generation FROM outbox.consumer_groups WHERE name = 'g/3'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+
+    // A reset to the end skips partition 3's backlog: it says so, it does not say "nothing".
+    let (code, text) = cli(
+        &four,
+        &["groups", "reset", "g", "--to-end", "--dry-run", "--json"],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["moved"], true, "{text}");
+    assert_eq!(report["from"], behind.as_str(), "{text}");
+    assert_eq!(
+        report["messages"],
+        count_after(&db, &behind, true).await,
+        "{text}"
+    );
+
+    // A replay from the 200th message: partitions 0–2 send their own again; partition 3, whose
+    // cursor is before it, is left alone (its generation too: its entries past its cursor are
+    // skipped when it reads them again, not sent twice).
+    let from = position_of_nth(&db, 199).await;
+    let generation = generation_of_3().await;
+    let (code, text) = cli(
+        &four,
+        &[
+            "replay",
+            "--group",
+            "g",
+            "--from-position",
+            &from,
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let again = count_after(&db, &from, false).await;
+    assert_eq!(report["messages"], again, "{text}");
+    assert_eq!(generation_of_3().await, generation);
+    let relay = RelayProcess::start(&four, "after");
+    let expected = 400 + again as usize;
+    eventually(Duration::from_secs(30), "the replay delivered", || async {
+        let owners = owners(&db).await;
+        let caught_up: bool = sqlx::query_scalar(
+            "SELECT bool_and(g.cursor_tx_id = l.tx_id AND g.cursor_seq = l.seq)
+               FROM outbox.consumer_groups g,
+                    (SELECT tx_id, seq FROM outbox.messages ORDER BY tx_id DESC, seq DESC LIMIT 1) l
+              WHERE outbox.group_of(g.name) = 'g'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (caught_up
+            && owners.iter().all(Option::is_some)
+            && redis.stream_len("all").await >= expected)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        redis.stream_len("all").await,
+        expected,
+        "sent once more: only the replayed"
+    );
+    assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
+}
