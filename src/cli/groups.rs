@@ -199,7 +199,14 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
         (true, false) => {
             outln!("group `{group}` paused");
             if let Some(owner) = change.previous_owner {
-                outln!("the lease was taken from relay `{owner}`; it stops at its next step");
+                if owner.contains(", ") {
+                    let relays = owner.replace(", ", "`, `");
+                    outln!(
+                        "the leases were taken from relays `{relays}`; they stop at their next step"
+                    );
+                } else {
+                    outln!("the lease was taken from relay `{owner}`; it stops at its next step");
+                }
             }
         }
         (false, false) => outln!("group `{group}` was not paused"),

@@ -259,9 +259,12 @@ pub async fn consumer_groups_cursor_advance(
 /// What `groups pause|resume` found before it changed anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PauseChange {
-    /// Whether the group was paused already.
+    /// Whether the group was paused already: for a pause, every partition of a partitioned
+    /// group; for a resume, any of them (so a resume of partly paused partitions says it
+    /// resumed).
     pub was_paused: bool,
-    /// The relay that held the lease (pausing takes it away).
+    /// The relay that held the lease (pausing takes it away); for a partitioned group, every
+    /// relay that held one of its partitions, comma-separated.
     pub previous_owner: Option<String>,
 }
 
@@ -272,7 +275,7 @@ pub async fn consumer_groups_pause(
     group: &str,
     paused: bool,
 ) -> Result<Option<PauseChange>, sqlx::Error> {
-    // One row per partition of a partitioned group: paused before if all were.
+    // One row per partition of a partitioned group.
     let rows: Vec<(bool, Option<String>)> =
         sqlx::query_as(include_str!("sql/consumer_groups_pause.sql"))
             .bind(group)
@@ -282,8 +285,16 @@ pub async fn consumer_groups_pause(
     if rows.is_empty() {
         return Ok(None);
     }
+    let was_paused = if paused {
+        rows.iter().all(|(was_paused, _)| *was_paused)
+    } else {
+        rows.iter().any(|(was_paused, _)| *was_paused)
+    };
+    let mut owners: Vec<String> = rows.into_iter().filter_map(|(_, owner)| owner).collect();
+    owners.sort();
+    owners.dedup();
     Ok(Some(PauseChange {
-        was_paused: rows.iter().all(|(was_paused, _)| *was_paused),
-        previous_owner: rows.into_iter().find_map(|(_, owner)| owner),
+        was_paused,
+        previous_owner: (!owners.is_empty()).then(|| owners.join(", ")),
     }))
 }

@@ -616,6 +616,14 @@ async fn a_partitions_lag_counts_its_own_messages() {
         },
     )
     .await;
+    // One partition paused by hand: `groups resume` resumes it, and says so.
+    sqlx::query("UPDATE outbox.consumer_groups SET paused = true WHERE name = 'g/1'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, text) = cli(&four, &["groups", "resume", "g"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("group `g` resumed"), "{text}");
     assert_eq!(relay.terminate(Duration::from_secs(10)).await, Some(0));
 }
 
