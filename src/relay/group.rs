@@ -349,7 +349,11 @@ impl GroupWorker {
             LeaseAttempt::Refused(refusal) => {
                 if self.said_standing_by.as_ref() != Some(&refusal) {
                     say_standing_by(group, &refusal);
-                    self.said_standing_by = Some(refusal);
+                    self.said_standing_by = Some(refusal.clone());
+                }
+                if let LeaseRefusal::Repartitioned { stored, .. } = refusal {
+                    // A failing step, not a standby: readiness says why until a restart.
+                    return Err(group.split_otherwise(stored).await);
                 }
                 return Ok(Step::Standby);
             }
@@ -431,6 +435,22 @@ fn say_standing_by(group: &Group, refusal: &LeaseRefusal) {
 }
 
 impl Group {
+    /// The error of a worker whose group was split otherwise since the relay started: the
+    /// group's current count (a retired row's own is the old one) next to the configured.
+    async fn split_otherwise(&self, row_says: u32) -> RelayError {
+        let base = self.name.split('/').next().unwrap_or(&self.name);
+        let stored = store::consumer_groups_partitions(&self.pool, base)
+            .await
+            .ok()
+            .and_then(|counts| counts.first().map(|&(partitions, _)| partitions))
+            .unwrap_or(row_says);
+        RelayError::Partitions {
+            group: base.to_owned(),
+            stored,
+            configured: self.partition().map_or(1, |p| p.count),
+        }
+    }
+
     /// The partition this worker runs, for a partitioned group.
     pub(super) fn partition(&self) -> Option<Partition> {
         self.seat.as_ref().map(|seat| seat.partition)

@@ -563,6 +563,14 @@ async fn a_relay_configured_with_the_old_split_takes_no_row_of_the_new_one() {
             .then_some(())
     })
     .await;
+    // And each of its workers fails its steps, saying what to do (readiness shows it too).
+    eventually(Duration::from_secs(10), "the step error", || async {
+        relay
+            .log()
+            .contains("has 8 partition(s) in the database but 4 configured")
+            .then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         owners(&db).await.iter().all(Option::is_none),
