@@ -103,6 +103,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     // Created before anything is published, at the current end of the outbox: the group sees
     // exactly this run's messages.
     store::consumer_groups_ensure(&pool, &group, true).await?;
+    start_after_every_message(&pool, &group).await?;
     let shutdown = CancellationToken::new();
     let relay = Relay::new(
         pool.clone(),
@@ -137,6 +138,23 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     }
     pool.close().await;
     outcome
+}
+
+/// Moves the new `group` past every message already in the outbox (an earlier run's, kept
+/// with `--keep`): "from now" starts below the oldest transaction running anywhere on the
+/// server, which may be older than them. This run's messages come after: their transactions
+/// start later.
+async fn start_after_every_message(pool: &PgPool, group: &str) -> anyhow::Result<()> {
+    let last = store::messages_last_position(pool).await?;
+    let current = store::consumer_groups_cursor(pool, group).await?;
+    if let (Some(last), Some(current)) = (last, current)
+        && last > current.cursor
+    {
+        let mut tx = pool.begin().await?;
+        store::consumer_groups_move_cursor(&mut tx, group, last, false).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 fn demo_group(name: &str) -> GroupConfig {

@@ -148,3 +148,34 @@ async fn demo_forwards_checks_and_reports_what_landed_where() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_leaves_earlier_messages_alone_while_an_older_transaction_runs() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    // A transaction elsewhere on the server (another database) with an id older than an
+    // application's message on a demo topic: "from now" (below the oldest transaction running
+    // on the server) is then before that message when the demo starts.
+    let elsewhere = TestDb::new().await;
+    let mut older = elsewhere.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox_relay::publish_in_tx(
+        &mut tx,
+        outbox_relay::Message::new("demo.orders.placed", serde_json::json!({"app": true})),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // It ends once the demo has started (until then it holds the demo's own messages back).
+    let ends = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        older.rollback().await.unwrap();
+    });
+    let out = demo(&db, &redis, &[]);
+    assert!(out.stdout.contains("checked: all "), "{}", out.stdout);
+    ends.await.unwrap();
+}
