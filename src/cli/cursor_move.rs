@@ -76,7 +76,7 @@ pub async fn move_cursor(
         let known = store::consumer_groups_names(&mut *tx).await?;
         return Err(super::unknown_group(group, &known));
     };
-    let to = resolve(&mut tx, target, locked.cursor).await?;
+    let to = resolve(&mut tx, target, locked.cursor()).await?;
     let back_only = matches!(
         target,
         Target::After(_) | Target::Message(_) | Target::Since(_)

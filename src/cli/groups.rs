@@ -198,15 +198,15 @@ async fn pause(config: &Config, group: &str, paused: bool) -> anyhow::Result<()>
         (true, true) => outln!("group `{group}` was already paused"),
         (true, false) => {
             outln!("group `{group}` paused");
-            if let Some(owner) = change.previous_owner {
-                if owner.contains(", ") {
-                    let relays = owner.replace(", ", "`, `");
-                    outln!(
-                        "the leases were taken from relays `{relays}`; they stop at their next step"
-                    );
-                } else {
-                    outln!("the lease was taken from relay `{owner}`; it stops at its next step");
+            match change.previous_owners.as_slice() {
+                [] => {}
+                [owner] => {
+                    outln!("the lease was taken from relay `{owner}`; it stops at its next step")
                 }
+                owners => outln!(
+                    "the leases were taken from relays `{}`; they stop at their next step",
+                    owners.join("`, `")
+                ),
             }
         }
         (false, false) => outln!("group `{group}` was not paused"),

@@ -431,13 +431,8 @@ impl Active {
             tracing::warn!(group = %group.name, error = %super::group::error_chain(&error),
                 "the last cursor update failed; its batch will be read again");
         }
-        match store::consumer_groups_lease_release(&group.pool, self.holder(group)).await {
-            Ok(_) => {
-                tracing::info!(group = %group.name, position = %self.lease.cursor, "lease released")
-            }
-            Err(error) => {
-                tracing::warn!(group = %group.name, %error, "could not release the lease; it will expire")
-            }
+        if group.release_lease(self.lease.epoch).await {
+            tracing::info!(group = %group.name, position = %self.lease.cursor, "lease released");
         }
     }
 }

@@ -340,7 +340,7 @@ impl GroupWorker {
             &group.name,
             &group.owner,
             group.settings.lease_ttl,
-            group.partition().map_or(1, |partition| partition.count),
+            group.partition_count(),
         )
         .await
         .map_err(group.store_error("acquire the lease"))?;
@@ -377,12 +377,7 @@ impl GroupWorker {
             Err(error) => {
                 // Not left held by a worker that stands by: another member, or this one at
                 // its next step, takes it at once instead of after the lease time.
-                let holder = group.holder(lease.epoch);
-                if let Err(release) =
-                    store::consumer_groups_lease_release(&group.pool, holder).await
-                {
-                    tracing::warn!(group = %group.name, error = %release, "could not release the lease; it will expire");
-                }
+                group.release_lease(lease.epoch).await;
                 return Err(error);
             }
         };
@@ -427,7 +422,7 @@ fn say_standing_by(group: &Group, refusal: &LeaseRefusal) {
         LeaseRefusal::Paused => tracing::info!(group = %name, %owner,
             "standing by: the group is paused (outbox-relay groups resume)"),
         LeaseRefusal::Repartitioned { stored, retired } => tracing::error!(group = %name, %owner,
-            configured_partitions = group.partition().map_or(1, |p| p.count), stored_partitions = stored,
+            configured_partitions = group.partition_count(), stored_partitions = stored,
             retired, "standing by for good: `groups repartition` split the group otherwise since this relay started; restart it with the partitions the group has now"),
         LeaseRefusal::NoRow => tracing::warn!(group = %name, %owner,
             "standing by: the group's row is gone (deleted while this relay ran)"),
@@ -447,7 +442,7 @@ impl Group {
         RelayError::Partitions {
             group: base.to_owned(),
             stored,
-            configured: self.partition().map_or(1, |p| p.count),
+            configured: self.partition_count(),
         }
     }
 
@@ -498,6 +493,23 @@ impl Group {
         move |source| RelayError::Sink {
             group: self.name.clone(),
             source,
+        }
+    }
+
+    /// How many partitions this relay splits the group into (1: unpartitioned).
+    pub(super) fn partition_count(&self) -> u32 {
+        self.partition().map_or(1, |partition| partition.count)
+    }
+
+    /// Gives the lease held at `epoch` up so another relay takes it at once; best effort (it
+    /// expires anyway): true when the statement ran.
+    pub(super) async fn release_lease(&self, epoch: i64) -> bool {
+        match store::consumer_groups_lease_release(&self.pool, self.holder(epoch)).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(group = %self.name, %error, "could not release the lease; it will expire");
+                false
+            }
         }
     }
 

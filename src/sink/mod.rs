@@ -693,22 +693,21 @@ impl Sink {
         &self,
         group: &str,
     ) -> Result<Vec<(String, String, DedupeMark)>, SinkError> {
-        let keys: Vec<String> = self
+        let (rows, keys): (Vec<String>, Vec<String>) = self
             .scan(&keys::watermark_pattern(&self.key_prefix, group))
             .await?
             .into_iter()
-            .filter(|key| {
-                keys::watermark_row(key).is_some_and(|row| keys::row_of_group(row, group))
+            .filter_map(|key| {
+                let row = keys::watermark_row(&key).filter(|row| keys::row_of_group(row, group))?;
+                Some((row.to_owned(), key))
             })
-            .collect();
+            .unzip();
         let marks = self.read_watermarks(&keys).await?;
-        Ok(keys
+        Ok(rows
             .into_iter()
+            .zip(keys)
             .zip(marks)
-            .filter_map(|(key, mark)| {
-                let row = keys::watermark_row(&key)?.to_owned();
-                Some((row, key, mark?))
-            })
+            .filter_map(|((row, key), mark)| Some((row, key, mark?)))
             .collect())
     }
 

@@ -20,10 +20,8 @@ use crate::position::Position;
 /// transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedGroup {
-    /// The group's cursor, before any move: the last position it has passed (the furthest
-    /// partition's).
-    pub cursor: Position,
-    /// Every row's cursor (one for an unpartitioned group), furthest first.
+    /// Every row's cursor before any move (one for an unpartitioned group), furthest first;
+    /// never empty.
     pub cursors: Vec<Position>,
     /// The relay holding the lease (expired or not); `None` when nobody does.
     pub lease_owner: Option<String>,
@@ -57,14 +55,18 @@ pub async fn consumer_groups_lock(
         .iter()
         .map(|(tx_id, seq, _)| Ok(Position::new(super::decode_tx_id(tx_id)?, *seq)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(cursors.first().map(|&cursor| LockedGroup {
-        cursor,
-        cursors: cursors.clone(),
+    Ok((!cursors.is_empty()).then_some(LockedGroup {
+        cursors,
         lease_owner,
     }))
 }
 
 impl LockedGroup {
+    /// The group's cursor: the last position it has passed (the furthest partition's).
+    pub fn cursor(&self) -> Position {
+        self.cursors[0]
+    }
+
     /// Whether moving to `to` changes any row's cursor (with `back_only`, only rows past it
     /// move).
     pub fn moves_to(&self, to: Position, back_only: bool) -> bool {
@@ -76,10 +78,10 @@ impl LockedGroup {
     /// The cursor a move to `to` starts from, as reports show it: the row furthest from `to`
     /// (the least cursor when moving forward, the furthest when moving back).
     pub fn from_for(&self, to: Position) -> Position {
-        if to >= self.cursor {
-            self.cursors.iter().copied().min().unwrap_or(self.cursor)
+        if to >= self.cursor() {
+            self.cursors[self.cursors.len() - 1]
         } else {
-            self.cursor
+            self.cursor()
         }
     }
 }

@@ -263,9 +263,9 @@ pub struct PauseChange {
     /// group; for a resume, any of them (so a resume of partly paused partitions says it
     /// resumed).
     pub was_paused: bool,
-    /// The relay that held the lease (pausing takes it away); for a partitioned group, every
-    /// relay that held one of its partitions, comma-separated.
-    pub previous_owner: Option<String>,
+    /// The relays that held the lease (pausing takes it away): one at most, or for a
+    /// partitioned group every relay that held one of its partitions; sorted.
+    pub previous_owners: Vec<String>,
 }
 
 /// Pauses (`paused = true`, and the lease is taken away) or resumes a group; `None` when
@@ -295,6 +295,6 @@ pub async fn consumer_groups_pause(
     owners.dedup();
     Ok(Some(PauseChange {
         was_paused,
-        previous_owner: (!owners.is_empty()).then(|| owners.join(", ")),
+        previous_owners: owners,
     }))
 }

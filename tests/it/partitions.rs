@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::harness::cli::outbox_relay;
 use crate::harness::redis::TestRedis;
-use crate::harness::relay::{RelayProcess, TempDir, relay_toml};
+use crate::harness::relay::{RelayProcess, TempDir, relay_toml, wait_for_cursor_at_the_end};
 use crate::harness::{TestDb, eventually, watchdog};
 
 const KEYS: usize = 61;
@@ -610,20 +610,7 @@ async fn a_partitions_lag_counts_its_own_messages() {
     let (code, text) = cli(&four, &["groups", "resume", "g"]);
     assert_eq!(code, 0, "{text}");
     wait_for_all(&redis, 440, std::slice::from_ref(&relay)).await;
-    eventually(
-        Duration::from_secs(10),
-        "every partition caught up",
-        || async {
-            let lag: i64 = sqlx::query_scalar(
-                "SELECT sum(lag_messages)::bigint FROM outbox.group_status WHERE group_name = 'g'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-            (lag == 0).then_some(())
-        },
-    )
-    .await;
+    wait_for_cursor_at_the_end(&db).await;
     // One partition paused by hand: `groups resume` resumes it, and says so.
     sqlx::query("UPDATE outbox.consumer_groups SET paused = true WHERE name = 'g/1'")
         .execute(&db.pool)

@@ -213,11 +213,11 @@ pub async fn cursor_of_g(db: &TestDb) -> String {
 }
 
 /// Waits until group `g` has nothing left to deliver (its last cursor update may land just
-/// after its last append).
+/// after its last append); every partition of it, for a partitioned group.
 pub async fn wait_for_cursor_at_the_end(db: &TestDb) {
     eventually(Duration::from_secs(10), "the cursor at the end", || async {
         let lag: i64 = sqlx::query_scalar(
-            "SELECT s.lag_messages FROM outbox.group_status s WHERE s.group_name = 'g'",
+            "SELECT sum(s.lag_messages)::bigint FROM outbox.group_status s WHERE s.group_name = 'g'",
         )
         .fetch_one(&db.pool)
         .await
